@@ -1,0 +1,99 @@
+"""The row pass: attention one chunk of query rows at a time, for probes and probability edits.
+
+Probes must see normalised probabilities and probability edits must change them before they
+multiply the values, so this pass computes, for each chunk of query rows, the whole rows over
+the span of keys the mask leaves visible (a causal chunk never computes keys after its last
+query), normalises them in float32 (float64 for float64 inputs), applies the edits, hands the chunk to every probe and
+multiplies by the values. Only one chunk of rows exists at a time: memory is
+``O(chunk · Tk)``, never ``O(Tq · Tk)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from attnlab.core.backends.base import Inputs, compute_dtype
+from attnlab.core.site import AttentionChunk, Probe, Site
+
+__all__ = ["row_pass"]
+
+CHUNK_BYTES = 64 * 2**20  # float32 logits per chunk of rows
+
+
+def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Probe], site: Site) -> Tensor:
+    """Attention output ``[B, H, Tq, Dv]`` computed chunk by chunk of query rows.
+
+    Args:
+        x: checked inputs (mask, bias and logit edits included).
+        probs_edits: ``fn(probs, q_idx, kv_idx) -> probs`` applied in order to each chunk.
+        probes: observers fed each chunk after the edits.
+        site: passed to the probes.
+    """
+    B, H, Tq, D = x.q.shape
+    Hkv, Tk, Dv = x.k.shape[1], x.k.shape[2], x.v.shape[-1]
+    G = H // Hkv
+    dev = x.q.device
+    rows = max(1, min(Tq, CHUNK_BYTES // max(1, 4 * B * H * Tk)))
+    dt = compute_dtype(x.q)
+    k, v = x.k.to(dt), x.v.to(dt)
+    outs = []
+    for q0 in range(0, Tq, rows):
+        q1 = min(Tq, q0 + rows)
+        n = q1 - q0
+        q_idx = torch.arange(q0, q1, device=dev)
+        visible = _visible(x, q0, q1)  # [B|1, H|1, n, Tk] or None
+        k0, k1 = 0, Tk
+        if visible is not None:
+            cols = torch.nonzero(visible.flatten(0, 2).any(0)).flatten()
+            k0, k1 = (int(cols[0]), int(cols[-1]) + 1) if cols.numel() else (0, 0)
+            visible = visible[..., k0:k1]
+        else:
+            visible = torch.ones(1, 1, n, Tk, dtype=torch.bool, device=dev)
+        kv_idx = torch.arange(k0, k1, device=dev)
+        qc = x.q[:, :, q0:q1].to(dt).reshape(B, Hkv, G * n, D)
+        s = torch.matmul(qc, k[:, :, k0:k1].transpose(-1, -2)).view(B, H, n, k1 - k0) * x.scale  # [B, H, n, Ts]
+        if x.bias is not None:
+            bq = x.bias[:, :, q0:q1] if x.bias.shape[2] > 1 else x.bias  # [B|1, H|1, n|1, Tk]
+            s = s + bq[..., k0:k1].to(dt)
+        if x.score_mod is not None:
+            b = torch.arange(B, device=dev).view(-1, 1, 1, 1)
+            h = torch.arange(H, device=dev).view(1, -1, 1, 1)
+            s = x.score_mod(s, b, h, q_idx.view(1, 1, -1, 1), kv_idx.view(1, 1, 1, -1))
+        s = s.masked_fill(~visible, float("-inf"))
+        empty = torch.isneginf(s).all(-1, keepdim=True)  # rows with nothing to attend to
+        p = torch.softmax(s.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+        for fn in probs_edits:
+            p = fn(p, q_idx, kv_idx)
+        if probes:
+            chunk = AttentionChunk(probs=p.detach(), visible=visible, q_idx=q_idx, kv_start=k0, lk=Tk)
+            for probe in probes:
+                probe.observe(chunk, site)
+        o = torch.matmul(p.reshape(B, Hkv, G * n, k1 - k0), v[:, :, k0:k1])  # [B, Hkv, G*n, Dv]
+        outs.append(o.view(B, H, n, Dv))
+    return torch.cat(outs, dim=2).to(x.q.dtype) if outs else x.q.new_zeros(B, H, 0, Dv)
+
+
+def _visible(x: Inputs, q0: int, q1: int) -> Tensor | None:
+    """Keys each query in ``q0:q1`` may see: the mask, and a bias that is not -inf."""
+    B, H, _, _ = x.q.shape
+    Tk = x.k.shape[2]
+    dev = x.q.device
+    out = None
+    if x.mask is not None:
+        m = x.mask
+        m.check_lengths(x.q.shape[2], Tk)
+        b = torch.arange(B if m.batched else 1, device=dev).view(-1, 1, 1, 1)
+        h = torch.arange(H if m.headed else 1, device=dev).view(1, -1, 1, 1)
+        out = m.fn(b, h, torch.arange(q0, q1, device=dev).view(1, 1, -1, 1), torch.arange(Tk, device=dev).view(1, 1, 1, -1))
+        out = out.expand(b.shape[0], h.shape[1], q1 - q0, Tk)
+    if x.dense_mask is not None:
+        d = x.dense_mask[:, :, q0:q1]
+        out = d if out is None else out & d
+    if x.bias is not None and bool(torch.isneginf(x.bias).any()):
+        bq = x.bias[:, :, q0:q1] if x.bias.shape[2] > 1 else x.bias
+        d = ~torch.isneginf(bq)
+        out = d if out is None else out & d
+    return out

@@ -1,0 +1,121 @@
+"""The attention site and the two roles played there besides computing: probes and edits.
+
+A :class:`Site` names one attention call (``layers.3.attn``). Every attention computation, in a
+Hugging Face model or in attnlab's own modules, goes through :func:`attnlab.core.attend` with a
+site, so a probe or an edit written once works everywhere.
+
+- A **probe** observes: it receives normalised attention probabilities one chunk of query rows
+  at a time (:class:`AttentionChunk`), accumulates what it needs, and never sees the whole
+  matrix. Probes are nouns (``probes.Entropy()``).
+- An **edit** acts: a pure function bound to a site, applied at one of three stages:
+  ``"logits"`` (before the softmax, like FlexAttention's ``score_mod``), ``"probs"`` (after the
+  softmax, on chunks of whole rows) or ``"output"`` (per-head outputs before the output
+  projection). Edits of one stage compose in the order given; the stages run in that order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from torch import Tensor
+
+__all__ = ["AttentionChunk", "Edit", "Probe", "Site", "site_matcher"]
+
+Stage = Literal["logits", "probs", "output"]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One attention call in a model.
+
+    Attributes:
+        name: the site's address, ``layers.{i}.attn`` in HF and tiny models alike.
+        layer: layer index, if the site belongs to a layer stack.
+        module_path: the module's path in its model (``model.layers.3.self_attn``).
+        num_heads: query heads.
+        num_kv_heads: key/value heads (fewer than ``num_heads`` under GQA).
+    """
+
+    name: str = "attend"
+    layer: int | None = None
+    module_path: str | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+
+
+@dataclass
+class AttentionChunk:
+    """Attention probabilities of a chunk of query rows, as a probe receives them.
+
+    Attributes:
+        probs: ``[B, H, Tc, Ts]`` float32; row ``i`` holds query ``q_idx[i]``'s probabilities over
+            keys ``kv_start .. kv_start + Ts - 1``. Keys outside that span have probability 0.
+            Rows sum to 1, or to 0 for a query with no visible key.
+        visible: ``[B|1, H|1, Tc, Ts]`` bool, the keys the mask lets each query see.
+        q_idx: ``[Tc]`` query positions.
+        kv_start: position of the first key in ``probs``.
+        lk: number of keys in the whole sequence.
+    """
+
+    probs: Tensor
+    visible: Tensor
+    q_idx: Tensor
+    kv_start: int
+    lk: int
+
+    @property
+    def num_visible(self) -> Tensor:
+        """``[B|1, H|1, Tc]`` number of keys each query may attend to."""
+        return self.visible.sum(-1)
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """An observer at attention sites.
+
+    ``observe`` is called once per chunk of query rows per site; ``result`` returns what was
+    accumulated, keyed by site name.
+    """
+
+    def observe(self, chunk: AttentionChunk, site: Site) -> None: ...
+
+    def result(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Edit(Protocol):
+    """A training-free change of attention at a site.
+
+    ``stage`` says where it acts; ``at(site)`` returns the function to apply there, or None if the
+    edit does not touch this site. The function's signature depends on the stage:
+
+    - ``"logits"``: ``fn(score, b, h, q_idx, kv_idx) -> score``, elementwise over broadcasting
+      index tensors (FlexAttention's ``score_mod``);
+    - ``"probs"``: ``fn(probs, q_idx, kv_idx) -> probs`` with ``probs`` ``[B, H, Tc, Ts]`` whole
+      rows, ``q_idx`` ``[Tc]`` and ``kv_idx`` ``[Ts]`` positions;
+    - ``"output"``: ``fn(out) -> out`` with ``out`` ``[B, H, Tq, D]`` per-head outputs.
+    """
+
+    stage: Stage
+
+    def at(self, site: Site) -> Callable | None: ...
+
+
+def site_matcher(spec: str | Iterable[str] | Callable[[Site], bool] | None) -> Callable[[Site], bool]:
+    """Turn a site selection into a predicate.
+
+    ``spec`` is None (every site), a name or glob (``"layers.1*.attn"``), a list of those, or a
+    predicate on :class:`Site`.
+    """
+    if spec is None:
+        return lambda site: True
+    if callable(spec):
+        return spec
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"a site selection is a name, a glob, a list of them or a predicate, got {p!r}")
+    return lambda site: any(fnmatch.fnmatchcase(site.name, p) for p in patterns)
