@@ -69,7 +69,14 @@ def versions() -> dict[str, str]:
     import attnlab
 
     out = {"attnlab": attnlab.__version__, "torch": torch.__version__, "python": platform.python_version()}
-    for module, dist in (("natten", "natten"), ("local_attention", "local-attention"), ("transformers", "transformers")):
+    peers = (
+        ("natten", "natten"),
+        ("local_attention", "local-attention"),
+        ("routing_transformer", "routing-transformer"),
+        ("x_transformers", "x-transformers"),
+        ("transformers", "transformers"),
+    )
+    for module, dist in peers:
         if module in sys.modules:
             out[dist] = metadata.version(dist)
     return out

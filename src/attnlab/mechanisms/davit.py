@@ -1,0 +1,182 @@
+"""Paper 17: DaViT dual attention: channel group attention and spatial window attention.
+
+- :class:`ChannelGroupAttention` (``"davit_channel"``): the channels are cut into ``heads``
+  groups of ``d`` channels. Within a group, channels attend to channels with the tokens as
+  features: ``A = softmax((K·s)ᵀ V)`` is a ``d × d`` map (``s = d^-½``, softmax over its last
+  axis) that mixes the channels of ``Q``: ``out = Q Aᵀ``. Every output channel sees the whole
+  image, and the cost is linear in tokens, ``O(T·d·C)``. This is softmax attention with the
+  roles turned, so it runs through :func:`attnlab.core.attend` with queries ``Kᵀ``, keys ``Vᵀ``
+  and values ``Qᵀ`` (length ``d``, features ``T``); probes see the ``d × d`` channel maps.
+- :class:`WindowAttention` (``"davit_window"``): softmax attention inside non-overlapping
+  ``window × window`` windows, without position bias (DaViT's position signal is a
+  convolution). Windows are gathered into the batch of one ``attend`` call; an image whose
+  sides are not multiples of ``window`` is zero-padded and the padded tokens are masked out,
+  as keys and as queries (the official code lets them take part as keys).
+- :class:`DualAttention` (``"davit"``): DaViT's dual block, spatial then channel attention, each
+  after a 3×3 depthwise convolutional position encoding and a LayerNorm, with residuals. The
+  block's two FFNs are left to the model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnlab.core import Site, attend
+from attnlab.mechanisms import register
+
+__all__ = ["ChannelGroupAttention", "DualAttention", "WindowAttention"]
+
+
+def _check(dim: int, heads: int, **more: int) -> None:
+    for name, val in {"dim": dim, "heads": heads, **more}.items():
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be a positive integer, got {name}={val!r}")
+    if dim % heads:
+        raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+
+
+def _check_input(x: Tensor, dim: int) -> None:
+    if x.dim() != 4 or x.shape[-1] != dim:
+        raise ValueError(f"x must be [B, H, W, C] (channels-last) with C = dim = {dim}, got shape {tuple(x.shape)}")
+
+
+@register("davit_channel", paper="17", layout="[B, H, W, C]", time="O(T·C²/heads)", memory="O(T·C)")
+class ChannelGroupAttention(nn.Module):
+    """Channel group attention: channels attend to channels, the tokens being their features.
+
+    Paper: 17 (DaViT: Dual Attention Vision Transformers).
+    Shapes: ``x [B, H, W, C]`` (channels-last) -> ``[B, H, W, C]``.
+
+    Args:
+        dim: channels ``C``.
+        heads: channel groups; ``dim`` must be divisible by ``heads``.
+        qkv_bias: bias in the q/k/v projection (DaViT's models have one).
+        backend: :func:`attnlab.core.attend` backend.
+
+    Example:
+        >>> import torch
+        >>> m = ChannelGroupAttention(32, 4)
+        >>> m(torch.randn(1, 5, 6, 32)).shape
+        torch.Size([1, 5, 6, 32])
+    """
+
+    def __init__(self, dim: int, heads: int, *, qkv_bias: bool = True, backend: str = "auto"):
+        super().__init__()
+        _check(dim, heads)
+        self.dim, self.heads, self.backend = dim, heads, backend
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.site = Site(name="davit.channel", num_heads=heads, num_kv_heads=heads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.dim)
+        B, H, W, C = x.shape
+        # Project channels-first, so that each channel's T values are contiguous for the T-long dot products.
+        qkv = torch.einsum("oc,btc->bot", self.qkv.weight, x.reshape(B, H * W, C))  # [B, 3C, T]
+        if self.qkv.bias is not None:
+            qkv = qkv + self.qkv.bias[:, None]
+        q, k, v = qkv.view(B, 3, self.heads, C // self.heads, H * W).unbind(1)  # [B, h, d, T] each
+        # Channel i of K attends to channel j of V over the tokens; the map mixes the channels of Q.
+        out = attend(k, v, q, scale=self.scale, backend=self.backend, site=self.site)  # [B, h, d, T]
+        return self.proj(out.reshape(B, C, H * W).transpose(1, 2)).view(B, H, W, C)
+
+
+@register("davit_window", paper="17", layout="[B, H, W, C]", time="O(T·window²)", memory="O(T·window²)")
+class WindowAttention(nn.Module):
+    """Softmax attention inside non-overlapping ``window × window`` windows.
+
+    Paper: 17 (DaViT: Dual Attention Vision Transformers).
+    Shapes: ``x [B, H, W, C]`` (channels-last) -> ``[B, H, W, C]``.
+
+    Args:
+        dim: channels ``C``.
+        heads: attention heads; ``dim`` must be divisible by ``heads``.
+        window: window side (the paper's 7).
+        qkv_bias: bias in the q/k/v projection (DaViT's models have one).
+        backend: :func:`attnlab.core.attend` backend.
+
+    Example:
+        >>> import torch
+        >>> m = WindowAttention(32, 4, window=3)
+        >>> m(torch.randn(1, 5, 6, 32)).shape
+        torch.Size([1, 5, 6, 32])
+    """
+
+    def __init__(self, dim: int, heads: int, *, window: int = 7, qkv_bias: bool = True, backend: str = "auto"):
+        super().__init__()
+        _check(dim, heads, window=window)
+        self.dim, self.heads, self.window, self.backend = dim, heads, window, backend
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.site = Site(name="davit.window", num_heads=heads, num_kv_heads=heads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.dim)
+        B, H, W, C = x.shape
+        w = self.window
+        pad = (0, 0, 0, -W % w, 0, -H % w)
+        windows = "b (ny wy) (nx wx) (h d) -> (b ny nx) h (wy wx) d"
+        q, k, v = (rearrange(F.pad(t, pad), windows, wy=w, wx=w, h=self.heads) for t in self.qkv(x).chunk(3, dim=-1))  # [B·nW, h, w², d]
+        mask = None
+        if pad[3] or pad[5]:  # padded tokens are neither keys nor queries (their rows are empty)
+            real = rearrange(F.pad(x.new_ones(1, H, W, 1, dtype=bool), pad), "b (ny wy) (nx wx) c -> (b ny nx) c (wy wx)", wy=w, wx=w)
+            mask = (real[..., :, None] & real[..., None, :]).repeat(B, 1, 1, 1)  # [B·nW, 1, w², w²]
+        out = attend(q, k, v, mask=mask, backend=self.backend, site=self.site)  # [B·nW, h, w², d]
+        out = rearrange(out, "(b ny nx) h (wy wx) d -> b (ny wy) (nx wx) (h d)", b=B, ny=-(-H // w), wy=w)  # [B, Hp, Wp, C]
+        return self.proj(out[:, :H, :W])
+
+
+class _ConvPosEnc(nn.Module):
+    """``x + depthwise_conv3x3(x)`` on ``[B, H, W, C]``: DaViT's convolutional position encoding."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+@register("davit", paper="17", layout="[B, H, W, C]", time="O(T·window² + T·C²/heads)", memory="O(T·window²)")
+class DualAttention(nn.Module):
+    """DaViT's dual attention: spatial window attention, then channel group attention.
+
+    Paper: 17 (DaViT: Dual Attention Vision Transformers).
+    Shapes: ``x [B, H, W, C]`` (channels-last) -> ``[B, H, W, C]``.
+
+    ``x ← cpe(x); x ← x + window(norm(x)); x ← cpe(x); x ← x + channel(norm(x))``: local
+    fine-grained interactions, then global ones through the channel tokens. The FFNs that
+    follow each attention in the paper's blocks belong to the model.
+
+    Args:
+        dim: channels ``C``.
+        heads: heads of the window attention and channel groups of the channel attention.
+        window: window side (the paper's 7).
+        backend: :func:`attnlab.core.attend` backend of both attentions.
+
+    Example:
+        >>> import torch
+        >>> m = DualAttention(32, 4, window=3)
+        >>> m(torch.randn(1, 5, 6, 32)).shape
+        torch.Size([1, 5, 6, 32])
+    """
+
+    def __init__(self, dim: int, heads: int, *, window: int = 7, backend: str = "auto"):
+        super().__init__()
+        _check(dim, heads, window=window)
+        self.dim = dim
+        self.cpe_spatial, self.cpe_channel = _ConvPosEnc(dim), _ConvPosEnc(dim)
+        self.norm_spatial, self.norm_channel = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.spatial = WindowAttention(dim, heads, window=window, backend=backend)
+        self.channel = ChannelGroupAttention(dim, heads, backend=backend)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.dim)
+        x = self.cpe_spatial(x)
+        x = x + self.spatial(self.norm_spatial(x))
+        x = self.cpe_channel(x)
+        return x + self.channel(self.norm_channel(x))

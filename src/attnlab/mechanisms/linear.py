@@ -1,0 +1,114 @@
+"""Paper 38 (DSF): causal linear attention, as a matrix and as a recurrence.
+
+Sieber et al. 2024, "Understanding the differences in Foundation Models: Attention, State Space
+Models, and Recurrent Neural Networks", write every sequence mixer as a linear time-varying
+system, the Dynamical Systems Framework (DSF):
+
+    h_t = Λ_t h_{t−1} + B_t u_t,        y_t = C_t h_t.
+
+Linear attention (Katharopoulos et al.) with the feature map ``φ(x) = elu(x) + 1`` (the map in
+the paper's code, ``IntelligentControlSystems/dsf-mqar``) is the case ``Λ_t = I``,
+``B_t u_t = φ(k_t) v_tᵀ`` (a ``[D, Dv]`` state per head) and ``C_t = φ(q_t)ᵀ / η_t`` with the
+normaliser ``η_t = φ(q_t)ᵀ Σ_{s≤t} φ(k_s)``:
+
+    y_t = Σ_{s≤t} (φ(q_t)·φ(k_s)) v_s / Σ_{s≤t} φ(q_t)·φ(k_s).
+
+The normaliser rides along in the state: values get an extra column of ones, so the last
+column of ``h_t`` is ``Σ_{s≤t} φ(k_s)`` and one product gives numerator and denominator.
+
+The parallel form builds the causal ``T×T`` matrix (O(T²·D)); the recurrent form carries the
+state (O(T·D²) time, O(D²) memory). Both give the same output. This is not softmax attention,
+so it is plain PyTorch and has no attention site.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnlab.mechanisms import register
+
+__all__ = ["LinearAttention"]
+
+FORMS = ("parallel", "recurrent")
+
+
+def _check_dims(dim: int, heads: int) -> None:
+    for name, n in (("dim", dim), ("heads", heads)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+    if dim % heads:
+        raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+
+
+@register("linear", paper="38", time="O(T²·D) parallel, O(T·D²) recurrent", memory="O(T²) parallel, O(D²) recurrent state")
+class LinearAttention(nn.Module):
+    """Causal linear attention ``φ(q)·φ(k)`` with ``φ = elu + 1``, in parallel or recurrent form.
+
+    Paper: 38 (DSF, Sieber et al. 2024), linear attention as ``h_t = h_{t−1} + φ(k_t) v_tᵀ``.
+    Shapes: ``x [B, T, C] -> [B, T, C]``; per head ``D = C / heads``.
+
+    Args:
+        dim: model width ``C``.
+        heads: number of heads.
+        form: ``"parallel"`` (the masked ``T×T`` matrix) or ``"recurrent"`` (the DSF state);
+            :meth:`parallel` and :meth:`recurrent` run either form directly.
+        normalize: divide by ``η_t = φ(q_t)ᵀ Σ_{s≤t} φ(k_s)`` (the paper's linear attention);
+            False gives the unnormalised sum ``Σ_{s≤t} (φ(q_t)·φ(k_s)) v_s``.
+
+    Example:
+        >>> m = LinearAttention(dim=16, heads=2, form="recurrent")
+        >>> m(torch.randn(2, 5, 16)).shape
+        torch.Size([2, 5, 16])
+    """
+
+    def __init__(self, dim: int, heads: int, *, form: str = "parallel", normalize: bool = True):
+        super().__init__()
+        _check_dims(dim, heads)
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be a bool, got normalize={normalize!r}")
+        self.dim, self.heads, self.form, self.normalize = dim, heads, form, normalize
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.parallel(x) if self.form == "parallel" else self.recurrent(x)
+
+    def parallel(self, x: Tensor) -> Tensor:
+        """The parallel form: ``y = (tril(φ(Q) φ(K)ᵀ) V) / η``, O(T²·D)."""
+        q, k, v = self._features(x)
+        a = torch.matmul(q, k.transpose(-1, -2)).tril()  # [B, H, T, T] causal φ(q_t)·φ(k_s)
+        return self._out(torch.matmul(a, v), x)  # [B, H, T, Dv(+1)]
+
+    def recurrent(self, x: Tensor) -> Tensor:
+        """The recurrent (DSF) form: ``h_t = h_{t−1} + φ(k_t) v_tᵀ``, ``y_t = φ(q_t)ᵀ h_t``, O(T·D²)."""
+        q, k, v = self._features(x)
+        B, H, T, D = q.shape
+        h = q.new_zeros(B, H, D, v.shape[-1])  # [B, H, D, Dv(+1)] the state, h_0 = 0
+        ys = []
+        # unbind once: indexing one step per iteration would give the backward a full-size zero
+        # gradient per step, O(T²) in all
+        for q_t, k_t, v_t in zip(q.unbind(2), k.unbind(2), v.unbind(2)):
+            h = h + k_t[..., None] * v_t[..., None, :]  # Λ_t = I, B_t u_t = φ(k_t) v_tᵀ
+            ys.append(torch.einsum("bhd,bhde->bhe", q_t, h))  # [B, H, Dv(+1)]
+        return self._out(torch.stack(ys, dim=2), x)  # [B, H, T, Dv(+1)]
+
+    def _features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``φ(q), φ(k)`` ``[B, H, T, D]`` and ``v`` ``[B, H, T, D(+1)]``, in float32 (float64 for float64 input)."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be [batch, tokens, {self.dim}], got shape {tuple(x.shape)}")
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads).to(dt)
+        q, k = F.elu(q) + 1, F.elu(k) + 1  # φ > 0, so η_t > 0
+        if self.normalize:
+            v = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # [B, H, T, D + 1], last column builds η_t
+        return q, k, v
+
+    def _out(self, y: Tensor, x: Tensor) -> Tensor:
+        if self.normalize:
+            y = y[..., :-1] / y[..., -1:]  # [B, H, T, D] divided by η_t
+        return self.proj(rearrange(y.to(x.dtype), "b h t d -> b t (h d)"))  # [B, T, C]

@@ -1,0 +1,109 @@
+"""Paper 38 (DSF): normalised attention, as a matrix and as a recurrence.
+
+Sieber et al. 2024, "Understanding the differences in Foundation Models: Attention, State Space
+Models, and Recurrent Neural Networks", propose normalised attention: causal attention with
+raw dot products ``q_t·k_s`` divided by a learned, input-dependent normaliser instead of a
+softmax sum,
+
+    y_t = Σ_{s≤t} (q_t·k_s) v_s / exp(n_t),        n_t = W_n u_t + b_n   (one scalar per head).
+
+The normaliser is the paper's code (``IntelligentControlSystems/dsf-mqar``, ``MHNA``):
+``n = Linear(d_model, num_heads)(u)``, ``exp`` of it divides the causal score matrix row by row,
+and ``q·k`` is not scaled by ``1/sqrt(D)``.
+
+In the Dynamical Systems Framework ``h_t = Λ_t h_{t−1} + B_t u_t``, ``y_t = C_t h_t`` this is
+
+    Λ_t = exp(n_{t−1} − n_t) I,    B_t u_t = exp(−n_t) k_t v_tᵀ,    C_t = q_tᵀ,
+
+so ``h_t = Σ_{s≤t} k_s v_sᵀ / exp(n_t)``: a time-varying, input-selected decay like an SSM's,
+which linear attention (``Λ_t = I``) lacks. The parallel form builds the causal ``T×T`` matrix
+(O(T²·D)); the recurrent form carries the ``[D, D]`` state per head (O(T·D²)). This is not
+softmax attention, so it is plain PyTorch and has no attention site.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnlab.mechanisms import register
+
+__all__ = ["NormalizedAttention"]
+
+FORMS = ("parallel", "recurrent")
+
+
+def _check_dims(dim: int, heads: int) -> None:
+    for name, n in (("dim", dim), ("heads", heads)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+    if dim % heads:
+        raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+
+
+@register("normalized", paper="38", time="O(T²·D) parallel, O(T·D²) recurrent", memory="O(T²) parallel, O(D²) recurrent state")
+class NormalizedAttention(nn.Module):
+    """DSF normalised attention ``y_t = Σ_{s≤t} (q_t·k_s) v_s / exp(n_t)``, in parallel or recurrent form.
+
+    Paper: 38 (DSF, Sieber et al. 2024), normalised attention with the learned normaliser ``n_t = W_n u_t``.
+    Shapes: ``x [B, T, C] -> [B, T, C]``; per head ``D = C / heads``; ``n`` is ``[B, H, T]``.
+
+    Args:
+        dim: model width ``C``.
+        heads: number of heads; each has its own normaliser ``n_t``.
+        form: ``"parallel"`` (the masked ``T×T`` matrix) or ``"recurrent"`` (the DSF state);
+            :meth:`parallel` and :meth:`recurrent` run either form directly.
+
+    Example:
+        >>> m = NormalizedAttention(dim=16, heads=2)
+        >>> m(torch.randn(2, 5, 16)).shape
+        torch.Size([2, 5, 16])
+    """
+
+    def __init__(self, dim: int, heads: int, *, form: str = "parallel"):
+        super().__init__()
+        _check_dims(dim, heads)
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
+        self.dim, self.heads, self.form = dim, heads, form
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.norm = nn.Linear(dim, heads)  # n_t = W_n u_t + b_n, one scalar per head
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.parallel(x) if self.form == "parallel" else self.recurrent(x)
+
+    def parallel(self, x: Tensor) -> Tensor:
+        """The parallel form: ``y = diag(exp(−n)) tril(Q Kᵀ) V``, O(T²·D)."""
+        q, k, v, n = self._qkvn(x)
+        a = torch.matmul(q, k.transpose(-1, -2)).tril() * torch.exp(-n)[..., None]  # [B, H, T, T]
+        return self._out(torch.matmul(a, v), x)  # [B, H, T, D]
+
+    def recurrent(self, x: Tensor) -> Tensor:
+        """The recurrent (DSF) form: ``h_t = exp(n_{t−1} − n_t) h_{t−1} + exp(−n_t) k_t v_tᵀ``, ``y_t = q_tᵀ h_t``."""
+        q, k, v, n = self._qkvn(x)
+        B, H, T, D = q.shape
+        h = q.new_zeros(B, H, D, v.shape[-1])  # [B, H, D, D] the state, h_0 = 0
+        n_prev = n[:, :, 0]  # [B, H]; Λ_1 multiplies h_0 = 0, so its value does not matter
+        ys = []
+        # unbind once: indexing one step per iteration would give the backward a full-size zero
+        # gradient per step, O(T²) in all
+        for q_t, k_t, v_t, n_t in zip(q.unbind(2), k.unbind(2), v.unbind(2), n.unbind(2)):
+            lam = torch.exp(n_prev - n_t)[..., None, None]  # [B, H, 1, 1] Λ_t
+            h = lam * h + torch.exp(-n_t)[..., None, None] * k_t[..., None] * v_t[..., None, :]
+            ys.append(torch.einsum("bhd,bhde->bhe", q_t, h))  # [B, H, D] y_t = C_t h_t
+            n_prev = n_t
+        return self._out(torch.stack(ys, dim=2), x)  # [B, H, T, D]
+
+    def _qkvn(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``q, k, v`` ``[B, H, T, D]`` and ``n`` ``[B, H, T]``, in float32 (float64 for float64 input)."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be [batch, tokens, {self.dim}], got shape {tuple(x.shape)}")
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads).to(dt)
+        n = rearrange(self.norm(x), "b t h -> b h t").to(dt)  # [B, H, T]
+        return q, k, v, n
+
+    def _out(self, y: Tensor, x: Tensor) -> Tensor:
+        return self.proj(rearrange(y.to(x.dtype), "b h t d -> b t (h d)"))  # [B, T, C]

@@ -1,0 +1,170 @@
+"""Paper 23: Routing Transformer, content-based sparse attention by online k-means.
+
+Routing Transformer (Roy et al. 2021, "Efficient Content-Based Sparse Attention with Routing
+Transformers") clusters queries and keys with online k-means and lets a token attend only to
+tokens routed to the same cluster, with half of the heads doing local attention instead.
+
+- Queries and keys are shared (one projection), so a token always shares its own cluster and
+  no query is left without a key. Unlike Reformer, attending to oneself is not masked.
+- k-means is spherical, one set of centroids per routing head: a token goes to the centroid
+  with the largest cosine. In training mode each forward pass first moves every centroid that
+  got tokens towards their mean direction, ``μ ← normalise(λ μ + (1 − λ) mean)`` with
+  ``λ = 0.999`` (the paper's EMA decay), then routes with the moved centroids; the first
+  training batch seeds the centroids by k-means++. Eval mode leaves centroids alone. Centroids
+  are buffers, not parameters: gradients never reach them.
+- ``clusters`` defaults to ``round(sqrt(seq_len))``, the paper's ``sqrt(n)`` for the training
+  length.
+- The first ``local_heads`` heads (default half) attend in a sliding window of ``window`` tokens
+  on each side (before only, when causal).
+
+All heads run in one :func:`attnlab.core.attend` call with a ``[B, H, T, T]`` boolean mask: the
+window band for local heads, "same cluster id" for routing heads. That is O(T²); the paper's
+O(T·sqrt(T)) needs tokens sorted into equal-size clusters, which changes which keys a token
+sees (a token near a full cluster is cut off), so this module keeps the exact rule instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnlab.core import Site, attend
+from attnlab.core import masks as M
+from attnlab.mechanisms import register
+
+__all__ = ["OnlineKMeans", "RoutingAttention"]
+
+
+class OnlineKMeans(nn.Module):
+    """Spherical k-means with EMA centroid updates, one set of centroids per head.
+
+    Paper: 23 (Routing Transformer), online k-means with decay ``λ``.
+    Shapes: ``x [B, H, T, D]`` -> cluster ids ``[B, H, T]``; ``centroids [H, K, D]`` (unit rows).
+
+    Centroids start random; the first :meth:`update` re-seeds them from its batch by k-means++
+    (each next seed drawn with weight ``1 − cos`` to the nearest seed so far), so that clusters
+    present in the data get their own centroid before the slow EMA takes over.
+
+    Example:
+        >>> km = OnlineKMeans(heads=2, clusters=3, dim=4)
+        >>> km.assign(torch.randn(1, 2, 5, 4)).shape
+        torch.Size([1, 2, 5])
+    """
+
+    def __init__(self, heads: int, clusters: int, dim: int, *, decay: float = 0.999):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("centroids", F.normalize(torch.randn(heads, clusters, dim), dim=-1))
+        self.register_buffer("seeded", torch.tensor(False))
+
+    def assign(self, x: Tensor) -> Tensor:
+        """The nearest centroid (largest cosine) of every vector: ``[B, H, T]`` int64."""
+        sim = torch.einsum("bhtd,hkd->bhtk", F.normalize(x.detach(), dim=-1), self.centroids.to(x.dtype))  # [B, H, T, K]
+        return sim.argmax(-1)
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """One online k-means step on ``x``: assign, then ``μ ← normalise(λ μ + (1 − λ) mean direction)`` per centroid that got vectors."""
+        K = self.centroids.shape[1]
+        xn = rearrange(F.normalize(x.float(), dim=-1), "b h t d -> h (b t) d")  # [H, N, D]
+        if not self.seeded:
+            self.centroids.copy_(_kmeans_pp(xn, K))
+            self.seeded.fill_(True)
+        onehot = F.one_hot(rearrange(self.assign(x), "b h t -> h (b t)"), K).float()  # [H, N, K]
+        counts = onehot.sum(1)  # [H, K]
+        mean = torch.einsum("hnk,hnd->hkd", onehot, xn) / counts.clamp(min=1)[..., None]  # [H, K, D]
+        moved = F.normalize(self.decay * self.centroids + (1 - self.decay) * mean.to(self.centroids.dtype), dim=-1)
+        self.centroids.copy_(torch.where(counts[..., None] > 0, moved, self.centroids))
+
+
+def _kmeans_pp(xn: Tensor, K: int) -> Tensor:
+    """``K`` seeds ``[H, K, D]`` among the unit vectors ``xn [H, N, D]``, drawn with weight ``1 − cos`` to the nearest seed."""
+    H, N, _ = xn.shape
+    rows = torch.arange(H, device=xn.device)
+    pick = torch.randint(N, (H,), device=xn.device)  # [H] first seed
+    seeds = [xn[rows, pick]]  # each [H, D]
+    nearest = torch.einsum("hnd,hd->hn", xn, seeds[0])  # [H, N] cosine to the nearest seed
+    for _ in range(1, K):
+        pick = torch.multinomial((1 - nearest).clamp(min=1e-12), 1)[:, 0]  # [H]
+        seeds.append(xn[rows, pick])
+        nearest = torch.maximum(nearest, torch.einsum("hnd,hd->hn", xn, seeds[-1]))
+    return torch.stack(seeds, dim=1)  # [H, K, D]
+
+
+@register("routing", paper="23", time="O(T²) (dense mask)", memory="O(T²)")
+class RoutingAttention(nn.Module):
+    """Routing attention: tokens attend within their online-k-means cluster; half the heads are local.
+
+    Paper: 23 (Routing Transformer, Roy et al. 2021), sqrt(n) clusters, EMA decay 0.999, half local heads.
+    Shapes: ``x [B, T, C] -> [B, T, C]``; heads ``[0, local_heads)`` local, the rest routed.
+
+    Args:
+        dim: model width ``C``.
+        heads: number of heads.
+        clusters: k-means centroids per routing head; default ``round(sqrt(seq_len))``.
+        seq_len: the training length that sets the default number of clusters.
+        window: local heads see ``window`` tokens on each side (before only, when causal).
+        local_heads: number of local heads; default ``heads // 2``.
+        decay: EMA decay ``λ`` of the centroids.
+        is_causal: add the causal mask to every head.
+        backend: the :func:`attnlab.core.attend` backend.
+
+    Example:
+        >>> m = RoutingAttention(dim=16, heads=4, clusters=2, window=2)
+        >>> m(torch.randn(2, 6, 16)).shape
+        torch.Size([2, 6, 16])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        clusters: int | None = None,
+        seq_len: int = 1024,
+        window: int = 128,
+        local_heads: int | None = None,
+        decay: float = 0.999,
+        is_causal: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        for name, n in (("dim", dim), ("heads", heads), ("seq_len", seq_len), ("window", window)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        if dim % heads:
+            raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+        clusters = max(1, round(math.sqrt(seq_len))) if clusters is None else clusters
+        if isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 1:
+            raise ValueError(f"clusters must be a positive int or None (sqrt(seq_len)), got clusters={clusters!r}")
+        local_heads = heads // 2 if local_heads is None else local_heads
+        if isinstance(local_heads, bool) or not isinstance(local_heads, int) or not 0 <= local_heads <= heads:
+            raise ValueError(f"local_heads must be an int in [0, heads={heads}], got local_heads={local_heads!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got decay={decay!r}")
+        self.dim, self.heads, self.window, self.local_heads = dim, heads, window, local_heads
+        self.is_causal, self.backend = is_causal, backend
+        self.qk = nn.Linear(dim, dim)  # shared queries and keys
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.kmeans = OnlineKMeans(heads - local_heads, clusters, dim // heads, decay=decay)
+        self.site = Site(name="routing", num_heads=heads, num_kv_heads=heads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be [batch, tokens, {self.dim}], got shape {tuple(x.shape)}")
+        B, T, _ = x.shape
+        qk = rearrange(self.qk(x), "b t (h d) -> b h t d", h=self.heads)  # [B, H, T, D]
+        v = rearrange(self.v(x), "b t (h d) -> b h t d", h=self.heads)  # [B, H, T, D]
+        routed = qk[:, self.local_heads :]  # [B, Hr, T, D]
+        if self.training and routed.shape[1]:
+            self.kmeans.update(routed)
+        ids = self.kmeans.assign(routed)  # [B, Hr, T]
+        local = M.sliding_window(self.window, self.window).dense(T, T, device=x.device)  # [1, 1, T, T]
+        mask = torch.cat([local.expand(B, self.local_heads, T, T), ids[..., :, None] == ids[..., None, :]], dim=1)  # [B, H, T, T]
+        out = attend(qk, qk, v, mask=mask, is_causal=self.is_causal, backend=self.backend, site=self.site)  # [B, H, T, D]
+        return self.proj(rearrange(out, "b h t d -> b t (h d)"))  # [B, T, C]
