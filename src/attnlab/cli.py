@@ -1,21 +1,29 @@
 """The ``attnlab`` command line.
 
-Commands grow with the pillars (``scan``, ``edit``, ``bench``, ``train``, ``report``); today:
-``attnlab list`` shows what the installed attnlab offers, and ``attnlab check`` runs every
-backend against the reference on this machine.
+- ``attnlab scan``: probe a pretrained model's attention; writes results.json and report.html.
+- ``attnlab report results.json``: re-render a report from saved results.
+- ``attnlab list backends|masks|mechanisms|probes``: what the installed attnlab offers.
+- ``attnlab check``: every backend against the reference on this machine.
+
+User errors print one line and exit with status 1 (2 for bad command-line syntax), never a
+traceback, and leave no half-written output.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from attnlab.scanner import DEFAULT_PROBES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="attnlab: a laboratory for attention in transformers.")
 console = Console()
@@ -141,12 +149,169 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command()
+def scan(
+    model: Annotated[
+        str, typer.Option(help="Embedded name (smollm2-135m, minilm-l6), a local HF model directory or a .gguf file.")
+    ] = "smollm2-135m",
+    text: Annotated[Path | None, typer.Option(help="A UTF-8 text file to scan (one input).")] = None,
+    prompts: Annotated[Path | None, typer.Option(help='A JSONL file of inputs: one {"text": ...} per line.')] = None,
+    synthetic: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Synthetic inputs: needle (retrieval trials), repeated (random tokens twice, for the head detectors). Repeat the option for both."
+        ),
+    ] = None,
+    max_len: Annotated[
+        int | None,
+        typer.Option(min=2, help="Longest input in tokens (default: 1024 for the sample text, else the model's trained positions)."),
+    ] = None,
+    truncate: Annotated[bool, typer.Option(help="Cut inputs longer than --max-len instead of refusing them.")] = False,
+    allow_extrapolation: Annotated[
+        bool, typer.Option(help="Allow --max-len beyond the positions the model was trained on (memory/speed measurement).")
+    ] = False,
+    probes: Annotated[str, typer.Option(help="Comma-separated probes (attnlab list probes).")] = ",".join(DEFAULT_PROBES),
+    needle_lengths: Annotated[str, typer.Option(help="Needle trial lengths in tokens, comma-separated.")] = "512,768",
+    out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-scan"),
+    backend: Annotated[str, typer.Option(help="Attention backend: auto, reference, sdpa, blocked, flex.")] = "auto",
+):
+    """Probe a pretrained model's attention (sinks, entropy, head patterns, extreme tokens, layer importance, retrieval heads).
+
+    With no options it scans the embedded SmolLM2-135M on 1,024 tokens of The Tempest (shipped with
+    attnlab), plus repeated random tokens and needle-in-a-haystack trials.
+    """
+    from attnlab.probes import names as probe_registry
+    from attnlab.scanner import scan as run_scan
+
+    probe_names = [p.strip() for p in probes.split(",") if p.strip()]
+    for p in probe_names:
+        if p not in probe_registry():
+            raise ValueError(f"unknown probe {p!r}: choose from {', '.join(probe_registry())}")
+    kinds = set(synthetic or [])
+    for k in kinds:
+        if k not in ("needle", "repeated"):
+            raise ValueError(f"unknown synthetic input {k!r}: choose needle or repeated")
+    lengths = _ints(needle_lengths, "--needle-lengths")
+    texts = _read_inputs(text, prompts)
+    default_sample = not texts and not kinds
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
+    from attnlab.models.hf import load
+
+    with console.status(f"loading {model}"):
+        m, tok = load(model)
+    if default_sample:
+        from attnlab.data import sample_text
+
+        texts = [sample_text()]
+        max_len, truncate = max_len or 1024, True  # the built-in sample is cut to a chosen length
+        kinds = {"needle", "repeated"}
+    if not texts and "retrieval" not in probe_names and kinds == {"needle"}:
+        probe_names.append("retrieval")
+    if "needle" not in kinds and "retrieval" in probe_names and not default_sample:
+        probe_names.remove("retrieval")
+    settings = {
+        "model": model,
+        "text": str(text) if text else None,
+        "prompts": str(prompts) if prompts else None,
+        "synthetic": sorted(kinds),
+        "sample_text": default_sample,
+    }
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("scanning", total=None)
+
+        def progress(what, done, total):
+            bar.update(task, description=what, completed=done, total=total or None)
+
+        result = run_scan(
+            m,
+            tok,
+            texts,
+            probes=probe_names,
+            repeated="repeated" in kinds,
+            needle_lengths=lengths,
+            max_len=max_len,
+            truncate=truncate,
+            allow_extrapolation=allow_extrapolation,
+            backend=backend,
+            progress=progress,
+            settings=settings,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "results.json")
+    result.report(out / "report.html")
+    for probe, f in result.findings.items():
+        for note in f["notes"]:
+            console.print(f"[bold]{probe}[/bold]: {note}", highlight=False)
+    console.print(f"wrote {out / 'results.json'} and {out / 'report.html'} ({result.meta['wall_s']} s)")
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="A results.json written by attnlab scan.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the HTML (default: report.html beside the results).")] = None,
+):
+    """Re-render the HTML report of a saved scan."""
+    from attnlab.scanner import ScanResult
+
+    result = ScanResult.load(results)
+    path = result.report(out or results.with_name("report.html"))
+    console.print(f"wrote {path}")
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise ValueError(f"{option} takes comma-separated integers, got {text!r}") from e
+    if not values or min(values) < 1:
+        raise ValueError(f"{option} takes positive integers, got {text!r}")
+    return values
+
+
+def _read_inputs(text: Path | None, prompts: Path | None) -> list[str]:
+    """Texts from --text and --prompts, with errors that say what is wrong with the file."""
+    out = []
+    if text is not None:
+        out.append(_read_utf8(text))
+        if not out[-1].strip():
+            raise ValueError(f"{text} is empty: give a file with some text")
+    if prompts is not None:
+        for n, line in enumerate(_read_utf8(prompts).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f'{prompts} line {n} is not JSON ({e.msg}): each line must be {{"text": "..."}}') from e
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+                raise ValueError(f'{prompts} line {n} has no non-empty "text" field: each line must be {{"text": "..."}}')
+            out.append(row["text"])
+        if len(out) == (1 if text is not None else 0):
+            raise ValueError(f"{prompts} has no inputs: give one JSON object per line")
+    return out
+
+
+def _read_utf8(path: Path) -> str:
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist or is not a file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): convert it, e.g. iconv -t UTF-8"
+        ) from e
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 1, without a traceback."""
     try:
         app()
     except (ValueError, TypeError, FileNotFoundError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {e}", highlight=False)  # no wrapping: paths stay whole
         sys.exit(1)
 
 

@@ -75,6 +75,7 @@ def attend(
     probes, edits = (*ctx_probes, *probes), (*ctx_edits, *edits)
     bound = _bind(edits, site)
     x.score_mod = _compose_logits(bound["logits"])
+    probes = [p for p in probes if getattr(p, "observes_attention", True)]
     if probes or bound["probs"]:
         for p in probes:
             if not isinstance(p, Probe):

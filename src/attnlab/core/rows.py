@@ -20,7 +20,7 @@ from attnlab.core.site import AttentionChunk, Probe, Site
 
 __all__ = ["row_pass"]
 
-CHUNK_BYTES = 64 * 2**20  # float32 logits per chunk of rows
+CHUNK_BYTES = 8 * 2**20  # float32 logits per chunk of rows: small enough to stay in cache between passes
 
 
 def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Probe], site: Site) -> Tensor:
@@ -36,9 +36,10 @@ def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Pro
     Hkv, Tk, Dv = x.k.shape[1], x.k.shape[2], x.v.shape[-1]
     G = H // Hkv
     dev = x.q.device
-    rows = max(1, min(Tq, CHUNK_BYTES // max(1, 4 * B * H * Tk)))
     dt = compute_dtype(x.q)
+    rows = max(1, min(Tq, CHUNK_BYTES // max(1, 4 * B * H * Tk)))
     k, v = x.k.to(dt), x.v.to(dt)
+    hidden = torch.finfo(dt).min  # hidden keys: finite, so logits stay usable (0·min = 0), and exp underflows to 0
     outs = []
     for q0 in range(0, Tq, rows):
         q1 = min(Tq, q0 + rows)
@@ -53,8 +54,9 @@ def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Pro
         else:
             visible = torch.ones(1, 1, n, Tk, dtype=torch.bool, device=dev)
         kv_idx = torch.arange(k0, k1, device=dev)
-        qc = x.q[:, :, q0:q1].to(dt).reshape(B, Hkv, G * n, D)
-        s = torch.matmul(qc, k[:, :, k0:k1].transpose(-1, -2)).view(B, H, n, k1 - k0) * x.scale  # [B, H, n, Ts]
+        qc = (x.q[:, :, q0:q1].to(dt) * x.scale).reshape(B, Hkv, G * n, D)
+        s = torch.matmul(qc, k[:, :, k0:k1].transpose(-1, -2)).view(B, H, n, k1 - k0)  # [B, H, n, Ts]
+        exact = x.bias is None and x.score_mod is None  # logits are finite wherever visible
         if x.bias is not None:
             bq = x.bias[:, :, q0:q1] if x.bias.shape[2] > 1 else x.bias  # [B|1, H|1, n|1, Tk]
             s = s + bq[..., k0:k1].to(dt)
@@ -62,13 +64,22 @@ def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Pro
             b = torch.arange(B, device=dev).view(-1, 1, 1, 1)
             h = torch.arange(H, device=dev).view(1, -1, 1, 1)
             s = x.score_mod(s, b, h, q_idx.view(1, 1, -1, 1), kv_idx.view(1, 1, 1, -1))
-        s = s.masked_fill(~visible, float("-inf"))
-        empty = torch.isneginf(s).all(-1, keepdim=True)  # rows with nothing to attend to
-        p = torch.softmax(s.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+        if not exact:  # a bias or an edit may hide keys too (-inf)
+            visible = visible & ~torch.isneginf(s)
+        hid = ~visible.flatten(0, 2).all(0)  # [Ts] key columns some query cannot see
+        if bool(hid.any()):
+            c0 = int(hid.nonzero()[0])  # mask from the first such column on (causal: the diagonal block)
+            s[..., c0:].masked_fill_(~visible[..., c0:], hidden)
+        p = torch.softmax(s, dim=-1)
+        empty = ~visible.any(-1, keepdim=True)  # rows with nothing to attend to
+        if bool(empty.any()):
+            p = p.masked_fill(empty, 0.0)
         for fn in probs_edits:
             p = fn(p, q_idx, kv_idx)
         if probes:
-            chunk = AttentionChunk(probs=p.detach(), visible=visible, q_idx=q_idx, kv_start=k0, lk=Tk)
+            chunk = AttentionChunk(
+                probs=p.detach(), visible=visible, q_idx=q_idx, kv_start=k0, lk=Tk, logits=s if exact and not probs_edits else None
+            )
             for probe in probes:
                 probe.observe(chunk, site)
         o = torch.matmul(p.reshape(B, Hkv, G * n, k1 - k0), v[:, :, k0:k1])  # [B, Hkv, G*n, Dv]

@@ -18,8 +18,10 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 __all__ = ["AttentionChunk", "Edit", "Probe", "Site", "site_matcher"]
@@ -58,6 +60,11 @@ class AttentionChunk:
         q_idx: ``[Tc]`` query positions.
         kv_start: position of the first key in ``probs``.
         lk: number of keys in the whole sequence.
+        logits: ``[B, H, Tc, Ts]`` the logits the probabilities came from, finite (hidden keys
+            hold the dtype's minimum), when the row pass can give them; None otherwise.
+
+    Statistics several probes need (:attr:`row_entropy`, :attr:`column_sum`) are computed once
+    per chunk and shared.
     """
 
     probs: Tensor
@@ -65,11 +72,34 @@ class AttentionChunk:
     q_idx: Tensor
     kv_start: int
     lk: int
+    logits: Tensor | None = None
 
     @property
     def num_visible(self) -> Tensor:
         """``[B|1, H|1, Tc]`` number of keys each query may attend to."""
         return self.visible.sum(-1)
+
+    @cached_property
+    def row_entropy(self) -> Tensor:
+        """``[B, H, Tc]`` entropy of each row in nats (0 for a row with nothing visible).
+
+        With logits: ``H = lse − Σ p·s`` and ``lse = max s − log max p`` (no logarithm per
+        element); otherwise ``−Σ p log p``.
+        """
+        p = self.probs
+        if p.shape[-1] == 0:  # a chunk of rows that see nothing
+            return p.new_zeros(p.shape[:-1])
+        if self.logits is None:
+            return -torch.xlogy(p, p).sum(-1)
+        p_max = p.amax(-1)
+        lse = self.logits.amax(-1) - torch.log(p_max.clamp_min(1e-38))
+        h = lse - torch.linalg.vecdot(p, self.logits)  # [B, H, Tc]
+        return torch.where(p_max > 0, h.clamp_min(0.0), 0.0)
+
+    @cached_property
+    def column_sum(self) -> Tensor:
+        """``[B, H, Ts]`` attention each key receives from the chunk's queries."""
+        return self.probs.sum(2)
 
 
 @runtime_checkable
@@ -77,7 +107,9 @@ class Probe(Protocol):
     """An observer at attention sites.
 
     ``observe`` is called once per chunk of query rows per site; ``result`` returns what was
-    accumulated, keyed by site name.
+    accumulated, keyed by site name. A probe that only watches hidden states through model hooks
+    sets ``observes_attention = False`` so that attaching it does not switch attention to the
+    row pass.
     """
 
     def observe(self, chunk: AttentionChunk, site: Site) -> None: ...

@@ -1,6 +1,28 @@
-"""Probes: observers of attention at sites. Nouns: ``Entropy()``, ``ColumnMass()``."""
+"""Probes: observers of attention at sites. Nouns: ``Entropy()``, ``Sink()``, ``Patterns()``.
 
+Each probe is one file; ``attnlab scan --probes`` finds them by name (:func:`get`, :func:`names`).
+"""
+
+from attnlab.probes._base import Findings, SiteProbe, get, names
 from attnlab.probes.column_mass import ColumnMass
 from attnlab.probes.entropy import Entropy
+from attnlab.probes.extreme import Extreme
+from attnlab.probes.layer_importance import LayerImportance
+from attnlab.probes.patterns import Patterns
+from attnlab.probes.retrieval import Retrieval, needle_in_a_haystack
+from attnlab.probes.sink import Sink
 
-__all__ = ["ColumnMass", "Entropy"]
+__all__ = [
+    "ColumnMass",
+    "Entropy",
+    "Extreme",
+    "Findings",
+    "LayerImportance",
+    "Patterns",
+    "Retrieval",
+    "Sink",
+    "SiteProbe",
+    "get",
+    "names",
+    "needle_in_a_haystack",
+]

@@ -11,11 +11,12 @@ import torch
 from torch import Tensor
 
 from attnlab.core.site import AttentionChunk, Site
-from attnlab.probes._base import SiteProbe
+from attnlab.probes._base import SiteProbe, register
 
 __all__ = ["ColumnMass"]
 
 
+@register("column_mass")
 class ColumnMass(SiteProbe):
     """Sum over query rows of the attention each key receives, per batch item and head.
 
@@ -50,7 +51,7 @@ class ColumnMass(SiteProbe):
                 "it sums inputs of one shape; call reset() between inputs of different shapes"
             )
         span = slice(chunk.kv_start, chunk.kv_start + Ts)
-        acc[0][:, :, span] += p.sum(2).double()
+        acc[0][:, :, span] += chunk.column_sum.double()
         acc[1][:, :, span] += chunk.visible.sum(2).double()
 
     def result(self) -> dict[str, dict[str, Tensor]]:

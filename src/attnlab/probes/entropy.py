@@ -12,11 +12,12 @@ import torch
 from torch import Tensor
 
 from attnlab.core.site import AttentionChunk, Site
-from attnlab.probes._base import SiteProbe
+from attnlab.probes._base import Findings, SiteProbe, grid, register
 
 __all__ = ["Entropy"]
 
 
+@register("entropy")
 class Entropy(SiteProbe):
     """Mean row entropy per head, raw (nats) and normalised by ``log(visible keys)``.
 
@@ -38,25 +39,32 @@ class Entropy(SiteProbe):
     def observe(self, chunk: AttentionChunk, site: Site) -> None:
         if not self.wants(site):
             return
-        p = chunk.probs  # [B, H, Tc, Ts]
-        n = chunk.num_visible.expand(p.shape[:3]).double()  # [B, H, Tc]
-        h = -torch.xlogy(p, p).sum(-1).double()  # [B, H, Tc]
-        rows = n >= 1
-        norm_rows = n >= 2
-        hn = torch.where(norm_rows, h / torch.log(n.clamp(min=2)), 0.0)
-        acc = self._acc.setdefault(site.name, [0.0, 0.0, 0.0, 0.0])
-        acc[0] = acc[0] + torch.where(rows, h, 0.0).sum((0, 2))
-        acc[1] = acc[1] + rows.sum((0, 2))
-        acc[2] = acc[2] + hn.sum((0, 2))
-        acc[3] = acc[3] + norm_rows.sum((0, 2))
+        n = chunk.num_visible.expand(chunk.probs.shape[:3])  # [B, H, Tc] keys each query sees
+        h = chunk.row_entropy  # [B, H, Tc], shared with other probes
+        rows, norm_rows = n >= 1, n >= 2  # rows with one key count for entropy (0), not for normalised entropy
+        hn = torch.where(norm_rows, h / torch.log(n.clamp(min=2).to(h.dtype)), 0.0)
+        add = torch.stack(
+            [torch.where(rows, h, 0.0).sum((0, 2)), rows.sum((0, 2)), hn.sum((0, 2)), norm_rows.sum((0, 2))]
+        ).double()  # [4, H]
+        self._acc[site.name] = self._acc.get(site.name, 0.0) + add
 
     def result(self) -> dict[str, dict[str, Tensor]]:
         """Per site: ``{"entropy": [H], "normalized": [H], "rows": [H]}`` (float64 means, row counts)."""
         return {
-            name: {
-                "entropy": s / c.clamp(min=1),
-                "normalized": sn / cn.clamp(min=1),
-                "rows": c,
-            }
+            name: {"entropy": s / c.clamp(min=1), "normalized": sn / cn.clamp(min=1), "rows": c}
             for name, (s, c, sn, cn) in self._acc.items()
         }
+
+    def findings(self, sites):
+        r = self.result()
+        norm = {k: v["normalized"] for k, v in r.items()}
+        out = Findings(
+            heatmaps={"entropy (normalised)": grid(norm, sites), "entropy (nats)": grid({k: v["entropy"] for k, v in r.items()}, sites)}
+        )
+        flat = [(float(v), s.layer, h) for s in sites if s.name in norm for h, v in enumerate(norm[s.name])]
+        if flat:
+            lo, hi = min(flat), max(flat)
+            out.notes.append(
+                f"Most focused head: layer {lo[1]} head {lo[2]} (normalised entropy {lo[0]:.2f}); most diffuse: layer {hi[1]} head {hi[2]} ({hi[0]:.2f})."
+            )
+        return out

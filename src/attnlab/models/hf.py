@@ -1,0 +1,301 @@
+"""Run Hugging Face models' attention through :func:`attnlab.core.attend`.
+
+:func:`instrument` registers attnlab as an attention implementation with transformers'
+``AttentionInterface`` (and a mask function with ``AttentionMaskInterface``: without it a custom
+attention function silently receives ``attention_mask=None`` and padding breaks) and switches
+the model to it. From then on every attention call of the model is a site ``layers.{i}.attn``
+where probes observe and edits act, exactly as in attnlab's own modules.
+
+Masks stay predicates: the model's causal, sliding-window, bidirectional and padding masks become
+``attnlab.core.masks`` objects instead of ``T × T`` tensors, so a 32k-token forward never builds
+one.
+
+    >>> model, tok = load("smollm2-135m")                         # doctest: +SKIP
+    >>> instrument(model)                                         # doctest: +SKIP
+    >>> with attnlab.attach(probes=[Entropy()]): model(**tok("Hello", return_tensors="pt"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.core import Site, attached, attend
+from attnlab.core import masks as M
+from attnlab.models.hf_load import EMBEDDED, load
+
+__all__ = ["EMBEDDED", "SUPPORTED", "Layers", "attention_forward", "instrument", "instrumented", "layers", "load", "mask_function", "sites"]
+
+NAME = "attnlab"
+SUPPORTED = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3_text", "gpt2", "bert")
+_BACKEND: dict[int, str] = {}  # id(model config) -> attnlab backend for that model
+_CALLED: set[str] = set()  # sites whose attention ran through attnlab (checked by instrument)
+
+
+# --- masks ------------------------------------------------------------------------------------
+
+
+def _shifted(mask: M.Mask, q_offset: int, kv_offset: int) -> M.Mask:
+    """``mask`` evaluated at ``q_idx + q_offset, kv_idx + kv_offset`` (a band stays a band)."""
+    if q_offset == kv_offset == 0:
+        return mask
+    if isinstance(mask, M._Band):
+        d = q_offset - kv_offset  # q - kv in the shifted frame = (q - kv) + d
+        return M._Band(mask.lo - d, mask.hi - d, f"{mask.name}@{q_offset},{kv_offset}")
+    fn = mask.fn
+    return M.Mask(lambda b, h, q, kv: fn(b, h, q + q_offset, kv + kv_offset), f"{mask.name}@{q_offset},{kv_offset}", batched=mask.batched)
+
+
+def _key_padding(padding: Tensor) -> M.Mask:
+    """Keys whose padding flag is True, per sequence: ``padding`` is ``[B, Tk]`` bool."""
+    return M.Mask(lambda b, h, q, kv: padding[b, kv], "key_padding", batched=True)
+
+
+def mask_function(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function=None,
+    attention_mask: Tensor | None = None,
+    local_size: int | None = None,
+    **kwargs,
+) -> M.Mask:
+    """transformers' mask interface for attnlab: the model's mask as an attnlab predicate.
+
+    Causal, sliding-window and bidirectional masks become exact bands (tile plans are
+    analytic); other mask functions are wrapped as predicates; padding becomes a per-sequence
+    key mask.
+    """
+    from transformers import masking_utils as mu
+
+    if mask_function is mu.causal_mask_function:
+        base = M.causal if local_size is None else M.sliding_window(local_size - 1)
+    elif mask_function is mu.bidirectional_mask_function:
+        base = M.full
+    elif local_size is not None and _is_sliding_causal(mask_function, local_size):
+        base = M.sliding_window(local_size - 1)
+    else:
+        base = M.Mask(mask_function, "hf_mask_function", batched=True)
+    mask = _shifted(base, q_offset, kv_offset)
+    if attention_mask is not None:
+        padding = mu.prepare_padding_mask(attention_mask, kv_length, kv_offset)
+        if padding is not None and not bool(padding.all()):
+            mask = mask & _key_padding(padding.bool())
+    return mask
+
+
+def _is_sliding_causal(fn, window: int) -> bool:
+    """Whether ``fn`` is transformers' sliding-window causal mask of this window (checked on a grid)."""
+    n = 2 * window + 3
+    q = torch.arange(n).view(-1, 1)
+    kv = torch.arange(n).view(1, -1)
+    try:
+        got = fn(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), q, kv)
+    except Exception:  # a mask function that needs other index shapes: treat as generic
+        return False
+    return torch.equal(got.expand(n, n), (kv <= q) & (kv > q - window))
+
+
+# --- the attention function -------------------------------------------------------------------
+
+
+class _Softcap:
+    """Gemma 2's logit soft-capping, ``c · tanh(score / c)``, as a logit stage of the model's own math."""
+
+    stage = "logits"
+
+    def __init__(self, cap: float):
+        self.cap = cap
+
+    def at(self, site):
+        cap = self.cap
+        return lambda s, b, h, q, kv: cap * torch.tanh(s / cap)
+
+
+def attention_forward(
+    module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, dropout: float = 0.0, scaling=None, **kwargs
+):
+    """transformers' attention-function contract, computed by :func:`attnlab.core.attend`.
+
+    Returns ``(out [B, Tq, H, Dv], None)``: attention weights are for probes, not returned.
+    """
+    if dropout and module.training:
+        raise ValueError("attnlab's attention has no dropout: call model.eval() (attnlab instruments models for analysis, not training)")
+    for unsupported in ("s_aux", "sinks", "position_bias"):
+        if kwargs.get(unsupported) is not None:
+            raise ValueError(f"attnlab does not support attention with {unsupported!r} yet; supported model types: {', '.join(SUPPORTED)}")
+    site = getattr(module, "attnlab_site", None) or Site(name=type(module).__name__, num_heads=query.shape[1], num_kv_heads=key.shape[1])
+    _CALLED.add(site.name)
+    Tq, Tk = query.shape[2], key.shape[2]
+    mask = attention_mask
+    if mask is None:
+        causal = kwargs.get("is_causal")
+        causal = getattr(module, "is_causal", True) if causal is None else causal
+        mask = _shifted(M.causal, Tk - Tq, 0) if causal and Tq > 1 else None
+    for probe in attached()[0]:
+        if hasattr(probe, "observe_values"):
+            probe.observe_values(value.detach(), site)  # [B, Hkv, Tk, Dv]
+    edits = (_Softcap(kwargs["softcap"]),) if kwargs.get("softcap") else ()
+    backend = _BACKEND.get(id(getattr(module, "config", None)), "auto")
+    out = attend(query, key, value, mask=mask, scale=scaling, site=site, backend=backend, edits=edits)  # [B, H, Tq, Dv]
+    return out.transpose(1, 2).contiguous(), None
+
+
+# --- model structure --------------------------------------------------------------------------
+
+
+@dataclass
+class Layers:
+    """Where a model keeps its layers and each layer's attention sublayer.
+
+    Attributes:
+        blocks: the transformer blocks, in order (``model.model.layers``, ``transformer.h``, ...).
+        contrib: per block, the module whose output is the attention sublayer's contribution to
+            the residual stream (``self_attn``, ``attn``; for BERT, the output projection before
+            the residual and LayerNorm).
+        paths: module paths of the attention modules that receive the attention call.
+    """
+
+    blocks: list[nn.Module]
+    contrib: list[nn.Module]
+    paths: list[str]
+
+
+_BLOCK_PATHS = ("model.layers", "layers", "transformer.h", "h", "encoder.layer", "bert.encoder.layer", "model.language_model.layers")
+_ATTN_NAMES = ("self_attn", "attn", "attention")
+
+
+def layers(model: nn.Module) -> Layers:
+    """The blocks and attention sublayers of a supported model (ValueError otherwise)."""
+    for path in _BLOCK_PATHS:
+        blocks = model.get_submodule(path) if _has(model, path) else None
+        if isinstance(blocks, nn.ModuleList) and len(blocks):
+            name = next((n for n in _ATTN_NAMES if hasattr(blocks[0], n)), None)
+            if name is None:
+                break
+            attn = [getattr(b, name) for b in blocks]
+            paths = [f"{path}.{i}.{name}" + (".self" if hasattr(a, "self") else "") for i, a in enumerate(attn)]
+            contrib = [a.output.dense if hasattr(a, "output") and hasattr(a.output, "dense") else a for a in attn]
+            return Layers(list(blocks), contrib, paths)
+    raise ValueError(f"cannot find the transformer layers of {type(model).__name__}; supported model types: {', '.join(SUPPORTED)}")
+
+
+def _has(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def sites(model: nn.Module) -> list[Site]:
+    """The attention sites of an instrumented model, in layer order."""
+    return [model.get_submodule(p).attnlab_site for p in layers(model).paths]
+
+
+def instrument(model: nn.Module, *, backend: str = "auto") -> nn.Module:
+    """Route every attention call of ``model`` through :func:`attnlab.core.attend` (in place).
+
+    Each attention module gets a site ``layers.{i}.attn`` with its head counts. Raises a
+    ``ValueError`` naming the supported model types when the model's attention does not go
+    through transformers' ``AttentionInterface``.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    model_type = getattr(getattr(model, "config", None), "model_type", "?")
+    can_set = getattr(model, "_can_set_attn_implementation", lambda: False)
+    if not can_set():
+        raise ValueError(
+            f"{type(model).__name__} ({model_type}) does not route attention through transformers' AttentionInterface; supported: {', '.join(SUPPORTED)}"
+        )
+    AttentionInterface.register(NAME, attention_forward)
+    AttentionMaskInterface.register(NAME, mask_function)
+    found = layers(model)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    for i, path in enumerate(found.paths):
+        module = model.get_submodule(path)
+        module.attnlab_site = Site(name=f"layers.{i}.attn", layer=i, module_path=path, num_heads=heads, num_kv_heads=kv_heads)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(NAME)
+    for m in model.modules():
+        if hasattr(m, "config"):
+            _BACKEND[id(m.config)] = backend
+    _check_routed(model, found, previous, model_type)
+    if not getattr(model, "_attnlab_hooks", None):
+        model._attnlab_hooks = _hook_layers(found)
+    return model
+
+
+def _check_routed(model: nn.Module, found: Layers, previous: str, model_type: str) -> None:
+    """Run two tokens through the model and make sure every attention site went through attnlab."""
+    _CALLED.clear()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[0, 1]], device=next(model.parameters()).device))
+    missing = [p for p in found.paths if model.get_submodule(p).attnlab_site.name not in _CALLED]
+    if missing:
+        model.set_attn_implementation(previous)
+        raise ValueError(
+            f"{type(model).__name__} ({model_type}) does not send its attention through transformers' AttentionInterface "
+            f"(e.g. {missing[0]} did not); supported: {', '.join(SUPPORTED)}"
+        )
+
+
+def _hook_layers(found: Layers) -> list:
+    """Forward hooks that show attached probes the residual stream around each block.
+
+    A probe with ``observe_block(layer, x_in, x_out)`` sees each block's input and output
+    ``[B, T, C]``; one with ``observe_sublayer(layer, x_in, attn_out)`` sees the block input and
+    the attention sublayer's contribution to the residual stream. Hooks do nothing when no such
+    probe is attached.
+    """
+    inputs: dict[int, Tensor] = {}
+    handles = []
+
+    def wanted(method: str):
+        return [p for p in attached()[0] if hasattr(p, method)]
+
+    for i, (block, contrib) in enumerate(zip(found.blocks, found.contrib)):
+
+        def pre(module, args, kwargs, i=i):
+            if wanted("observe_block") or wanted("observe_sublayer"):
+                x = args[0] if args else kwargs.get("hidden_states")
+                inputs[i] = x.detach()
+
+        def post(module, args, kwargs, output, i=i):
+            x_in = inputs.pop(i, None)
+            if x_in is not None:
+                out = output[0] if isinstance(output, tuple) else output
+                for p in wanted("observe_block"):
+                    p.observe_block(i, x_in, out.detach())
+
+        def sub_post(module, args, output, i=i):
+            x_in = inputs.get(i)
+            if x_in is not None:
+                out = output[0] if isinstance(output, tuple) else output
+                for p in wanted("observe_sublayer"):
+                    p.observe_sublayer(i, x_in, out.detach())
+
+        handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.register_forward_hook(post, with_kwargs=True))
+        handles.append(contrib.register_forward_hook(sub_post))
+    return handles
+
+
+@contextmanager
+def instrumented(model: nn.Module, *, backend: str = "auto") -> Iterator[nn.Module]:
+    """:func:`instrument` for the duration of a block; the previous attention implementation is restored after."""
+    previous = model.config._attn_implementation
+    instrument(model, backend=backend)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(previous)

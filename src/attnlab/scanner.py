@@ -1,0 +1,357 @@
+"""``attnlab.scan()``: probe a pretrained model's attention and keep the results as plain data.
+
+A scan instruments a Hugging Face model (every attention call goes through
+:func:`attnlab.core.attend` at a site), runs the chosen probes over text inputs, repeated random
+token sequences (for the head-pattern detectors) and needle-in-a-haystack trials (for retrieval
+heads), and returns a :class:`ScanResult`: JSON-ready findings per probe, the settings and
+versions that produced them, and a few whole attention maps of a short prompt for the report.
+
+    >>> model, tok = attnlab.models.hf.load("smollm2-135m")          # doctest: +SKIP
+    >>> result = attnlab.scan(model, tok, [text], probes=["sink", "entropy"])  # doctest: +SKIP
+    >>> result.save("results.json"); result.report("report.html")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import attnlab
+from attnlab.core import Site, attach
+from attnlab.probes import _base as probe_registry
+from attnlab.probes.retrieval import Retrieval, needle_in_a_haystack
+
+__all__ = ["DEFAULT_PROBES", "SCHEMA", "ScanResult", "repeated_tokens", "scan"]
+
+SCHEMA = 1
+DEFAULT_PROBES = ("sink", "entropy", "patterns", "extreme", "layer_importance", "retrieval")
+MAP_TOKENS = 40  # attention maps in the report are of a prompt this long
+
+
+@dataclass
+class ScanResult:
+    """What a scan found, with everything needed to regenerate it.
+
+    Attributes:
+        meta: schema version, versions of attnlab/torch/transformers, model identity, every
+            setting, the inputs (kind, length) and the wall time.
+        sites: ``{"name", "layer", "num_heads", "num_kv_heads"}`` per attention site.
+        findings: per probe, its :class:`attnlab.probes.Findings` as a dict.
+        maps: a few whole attention maps of a short prompt: ``{"layer", "head", "why", "tokens", "matrix"}``.
+    """
+
+    meta: dict
+    sites: list[dict]
+    findings: dict[str, dict]
+    maps: list[dict] = field(default_factory=list)
+
+    def to_pandas(self):
+        """Every heatmap value as a long table: probe, metric, layer, head, value."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ValueError("to_pandas needs pandas: pip install pandas") from e
+        rows = [
+            {"probe": probe, "metric": metric, "layer": layer, "head": head, "value": value}
+            for probe, f in self.findings.items()
+            for metric, grid in f["heatmaps"].items()
+            for layer, row in enumerate(grid)
+            for head, value in enumerate(row)
+        ]
+        return pd.DataFrame(rows, columns=["probe", "metric", "layer", "head", "value"])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result as JSON (written whole to a temporary file, then renamed)."""
+        return _write_atomic(Path(path), json.dumps(self.to_dict(), indent=1, default=_jsonable))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ScanResult:
+        """Read a result saved by :meth:`save`; a ValueError says what is wrong with a bad file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ValueError(f"{path} does not exist") from e
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a scan result (not JSON: {e})") from e
+        if not isinstance(data, dict) or data.get("meta", {}).get("schema") != SCHEMA:
+            raise ValueError(f"{path} is not an attnlab scan result of schema {SCHEMA}")
+        return cls(data["meta"], data["sites"], data["findings"], data.get("maps", []))
+
+    def report(self, path: str | os.PathLike) -> Path:
+        """Write the self-contained HTML report."""
+        from attnlab.report.html import render
+
+        return _write_atomic(Path(path), render(self))
+
+    def _repr_html_(self) -> str:
+        from attnlab.report.html import render
+
+        return render(self, standalone=False)
+
+
+def _jsonable(x):
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    raise TypeError(f"cannot store {type(x).__name__} in a scan result")
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def repeated_tokens(tokenizer, *, n: int = 64, count: int = 4, seed: int = 0) -> torch.Tensor:
+    """Random token sequences repeated twice, ``[count, 2n (+1 BOS)]``: what the head detectors read."""
+    g = torch.Generator().manual_seed(seed)
+    special = set(tokenizer.all_special_ids)
+    pool = torch.tensor([i for i in range(min(tokenizer.vocab_size, 20000)) if i not in special])
+    rand = pool[torch.randint(len(pool), (count, n), generator=g)]
+    seq = torch.cat([rand, rand], dim=1)
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        seq = torch.cat([torch.full((count, 1), tokenizer.bos_token_id), seq], dim=1)
+    return seq
+
+
+def scan(
+    model,
+    tokenizer,
+    texts: Sequence[str] = (),
+    *,
+    probes: Sequence[str] = DEFAULT_PROBES,
+    repeated: bool = True,
+    needle_lengths: Sequence[int] = (512, 768),
+    needle_depths: Sequence[float] = (0.1, 0.5, 0.9),
+    max_len: int | None = None,
+    truncate: bool = False,
+    allow_extrapolation: bool = False,
+    backend: str = "auto",
+    progress: Callable[[str, int, int], None] | None = None,
+    settings: dict | None = None,
+) -> ScanResult:
+    """Scan a model's attention with probes; see the module docstring.
+
+    Args:
+        texts: text inputs; each is run whole (batch 1) through the model.
+        probes: probe names (``attnlab.probes.names()``); ``retrieval`` runs needle trials.
+        repeated: also run repeated random token sequences: the ``patterns`` probe then reads only
+            them (and, without texts, every probe reads them).
+        needle_lengths, needle_depths: the needle trial grid, in tokens and fractions.
+        max_len: longest input in tokens (default: the model's ``max_position_embeddings``).
+        truncate: cut longer texts to ``max_len`` instead of refusing them.
+        allow_extrapolation: let ``max_len`` exceed the positions the model was trained on
+            (a memory/speed measurement; recorded in the result).
+        backend: attnlab backend for the attention computations.
+        progress: called as ``progress(what, done, total)``.
+        settings: extra settings to record (the CLI's arguments).
+    """
+    from attnlab.models import hf
+
+    t0 = time.perf_counter()
+    trained = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    max_len = max_len or trained or 2048
+    if trained and max_len > trained and not allow_extrapolation:
+        raise ValueError(
+            f"max_len {max_len} exceeds the {trained} positions the model was trained on: pass allow_extrapolation=True (--allow-extrapolation) to measure beyond them"
+        )
+    unknown = [p for p in probes if p not in probe_registry.names()]
+    if unknown:
+        raise ValueError(f"unknown probe {unknown[0]!r}: choose from {', '.join(probe_registry.names())}")
+    hf.instrument(model, backend=backend)
+    sites = hf.sites(model)
+    inputs = [_encode(tokenizer, t, i, max_len, truncate) for i, t in enumerate(texts)]
+    passive = {name: probe_registry.get(name) for name in probes if name != "retrieval"}
+    on_repeated = [] if not repeated else list(passive.values()) if not inputs else [passive["patterns"]] if "patterns" in passive else []
+    record = []
+    for i, ids in enumerate(inputs):
+        what = f"text {i + 1}/{len(inputs)} ({ids.shape[1]} tokens)"
+        _run(model, tokenizer, ids, [p for p in passive.values() if p not in on_repeated], _Layers(progress, what, len(sites)))
+        record.append({"kind": "text", "tokens": int(ids.shape[1])})
+    if on_repeated:
+        seq = repeated_tokens(tokenizer)
+        _run(model, tokenizer, seq, on_repeated, _Layers(progress, f"repeated random tokens ({seq.shape[0]} × {seq.shape[1]})", len(sites)))
+        record.append({"kind": "repeated", "sequences": int(seq.shape[0]), "tokens": int(seq.shape[1])})
+    findings = {name: asdict(p.findings(sites)) for name, p in passive.items()}
+    if "retrieval" in probes:
+        from attnlab.data import haystack
+
+        r = Retrieval()
+        trials = needle_in_a_haystack(
+            model,
+            tokenizer,
+            r,
+            haystack=haystack(),
+            lengths=needle_lengths,
+            depths=needle_depths,
+            progress=lambda line: _report(progress, line, 0, 0),
+        )
+        record += [{"kind": "needle", "tokens": t.length, "depth": t.depth, "recalled": t.recalled} for t in trials]
+        findings["retrieval"] = asdict(r.findings(sites))
+    maps = _attention_maps(model, tokenizer, texts, findings, sites)
+    meta = {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "model": {
+            "identity": getattr(model, "attnlab_identity", type(model).__name__),
+            "type": model.config.model_type,
+            "layers": len(sites),
+            "heads": sites[0].num_heads,
+            "kv_heads": sites[0].num_kv_heads,
+            "trained_positions": trained,
+        },
+        "settings": {
+            "probes": list(probes),
+            "repeated": repeated,
+            "needle_lengths": list(needle_lengths),
+            "needle_depths": list(needle_depths),
+            "max_len": max_len,
+            "truncate": truncate,
+            "allow_extrapolation": allow_extrapolation,
+            "backend": backend,
+            **(settings or {}),
+        },
+        "inputs": record,
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
+    site_rows = [{"name": s.name, "layer": s.layer, "num_heads": s.num_heads, "num_kv_heads": s.num_kv_heads} for s in sites]
+    return ScanResult(meta, site_rows, findings, maps)
+
+
+def _report(progress, what: str, done: int, total: int) -> None:
+    if progress:
+        progress(what, done, total)
+
+
+def _encode(tokenizer, text: str, index: int, max_len: int, truncate: bool) -> torch.Tensor:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text {index + 1} is empty: give some text to scan")
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    if ids.shape[1] > max_len:
+        if not truncate:
+            raise ValueError(
+                f"text {index + 1} has {ids.shape[1]} tokens, more than max_len={max_len}: pass truncate=True (--truncate) to cut it, or raise max_len"
+            )
+        ids = ids[:, :max_len]
+    return ids
+
+
+class _Layers:
+    """Reports progress layer by layer (through the adapter's block hooks), attention untouched."""
+
+    observes_attention = False
+
+    def __init__(self, progress, what: str, layers: int):
+        self.progress, self.what, self.layers = progress, what, layers
+
+    def observe(self, chunk, site) -> None:
+        return
+
+    def result(self) -> dict:
+        return {}
+
+    def observe_block(self, layer: int, x_in, x_out) -> None:
+        _report(self.progress, f"{self.what}: layer {layer + 1}/{self.layers}", layer + 1, self.layers)
+
+
+@torch.no_grad()
+def _run(model, tokenizer, ids: torch.Tensor, probes: list, ticker: _Layers | None = None) -> None:
+    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    for p in probes:
+        p.begin(ids, tokens)
+    with attach(probes=[*probes, *([ticker] if ticker and ticker.progress else [])]):
+        model(input_ids=ids)
+    for p in probes:
+        p.end()
+
+
+class _Maps:
+    """Captures whole attention maps ``[H, T, T]`` of chosen layers for a short prompt."""
+
+    def __init__(self, layers: set[int]):
+        self.layers = layers
+        self.maps: dict[int, torch.Tensor] = {}
+
+    def observe(self, chunk, site: Site) -> None:
+        if site.layer in self.layers:
+            p = chunk.probs[0]  # [H, Tc, Ts]
+            m = self.maps.setdefault(site.layer, torch.zeros(p.shape[0], chunk.lk, chunk.lk))
+            m[:, chunk.q_idx, chunk.kv_start : chunk.kv_start + p.shape[-1]] = p.float()
+
+    def result(self) -> dict:
+        return {}
+
+
+def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) -> list[dict]:
+    """Whole attention maps of a short prompt for the heads the findings point at."""
+    wanted: list[tuple[int, int, str]] = []
+    for probe, table, why in (
+        ("patterns", "top previous-token heads", "strongest previous-token head"),
+        ("patterns", "top induction heads", "strongest induction head"),
+        (
+            "retrieval",
+            next((k for k in findings.get("retrieval", {}).get("tables", {}) if k.startswith("retrieval heads")), ""),
+            "strongest retrieval head",
+        ),
+    ):
+        rows = findings.get(probe, {}).get("tables", {}).get(table) or []
+        if rows:
+            wanted.append((rows[0]["layer"], rows[0]["head"], why))
+    sink = findings.get("sink", {}).get("heatmaps", {}).get("first-token mass")
+    if sink:
+        layer, head = max(((layer, h) for layer, row in enumerate(sink) for h in range(len(row))), key=lambda lh: sink[lh[0]][lh[1]])
+        wanted.append((layer, head, "strongest first-token sink head"))
+    if not wanted:
+        return []
+    from attnlab.data import sample_text
+
+    text = texts[0] if texts else sample_text()
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :MAP_TOKENS]
+    cap = _Maps({layer for layer, _, _ in wanted})
+    with torch.no_grad(), attach(probes=[cap]):
+        model(input_ids=ids)
+    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    return [
+        {
+            "layer": layer,
+            "head": head,
+            "why": why,
+            "tokens": tokens,
+            "matrix": [[round(float(x), 4) for x in row] for row in cap.maps[layer][head]],
+        }
+        for layer, head, why in wanted
+        if layer in cap.maps
+    ]
+
+
+def _versions() -> dict:
+    out = {"attnlab": attnlab.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import transformers
+
+        out["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
