@@ -34,7 +34,12 @@ __all__ = ["DEFAULT_PROBES", "SCHEMA", "ScanResult", "repeated_tokens", "scan"]
 
 SCHEMA = 1
 DEFAULT_PROBES = ("sink", "entropy", "patterns", "extreme", "layer_importance", "retrieval")
-MAP_TOKENS = 40  # attention maps in the report are of a prompt this long
+MAP_TOKENS = 20  # attention maps in the report: a prompt of this many tokens, said twice
+
+
+def _tokens(tokenizer, ids: torch.Tensor) -> list[str]:
+    """Each token as the text it stands for (not the tokenizer's internal pieces like 'Ġthe')."""
+    return [tokenizer.decode([i]) for i in ids.tolist()]
 
 
 @dataclass
@@ -278,7 +283,7 @@ class _Layers:
 
 @torch.no_grad()
 def _run(model, tokenizer, ids: torch.Tensor, probes: list, ticker: _Layers | None = None) -> None:
-    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    tokens = _tokens(tokenizer, ids[0])
     for p in probes:
         p.begin(ids, tokens)
     with attach(probes=[*probes, *([ticker] if ticker and ticker.progress else [])]):
@@ -305,7 +310,11 @@ class _Maps:
 
 
 def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) -> list[dict]:
-    """Whole attention maps of a short prompt for the heads the findings point at."""
+    """Whole attention maps of a short prompt, said twice, for the heads the findings point at.
+
+    The repetition lets induction and retrieval heads show what they do (attend to the token
+    after the earlier copy); a head picked for several reasons is drawn once.
+    """
     wanted: list[tuple[int, int, str]] = []
     for probe, table, why in (
         ("patterns", "top previous-token heads", "strongest previous-token head"),
@@ -328,20 +337,23 @@ def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) 
     from attnlab.data import sample_text
 
     text = texts[0] if texts else sample_text()
-    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :MAP_TOKENS]
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :MAP_TOKENS].repeat(1, 2)
     cap = _Maps({layer for layer, _, _ in wanted})
     with torch.no_grad(), attach(probes=[cap]):
         model(input_ids=ids)
-    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    tokens = _tokens(tokenizer, ids[0])
+    why: dict[tuple[int, int], list[str]] = {}
+    for layer, head, reason in wanted:
+        why.setdefault((layer, head), []).append(reason)
     return [
         {
             "layer": layer,
             "head": head,
-            "why": why,
+            "why": " and ".join(reasons),
             "tokens": tokens,
             "matrix": [[round(float(x), 4) for x in row] for row in cap.maps[layer][head]],
         }
-        for layer, head, why in wanted
+        for (layer, head), reasons in why.items()
         if layer in cap.maps
     ]
 

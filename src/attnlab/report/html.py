@@ -42,7 +42,7 @@ def heatmap_svg(
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
     span = (hi - lo) or 1.0
     left, top = 64 if row_names else 36, 22 if not col_names else 64
-    w, h = left + cols * cell + 70, top + rows * cell + 24
+    w, h = left + cols * cell + 96, top + rows * cell + 24
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" class="heat" role="img">']
     for i, r in enumerate(grid):
         y = top + i * cell
@@ -117,6 +117,7 @@ scanned {{ meta.created }} in {{ meta.wall_s }} s · attnlab {{ meta.versions.at
 {% for r in rows %}<tr>{% for v in r.values() %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table></details>{% endif %}{% endfor %}
 </section>{% endfor %}
 {% if maps %}<section><h2>Attention maps of a short prompt</h2>
+<p>The first {{ maps[0].tokens|length // 2 }} tokens of the text, said twice: from the second copy, an induction head looks at the token after the same token in the first.</p>
 {% for m in maps %}<figure><figcaption>layer {{ m.layer }} head {{ m.head }}: {{ m.why }} (rows: queries, columns: keys)</figcaption>{{ m.svg|safe }}</figure>{% endfor %}</section>{% endif %}
 <section><h2>Settings</h2><table>{% for k, v in meta.settings.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}
 <tr><th>inputs</th><td>{% for i in meta.inputs %}{{ i }}<br>{% endfor %}</td></tr></table></section>
@@ -134,7 +135,7 @@ summary{cursor:pointer;font-weight:600}
 
 
 def _short(token: str) -> str:
-    t = token.replace("Ġ", "·").replace("Ċ", "↵").replace("▁", "·")
+    t = token.replace("\n", "↵").replace(" ", "·")
     return t if len(t) <= 10 else t[:9] + "…"
 
 
