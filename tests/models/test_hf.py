@@ -99,9 +99,9 @@ def test_minilm_with_padding_equals_sdpa(minilm):
 def test_smollm2_cache_holds_float32_safetensors(smollm2):
     import json
 
-    from attnlab.models.hf_load import cache_root
+    from attnlab.models.hf_load import converted_dir, resolve
 
-    (converted,) = [p for p in (cache_root() / "models").iterdir() if p.name.startswith("SmolLM2-135M")]
+    converted = converted_dir(resolve("smollm2-135m")[0])
     assert (converted / "model.safetensors").is_file()
     assert "quantization_config" not in json.loads((converted / "config.json").read_text())
 

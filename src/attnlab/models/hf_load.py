@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EMBEDDED", "Embedded", "cache_root", "load", "resolve"]
+__all__ = ["EMBEDDED", "Embedded", "cache_root", "converted_dir", "load", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -130,11 +130,16 @@ def load(name_or_path: str = "smollm2-135m", *, dtype: torch.dtype = torch.float
     return model, tokenizer
 
 
-def _converted(gguf: Path, identity: str, dtype: torch.dtype, progress: bool) -> Path:
-    """A directory with the GGUF model dequantised to safetensors, made once and cached."""
+def converted_dir(gguf: Path) -> Path:
+    """Where the float32 conversion of a GGUF file is cached (keyed by its name, size and mtime)."""
     stat = gguf.stat()
     key = f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}".replace(" ", "_")
-    out = cache_root() / "models" / key
+    return cache_root() / "models" / key
+
+
+def _converted(gguf: Path, identity: str, dtype: torch.dtype, progress: bool) -> Path:
+    """A directory with the GGUF model dequantised to safetensors, made once and cached."""
+    out = converted_dir(gguf)
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
     import transformers
