@@ -34,6 +34,7 @@ def attend(
     site: Site | None = None,
     probes: Sequence[Probe] = (),
     edits: Sequence[Edit] = (),
+    q_offset: int = 0,
 ) -> Tensor:
     """Softmax attention at a site: ``softmax(q kᵀ · scale + bias, masked) v``.
 
@@ -54,6 +55,9 @@ def attend(
         probes: observers that receive the probabilities chunk by chunk of query rows.
         edits: interventions; logit edits run first, then probability edits, then output edits.
             Probes and edits attached with :func:`attnlab.core.attach` join these.
+        q_offset: absolute position of the first query, for edits: with a KV cache the queries
+            are the last ``Tq`` of ``Tk`` positions (``q_offset = Tk - Tq``). Logit and
+            probability edits see ``q_idx + q_offset``; masks keep positions within the call.
 
     Returns:
         ``[B, H, Tq, Dv]`` in the dtype of ``q``. A query with no visible key gets zeros.
@@ -74,6 +78,9 @@ def attend(
     ctx_probes, ctx_edits = attached()
     probes, edits = (*ctx_probes, *probes), (*ctx_edits, *edits)
     bound = _bind(edits, site)
+    if q_offset:
+        bound["logits"] = [_shift_logits(fn, q_offset) for fn in bound["logits"]]
+        bound["probs"] = [_shift_probs(fn, q_offset) for fn in bound["probs"]]
     x.score_mod = _compose_logits(bound["logits"])
     probes = [p for p in probes if getattr(p, "observes_attention", True)]
     if probes or bound["probs"]:
@@ -122,6 +129,14 @@ def _bind(edits: Sequence[Edit], site: Site) -> dict[str, list]:
         if fn is not None:
             bound[stage].append(fn)
     return bound
+
+
+def _shift_logits(fn, offset: int):
+    return lambda score, b, h, q_idx, kv_idx: fn(score, b, h, q_idx + offset, kv_idx)
+
+
+def _shift_probs(fn, offset: int):
+    return lambda probs, q_idx, kv_idx: fn(probs, q_idx + offset, kv_idx)
 
 
 def _compose_logits(fns: list):

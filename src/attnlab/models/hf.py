@@ -143,7 +143,8 @@ def attention_forward(
             probe.observe_values(value.detach(), site)  # [B, Hkv, Tk, Dv]
     edits = (_Softcap(kwargs["softcap"]),) if kwargs.get("softcap") else ()
     backend = _BACKEND.get(id(getattr(module, "config", None)), "auto")
-    out = attend(query, key, value, mask=mask, scale=scaling, site=site, backend=backend, edits=edits)  # [B, H, Tq, Dv]
+    # with a KV cache the queries are the last Tq positions: edits see absolute positions
+    out = attend(query, key, value, mask=mask, scale=scaling, site=site, backend=backend, edits=edits, q_offset=Tk - Tq)  # [B, H, Tq, Dv]
     return out.transpose(1, 2).contiguous(), None
 
 

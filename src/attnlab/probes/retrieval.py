@@ -186,6 +186,7 @@ def needle_in_a_haystack(
     depths: Sequence[float] = (0.1, 0.5, 0.9),
     needle: Needle = NEEDLE,
     max_new_tokens: int = 32,
+    edits: Sequence = (),
     progress: Callable[[str], None] | None = None,
 ) -> list[Trial]:
     """Run needle trials with greedy decoding, feeding ``probe`` the decode steps.
@@ -194,6 +195,7 @@ def needle_in_a_haystack(
         lengths: prompt lengths in tokens (the haystack is cut so the whole prompt fits).
         depths: where the needle goes, as a fraction of the context (0 = start, 1 = end).
         max_new_tokens: decode budget; decoding stops at a newline or the end-of-sequence token.
+        edits: attached to the prefill and every decode step (an edit's ``prepare`` sees the prompt).
         progress: called with a line per trial.
     """
     hay_ids = tokenizer(haystack, add_special_tokens=False)["input_ids"]
@@ -213,7 +215,10 @@ def needle_in_a_haystack(
             ids = tokenizer(_prompt(tokenizer, context, needle.question), add_special_tokens=False, return_tensors="pt")["input_ids"]
             span = _needle_span(ids[0].tolist(), tokenizer(needle.sentence, add_special_tokens=False)["input_ids"])
             probe.start_trial(ids[0], span)
-            generated = _greedy(model, ids, probe, max_new_tokens, eos, tokenizer)
+            for e in edits:
+                if hasattr(e, "prepare"):
+                    e.prepare(model, ids)
+            generated = _greedy(model, ids, probe, max_new_tokens, eos, tokenizer, edits)
             answer = tokenizer.decode(generated, skip_special_tokens=True).strip()
             recall = rouge1_recall(needle.sentence, answer)
             trial = Trial(int(ids.shape[1]), float(depth), recall > 0.5, answer, round(recall, 3), span)
@@ -225,17 +230,18 @@ def needle_in_a_haystack(
 
 
 @torch.no_grad()
-def _greedy(model, ids: Tensor, probe: Retrieval, max_new_tokens: int, eos: int | None, tokenizer) -> list[int]:
+def _greedy(model, ids: Tensor, probe: Retrieval, max_new_tokens: int, eos: int | None, tokenizer, edits: Sequence = ()) -> list[int]:
     """Greedy decoding with a KV cache; the probe sees every decode step after the prefill."""
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # transformers renamed it
-    out = model(input_ids=ids, use_cache=True)
+    with attach(edits=list(edits)):
+        out = model(input_ids=ids, use_cache=True)
     cache = getattr(out, name)
     token = int(out.logits[0, -1].argmax())
     generated = [token]
     for _ in range(max_new_tokens - 1):
         if token == eos or "\n" in tokenizer.decode([token]):
             break
-        with attach(probes=[probe]):
+        with attach(probes=[probe], edits=list(edits)):
             out = model(input_ids=torch.tensor([[token]]), use_cache=True, **{name: cache})
         cache = getattr(out, name)
         token = int(out.logits[0, -1].argmax())

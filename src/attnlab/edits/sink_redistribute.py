@@ -1,0 +1,364 @@
+"""Papers 47 (ACT, hidden sinks) and 12 (VAR, visual attention sink): take mass off sink keys.
+
+Both edits act on whole rows of probabilities ``A`` (a query ``i`` over keys ``j``). With a sink set
+``S``, a target set ``N`` (disjoint from ``S``), ``m_S = Σ_{j∈S} A_ij`` and ``m_N = Σ_{k∈N} A_ik``:
+
+    A'_ij = s · A_ij                              j ∈ S
+    A'_ik = A_ik + (1 − s) · m_S · A_ik / m_N     k ∈ N   (pro rata)
+    A'_il = A_il                                  otherwise
+
+so each row keeps its sum. A row with ``m_N = 0`` is left unchanged.
+
+- **ACT** (paper 47, Yu et al. 2024, "Unveiling and harnessing hidden attention sinks"): per head,
+  ``S`` = columns ``j ≥ 1`` with ``α_j = Σ_q A_qj / #queries that see j > τ [0.1]`` over all the
+  queries of the input, ``s = β [0.4]``, ``N`` = every other key (the first token included, as in
+  the official code). Only calibrated heads are edited (:meth:`SinkRedistribute.calibrate`).
+- **VAR** (paper 12, Kang et al. 2025, "See what you are told: visual attention sink in large
+  multimodal models"): ``S`` = tokens whose layer input ``x`` has ``max_{d∈D} |x_d| / rms(x) > τ
+  [20]`` in the sink dimensions ``D``; ``s = p [0.6]``; ``N`` = the target region (``region``
+  positions; the image in the paper, every key by default) minus ``S``. A row is edited when its
+  sink share of the region ``Σ_{S∩R} A / Σ_R A ≤ ρ [0.5]`` and its region mass ``Σ_R A ≥ 0.2``.
+
+The row pass sees one chunk of query rows at a time, so ``S`` is found first:
+:meth:`SinkRedistribute.prepare` runs the unedited model on the same input (a
+:class:`~attnlab.probes.ColumnMass` probe for ACT, the block-input hooks for VAR) and records the
+sinks per site and head. For decode steps with a KV cache the prepare pass on the prompt defines
+the sinks; keys after the prompt are never sinks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from attnlab.core import attach
+from attnlab.core.site import Site
+from attnlab.edits._base import SiteEdit, as_list, parse_heads, register
+
+__all__ = ["SinkRedistribute", "redistribute"]
+
+_DEFAULTS = {"act": {"scale": 0.4, "tau": 0.1}, "var": {"scale": 0.6, "tau": 20.0}}
+_CACHE_SIZE = 16  # prepared inputs remembered (calibration scores every head on the same inputs)
+
+
+def redistribute(p: Tensor, sink: Tensor, target: Tensor, scale: float, rows: Tensor | bool = True) -> Tensor:
+    """Scale the mass on ``sink`` keys by ``scale`` and give the rest to ``target`` keys pro rata.
+
+    Paper: 47 (ACT), 12 (VAR).
+    Shapes: ``p [B, H, Tc, Ts]``; ``sink``/``target`` bool, broadcastable to it; ``rows``
+    ``[B|1, H|1, Tc|1, 1]`` bool: which rows to edit. Rows whose target mass is 0 stay as they are.
+    """
+    m_s = torch.where(sink, p, 0.0).sum(-1, keepdim=True)  # [B, H, Tc, 1]
+    m_t = torch.where(target, p, 0.0).sum(-1, keepdim=True)  # [B, H, Tc, 1]
+    gain = (1.0 - scale) * m_s / m_t.clamp_min(torch.finfo(p.dtype).tiny)  # freed mass per unit of target mass
+    new = torch.where(sink, p * scale, torch.where(target, p + p * gain, p))
+    return torch.where((m_t > 0) & rows, new, p)
+
+
+class _FirstAndSinks:
+    """Block-input hooks for VAR: the first token's ``|x| / rms(x)`` per layer, or the sink flags."""
+
+    observes_attention = False
+
+    def __init__(self, dims: Tensor | None, tau: float):
+        self.dims, self.tau, self.out = dims, tau, {}
+
+    def observe(self, chunk, site) -> None:
+        return
+
+    def result(self) -> dict:
+        return self.out
+
+    def observe_block(self, layer: int, x_in: Tensor, x_out: Tensor) -> None:
+        x = x_in.float()  # [B, T, C]
+        r = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)).abs()  # [B, T, C]
+        if self.dims is None:
+            self.out[layer] = r[:, 0]  # [B, C]
+        else:  # no sink dimensions: no sinks
+            self.out[layer] = r[..., self.dims.to(r.device)].amax(-1) > self.tau if len(self.dims) else r[..., 0] < 0  # [B, T]
+
+
+@register("sink_redistribute")
+class SinkRedistribute(SiteEdit):
+    """Take a fraction of the attention off sink keys and give it to the other keys of the row.
+
+    Paper: 47 (ACT, hidden attention sinks) and 12 (VAR, visual attention sink).
+    Shapes: acts on probability rows ``[B, H, Tc, Ts]``; sinks recorded as ``[B, H|1, Tk]``.
+
+    Args:
+        method: ``"act"`` (sink columns by attention mass, calibrated heads) or ``"var"`` (sink
+            tokens by hidden-state dimensions, rows chosen by ρ and region mass).
+        beta: ACT's scale of the sink mass [0.4]; 1 changes nothing.
+        p: VAR's scale of the sink mass [0.6]; 1 changes nothing.
+        tau: sink threshold: ACT ``α_j > τ`` [0.1], VAR ``|x_d| / rms(x) > τ`` [20].
+        rho: VAR: largest sink share of the region for an edited row [0.5].
+        region_mass: VAR: smallest region mass for an edited row [0.2].
+        region: VAR: target-region key positions (None: every key).
+        dims: VAR: sink dimensions ``D`` (None: found by :meth:`calibrate` or on the first
+            prepared input: the dims where the first token's ``|x_d| / rms(x) > τ`` at the inputs of
+            at least half of the layers 1..L−1).
+        sinks: fixed sink positions for every edited head (no detection, no ``prepare`` needed).
+        layers: layers to act on (None: all).
+        heads: ints (those heads in every layer), ``L{layer}H{head}`` strings or ``(layer, head)``
+            pairs; None: every head; ``[]``: none.
+        sites: site selection.
+
+    Example:
+        >>> e = SinkRedistribute(beta=0.5, sinks=[2])
+        >>> p = torch.full((1, 1, 1, 4), 0.25)
+        >>> e.at(Site("layers.0.attn", layer=0))(p, torch.arange(1), torch.arange(4))
+        tensor([[[[0.2917, 0.2917, 0.1250, 0.2917]]]])
+    """
+
+    stage = "probs"
+
+    def __init__(
+        self,
+        method="act",
+        beta=None,
+        p=None,
+        tau=None,
+        rho=0.5,
+        region_mass=0.2,
+        region=None,
+        dims=None,
+        sinks=None,
+        layers=None,
+        heads=None,
+        sites=None,
+    ):
+        super().__init__(layers=as_list(layers), sites=sites)
+        if method not in _DEFAULTS:
+            raise ValueError(f"sink_redistribute: method={method!r} is not one of 'act' (paper 47), 'var' (paper 12)")
+        wrong = ("p", p) if method == "act" else ("beta", beta)
+        if wrong[1] is not None:
+            raise ValueError(
+                f"sink_redistribute: {wrong[0]}= belongs to the other method; method={method!r} scales by {'beta' if method == 'act' else 'p'}="
+            )
+        scale = beta if method == "act" else p
+        self.method = method
+        self.scale = float(_DEFAULTS[method]["scale"] if scale is None else scale)
+        self.tau = float(_DEFAULTS[method]["tau"] if tau is None else tau)
+        self.rho, self.region_mass = float(rho), float(region_mass)
+        if not 0.0 <= self.scale <= 1.0:
+            raise ValueError(f"sink_redistribute: the scale must be in [0, 1] (1 = no-op), got {self.scale}")
+        self.region = None if region is None else sorted({int(x) for x in as_list(region)})
+        self.dims = None if dims is None else torch.tensor([int(d) for d in as_list(dims)])
+        self.fixed = None if sinks is None else sorted({int(x) for x in as_list(sinks)})
+        for name, xs in (("region", self.region), ("sinks", self.fixed), ("dims", as_list(dims))):
+            if xs and min(xs) < 0:
+                raise ValueError(f"sink_redistribute: {name} are positions/indices >= 0, got {xs}")
+        self.head_all, self.head_map = self._heads(heads)
+        self.scores: dict[tuple[int, int], float] = {}  # ACT calibration: score change per head
+        self._record: dict[str, Tensor] = {}
+        self._cache: OrderedDict = OrderedDict()
+        self._detecting = False
+
+    @staticmethod
+    def _heads(heads) -> tuple[list[int] | None, dict[int, list[int]] | None]:
+        items = as_list(heads)
+        if items is None:
+            return None, None
+        if all(isinstance(h, int) for h in items):
+            return sorted(set(items)), None
+        if any(isinstance(h, int) for h in items):
+            raise ValueError(f"sink_redistribute: heads are all ints or all L{{layer}}H{{head}}, got {items}")
+        pairs: dict[int, list[int]] = {}
+        for layer, h in parse_heads(items):
+            pairs.setdefault(layer, []).append(h)
+        return None, pairs
+
+    @property
+    def needs_calibration(self) -> bool:
+        """ACT without ``heads=`` chooses them by calibration; VAR without ``dims=`` finds them."""
+        if self.method == "act":
+            return self.head_all is None and self.head_map is None
+        return self.dims is None
+
+    def heads_at(self, site: Site) -> list[int] | None:
+        """Heads edited at ``site`` (None: all)."""
+        if self.head_map is not None:
+            return sorted(set(self.head_map.get(site.layer, [])))
+        return self.head_all
+
+    def at(self, site: Site) -> Callable | None:
+        if self._detecting or self.scale == 1.0 or not self.acts_at(site) or self.heads_at(site) == []:
+            return None  # a no-op attaches nothing: the model runs exactly as without the edit
+        return self.function(site)
+
+    def function(self, site: Site) -> Callable | None:
+        heads = self.heads_at(site)
+        if self.fixed is None and site.name not in self._record:
+            raise ValueError(
+                f"sink_redistribute: no sinks recorded for {site.name}: call prepare(model, input_ids) before the edited pass, or pass sinks=[positions]"
+            )
+        rec = None if self.fixed is None else torch.tensor(self.fixed)
+        rec = self._record.get(site.name) if rec is None else rec
+        scale, method = self.scale, self.method
+
+        def cols(kv_idx: Tensor) -> Tensor:  # [B|1, H|1, 1, Ts] sink columns
+            if self.fixed is not None:
+                return torch.isin(kv_idx, rec.to(kv_idx.device)).view(1, 1, 1, -1)
+            Tk = rec.shape[-1]
+            s = rec.to(kv_idx.device)[..., kv_idx.clamp(max=Tk - 1)] & (kv_idx < Tk)  # keys after the prepared input: no sinks
+            return s.unsqueeze(2)
+
+        def edit(probs: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            B, H = probs.shape[:2]
+            if rec.dim() == 3 and rec.shape[0] not in (1, B):
+                raise ValueError(
+                    f"sink_redistribute: sinks were prepared for batch {rec.shape[0]}, the pass has batch {B}: prepare the same input"
+                )
+            chosen = torch.zeros(H, dtype=torch.bool, device=probs.device)
+            chosen[heads if heads is not None else slice(None)] = True
+            rows = chosen.view(1, H, 1, 1)
+            sink = cols(kv_idx)
+            if method == "act":
+                return redistribute(probs, sink, ~sink, scale, rows)
+            region = kv_idx >= 0 if self.region is None else torch.isin(kv_idx, torch.tensor(self.region, device=kv_idx.device))
+            region = region.view(1, 1, 1, -1)  # [1, 1, 1, Ts]
+            m_r = torch.where(region, probs, 0.0).sum(-1, keepdim=True)  # [B, H, Tc, 1]
+            share = torch.where(region & sink, probs, 0.0).sum(-1, keepdim=True) / m_r.clamp_min(torch.finfo(probs.dtype).tiny)
+            rows = rows & (share <= self.rho) & (m_r >= self.region_mass)
+            return redistribute(probs, sink, region & ~sink, scale, rows)
+
+        return edit
+
+    # --- finding the sinks ----------------------------------------------------------------------
+
+    def prepare(self, model, input_ids: Tensor) -> None:
+        """Find the sinks of ``input_ids`` with an unedited pass (cached per input) before the edited one."""
+        if self.fixed is not None or self.scale == 1.0:
+            return
+        from attnlab.models import hf
+
+        if not getattr(model, "_attnlab_hooks", None):
+            hf.instrument(model)
+        if self.method == "var" and self.dims is None:
+            self.dims = self._find_dims(model, input_ids)
+        key = (id(model), self.method, self.tau, tuple(input_ids.shape), hash(input_ids.cpu().numpy().tobytes()))
+        if key not in self._cache:
+            self._cache[key] = self._detect(model, input_ids)
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        self._record = self._cache[key]
+
+    def _run(self, model, input_ids: Tensor, probe) -> dict:
+        self._detecting = True  # if this edit is attached around prepare, it stays out of the detection pass
+        try:
+            with torch.no_grad(), attach(probes=[probe]):
+                model(input_ids=input_ids)
+        finally:
+            self._detecting = False
+        return probe.result()
+
+    def _find_dims(self, model, input_ids: Tensor) -> Tensor:
+        firsts = self._run(model, input_ids, _FirstAndSinks(None, self.tau))  # layer -> [B, C]
+        votes = torch.stack([r > self.tau for layer, r in sorted(firsts.items()) if layer >= 1]).float().mean(0)  # [B, C]
+        return torch.nonzero((votes >= 0.5).any(0)).flatten().cpu()
+
+    def _detect(self, model, input_ids: Tensor) -> dict[str, Tensor]:
+        from attnlab.models import hf
+        from attnlab.probes import ColumnMass
+
+        if self.method == "act":
+            out = {}
+            for name, r in self._run(model, input_ids, ColumnMass()).items():
+                s = r["mass"] / r["queries"].clamp(min=1) > self.tau  # [B, H, Tk]: α_j > τ
+                s[..., 0] = False  # ACT: hidden sinks are columns j >= 1
+                out[name] = s
+            return out
+        flags = self._run(model, input_ids, _FirstAndSinks(self.dims, self.tau))  # layer -> [B, T]
+        return {s.name: flags[s.layer].unsqueeze(1) for s in hf.sites(model) if s.layer in flags}  # [B, 1, Tk]
+
+    # --- ACT: heads chosen by calibration -------------------------------------------------------
+
+    def calibrate(self, model, tokenizer, *, score=None, candidates=None, margin=0.0, text="lucrece", windows=2, window=256, progress=None):
+        """ACT: keep each head whose edit alone improves ``score``; VAR: find the sink dimensions.
+
+        ACT's rule (official code, one run per ``(layer, head)``): with ``s0`` the score of the
+        unedited model and ``s_lh`` the score with only head ``(l, h)`` edited, keep the heads with
+        ``s_lh > s0 + margin``. The kept heads replace ``heads``; ``scores`` holds ``s_lh − s0``.
+
+        Args:
+            score: ``fn(model, tokenizer, edits) -> float``, higher is better, e.g. needle recall
+                ``lambda m, t, e: sum(evaluate.needle(m, t, e))``. Default: minus the mean
+                perplexity of ``windows`` windows of ``window`` tokens of ``text`` (a shipped text
+                name or raw text; *Lucrece* is held out from the Tempest perplexity of
+                :mod:`attnlab.evaluate`).
+            candidates: ``(layer, head)`` pairs to try; default every head of layers 2..L−2 (the
+                official script skips the first two layers and the last).
+            margin: smallest improvement that keeps a head.
+            progress: called with a line per head.
+
+        Returns:
+            ``self``, so that ``SinkRedistribute().calibrate(model, tok)`` can be passed on.
+        """
+        from attnlab.models import hf
+
+        if not getattr(model, "_attnlab_hooks", None):
+            hf.instrument(model)
+        if self.method == "var":
+            self.dims = self._find_dims(model, _windows(tokenizer, text, 1, window)[0])
+            return self
+        if score is None:
+            ids = _windows(tokenizer, text, windows, window)
+            score = lambda m, t, edits: -_perplexity(m, ids, edits)  # noqa: E731
+        L, H = len(hf.layers(model).blocks), hf.sites(model)[0].num_heads
+        pairs = (
+            parse_heads(candidates)
+            if candidates is not None
+            else [(la, h) for la in range(2, L - 1) if self.layers is None or la in self.layers for h in range(H)]
+        )
+        base = score(model, tokenizer, [])
+        kept: dict[int, list[int]] = {}
+        for i, (layer, h) in enumerate(pairs):
+            one = SinkRedistribute("act", beta=self.scale, tau=self.tau, heads=[(layer, h)], sites=self._match)
+            one._cache = self._cache  # the sinks of an input are found once for every head
+            self.scores[(layer, h)] = score(model, tokenizer, [one]) - base
+            if self.scores[(layer, h)] > margin:
+                kept.setdefault(layer, []).append(h)
+            if progress:
+                progress(f"ACT calibration {i + 1}/{len(pairs)}: L{layer}H{h} {self.scores[(layer, h)]:+.4f}")
+        self.head_all, self.head_map = None, kept
+        return self
+
+    def validate(self, sites) -> None:
+        n_layers, n_heads = len(sites), sites[0].num_heads if sites else None
+        pairs = [(la, h) for la, hs in (self.head_map or {}).items() for h in hs] + [(None, h) for h in self.head_all or []]
+        for layer in [*(self.layers or []), *(la for la, _ in pairs if la is not None)]:
+            if not 0 <= layer < n_layers:
+                raise ValueError(f"sink_redistribute: layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+        for layer, h in pairs:
+            if n_heads is not None and not 0 <= h < n_heads:
+                raise ValueError(f"sink_redistribute: head {h} (layer {layer}) is out of range: the model has heads 0..{n_heads - 1}")
+
+    def __repr__(self) -> str:
+        heads = self.head_map if self.head_map is not None else self.head_all
+        return f"SinkRedistribute(method={self.method!r}, scale={self.scale}, tau={self.tau}, layers={self.layers}, heads={heads})"
+
+
+def _windows(tokenizer, text: str, windows: int, window: int) -> list[Tensor]:
+    """``windows`` consecutive ``[1, window + 1]`` token windows of a shipped text (by name) or of ``text``."""
+    from attnlab.data import TEXTS
+    from attnlab.data import text as shipped
+
+    ids = tokenizer(shipped(text) if text in TEXTS else text, return_tensors="pt")["input_ids"][0]
+    if ids.numel() < windows * window + 1:
+        raise ValueError(f"the calibration text has {ids.numel()} tokens, fewer than windows × window + 1 = {windows * window + 1}")
+    return [ids[w * window : (w + 1) * window + 1][None] for w in range(windows)]
+
+
+def _perplexity(model, ids: list[Tensor], edits) -> float:
+    """Mean perplexity over windows, each edit prepared on its window first."""
+    out = []
+    for chunk in ids:
+        for e in edits:
+            e.prepare(model, chunk[:, :-1])
+        with torch.no_grad(), attach(edits=list(edits)):
+            logits = model(input_ids=chunk[:, :-1]).logits
+        out.append(float(torch.exp(torch.nn.functional.cross_entropy(logits[0].float(), chunk[0, 1:]))))
+    return sum(out) / len(out)
