@@ -66,3 +66,31 @@ def test_list_and_check_work():
     assert "neighborhood" in attnlab("list", "masks").stdout
     assert "retrieval" in attnlab("list", "probes").stdout
     assert attnlab("check", "--length", "40").returncode == 0
+
+
+def test_edit_measures_before_and_after(tmp_path, smollm2):
+    r = attnlab("edit", "--edit", "head_mask:heads=L0H0+L0H1,mode=zero", "--eval", "logit_diff", "--out", str(tmp_path / "e"))
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "e" / "results.json").read_text())
+    (m,) = data["meta"]["metrics"]
+    assert m["metric"] == "logit_diff" and m["examples"] == 20 and m["before"] != m["after"]
+    assert data["meta"]["edits"] == ["head_mask:heads=L0H0+L0H1,mode=zero"]
+    assert (tmp_path / "e" / "report.html").read_text().startswith("<!doctype html>")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--edit", "no_such_edit"], "unknown edit 'no_such_edit'"),
+        (["--edit", "drop_attention:top"], "malformed edit spec"),
+        (["--edit", "head_mask:heads=L40H0"], "layer 40 is out of range: the model has layers 0..29"),
+        (["--edit", "head_mask:heads=L3H12"], "head L3H12 is out of range: the model has heads 0..8"),
+        (["--edit", "drop_attention:top=4", "--eval", "bleu"], "unknown evaluation 'bleu'"),
+        (["--edit", "head_mask:heads=L1H1,colour=red"], "has no option 'colour'"),
+    ],
+)
+def test_bad_edit_input_exits_nonzero_without_traceback(tmp_path, args, message):
+    r = attnlab("edit", *args, "--out", str(tmp_path / "e"))
+    assert r.returncode != 0 and message in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not (tmp_path / "e" / "results.json").exists()

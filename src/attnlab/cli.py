@@ -1,9 +1,12 @@
 """The ``attnlab`` command line.
 
 - ``attnlab scan``: probe a pretrained model's attention; writes results.json and report.html.
+- ``attnlab edit``: apply training-free edits to a model and measure them before/after.
 - ``attnlab report results.json``: re-render a report from saved results.
 - ``attnlab list backends|masks|mechanisms|probes``: what the installed attnlab offers.
 - ``attnlab check``: every backend against the reference on this machine.
+- ``attnlab train``: train a tiny transformer with one mechanism on a synthetic task.
+- ``attnlab bench tasks``: compare mechanisms on a task over seeds (mean ± 95% CI).
 
 User errors print one line and exit with status 1 (2 for bad command-line syntax), never a
 traceback, and leave no half-written output.
@@ -31,6 +34,7 @@ console = Console()
 
 class Category(str, Enum):
     backends = "backends"
+    edits = "edits"
     masks = "masks"
     mechanisms = "mechanisms"
     probes = "probes"
@@ -84,6 +88,11 @@ def rows(category: Category) -> list[tuple[str, ...]]:
 
     if category is Category.mechanisms:
         return [(e.name, e.paper, e.summary, e.layout, e.time, e.memory) for e in mechanisms.available()]
+    if category is Category.edits:
+        from attnlab import edits
+        from attnlab.edits._base import _REGISTRY
+
+        return [(name, _paper(inspect.getdoc(_REGISTRY[name]) or ""), _first_line(_REGISTRY[name])) for name in edits.names()]
     if category is Category.backends:
         out = [(name, "", _first_line(type(b))) for name, b in backends.BACKENDS.items()]
         return [*out, ("auto", "", _first_line(choose_backend))]
@@ -261,6 +270,59 @@ def report(
     console.print(f"wrote {path}")
 
 
+@app.command()
+def edit(
+    edit: Annotated[
+        list[str], typer.Option("--edit", help="An edit spec name:key=value,... (attnlab list edits); repeat to compose, in order.")
+    ],
+    model: Annotated[str, typer.Option(help="Embedded name (smollm2-135m), a local HF model directory or a .gguf file.")] = "smollm2-135m",
+    eval: Annotated[str, typer.Option("--eval", help="Comma-separated measurements: ppl, needle, logit_diff.")] = "ppl,needle",
+    out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-edit"),
+    backend: Annotated[str, typer.Option(help="Attention backend for the edited model.")] = "auto",
+):
+    """Apply training-free attention edits to a model and measure their effect, paired before/after.
+
+    Example: attnlab edit --edit drop_attention:top=4 --eval ppl,needle
+    """
+    from attnlab import edits as E
+    from attnlab.edit_report import run_edit
+
+    specs = [E.parse(s) for s in edit]  # a malformed spec or unknown edit fails here, before loading
+    evals = [e.strip() for e in eval.split(",") if e.strip()]
+    from attnlab.evaluate import METRICS
+
+    for name in evals:
+        if name not in METRICS:
+            raise ValueError(f"unknown evaluation {name!r}: choose from {', '.join(METRICS)}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
+    from attnlab.models.hf import load
+
+    with console.status(f"loading {model}"):
+        m, tok = load(model)
+    with console.status("measuring") as status:
+        result = run_edit(
+            m, tok, specs, evals, specs_text=list(edit), model_name=model, backend=backend, progress=lambda line: status.update(line)
+        )
+    table = Table(title="before / after")
+    for col in ("metric", "before", "after", "after − before", "95% CI", "examples"):
+        table.add_column(col)
+    for r in result.meta["metrics"]:
+        table.add_row(
+            r["metric"],
+            f"{r['before']:.4g}",
+            f"{r['after']:.4g}",
+            f"{r['difference']:+.4g}",
+            f"[{r['ci95'][0]:+.3g}, {r['ci95'][1]:+.3g}]",
+            str(r["examples"]),
+        )
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "results.json")
+    result.report(out / "report.html")
+    console.print(f"wrote {out / 'results.json'} and {out / 'report.html'}")
+
+
 def _ints(text: str, option: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -304,6 +366,228 @@ def _read_utf8(path: Path) -> str:
         raise ValueError(
             f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): convert it, e.g. iconv -t UTF-8"
         ) from e
+
+
+# ---- train and bench (issue 6) ------------------------------------------------------------------
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: compare attention mechanisms on synthetic tasks.")
+app.add_typer(bench_app, name="bench")
+
+_TaskOption = Annotated[
+    list[str] | None, typer.Option("--task-option", help="A task option key=value (repeat for more), e.g. --task-option pairs=8.")
+]
+_TaskName = Annotated[str, typer.Option(help="A registered task (mqar, ...), or module:Class for a Task defined elsewhere.")]
+
+
+def _value(text: str):
+    """A command-line value as bool, None, int, float or string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _key_values(pairs: list[str] | None, option: str) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"{option} takes key=value (e.g. {option} pairs=8), got {pair!r}")
+        out[key.strip()] = _value(value)
+    return out
+
+
+def _task_class_or_name(task: str):
+    """``module:Class`` imports a Task class; anything else is a registered task name."""
+    if ":" not in task:
+        return task
+    import importlib
+
+    module, _, name = task.partition(":")
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: modules in the working directory import
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--task {task}: cannot import {name} from {module} ({e})") from e
+    from attnlab.tasks import Task
+
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ValueError(f"--task {task} is not a Task class (attnlab.tasks.Task)")
+    return cls
+
+
+def _out_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
+    return out
+
+
+def _model_options(dim: int, heads: int, layers: int, mlp: bool, positions: str, causal: bool | None, **more) -> dict:
+    opts = {"dim": dim, "heads": heads, "layers": layers, "mlp": mlp, "positions": positions, **more}
+    return opts if causal is None else {**opts, "causal": causal}
+
+
+@app.command()
+def train(
+    task: _TaskName,
+    mechanism: Annotated[str, typer.Option(help="The attention mechanism (attnlab list mechanisms).")] = "mha",
+    task_option: _TaskOption = None,
+    mechanism_option: Annotated[list[str] | None, typer.Option("--mechanism-option", help="A mechanism option key=value (repeat).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 32,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warmup then cosine).")] = 1e-3,
+    warmup: Annotated[int | None, typer.Option(min=0, help="Warmup steps (default: a tenth of --steps).")] = None,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay on matrices.")] = 0.1,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds the model's initialisation and the data.")] = 0,
+    target: Annotated[float | None, typer.Option(help="Stop when the test metric reaches this.")] = None,
+    eval_every: Annotated[int, typer.Option(min=1, help="Evaluate and checkpoint every this many steps.")] = 100,
+    eval_batches: Annotated[int, typer.Option(min=1, help="Test batches per evaluation.")] = 4,
+    dim: Annotated[int, typer.Option(min=1, help="Model width.")] = 64,
+    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
+    layers: Annotated[int, typer.Option(min=1, help="Blocks.")] = 2,
+    mlp: Annotated[bool, typer.Option(help="Feed-forward layers (--no-mlp: attention only).")] = True,
+    positions: Annotated[str, typer.Option(help="learned, none or rope.")] = "learned",
+    causal: Annotated[bool | None, typer.Option("--causal/--encoder", help="Decoder or encoder (default: what the task asks).")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default cpu).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch CPU threads (default: every core unless OMP_NUM_THREADS is set).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Directory for checkpoint.pt, results.json and report.html; an existing checkpoint resumes.")
+    ] = Path("attnlab-train"),
+):
+    """Train a tiny transformer with one mechanism on a synthetic task; print its curves.
+
+    Example: attnlab train --task mqar --mechanism mha --steps 2000 --target 0.99
+    """
+    import torch
+
+    from attnlab.train import SweepResult, build_model
+    from attnlab.train import train as run_train
+    from attnlab.train.result import versions
+    from attnlab.train.sweep import make_task
+
+    spec = _task_class_or_name(task)
+    task_options = _key_values(task_option, "--task-option")
+    mech_options = _key_values(mechanism_option, "--mechanism-option")
+    the_task = make_task(spec, task_options)
+    _out_dir(out)
+    model_options = _model_options(
+        dim, heads, layers, mlp, positions, causal, **({"mechanism_options": mech_options} if mech_options else {})
+    )
+    torch.manual_seed(seed)
+    model = build_model(the_task, mechanism, model_options)
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():
+        console.print(f"resuming from {checkpoint}")
+    r = run_train(
+        the_task, model, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed, target=target,
+        eval_every=eval_every, eval_batches=eval_batches, checkpoint=checkpoint, device=device, threads=threads,
+    )  # fmt: skip
+    table = Table(title=f"{mechanism} on {the_task.name or task}: curves")
+    for col in ("step", "train loss", "test loss", "test metric"):
+        table.add_column(col, justify="right")
+    shown = sorted({*range(0, len(r.steps), max(1, len(r.steps) // 10)), len(r.steps) - 1})
+    for i in shown:
+        table.add_row(str(r.steps[i]), f"{r.train_loss[i]:.4f}", f"{r.test_loss[i]:.4f}", f"{r.test_metric[i]:.4f}")
+    console.print(table)
+    reached = f", target {target} reached at step {r.steps_to_target}" if r.steps_to_target is not None else ""
+    console.print(f"final test metric {r.final_metric:.4f} after {r.steps_done} steps{reached}; {r.steps_per_s} steps/s, {r.wall_s} s")
+    settings = {
+        "task": task, "task_options": task_options, "task_settings": r.settings["task"], "mechanisms": [mechanism], "seeds": [seed],
+        "model_options": model_options, "train": {k: v for k, v in r.settings.items() if k not in ("task", "model", "seed")},
+        "executor": "serial", "workers": 1, "command": "attnlab train",
+    }  # fmt: skip
+    result = SweepResult.from_runs(
+        [{"mechanism": mechanism, "seed": seed, **r.to_dict()}], {"settings": settings, "versions": versions(), "wall_s": r.wall_s}
+    )
+    result.save(out / "results.json")
+    result.report(out / "report.html")
+    console.print(f"wrote {checkpoint}, {out / 'results.json'} and {out / 'report.html'}")
+
+
+@bench_app.callback()
+def _bench():
+    """Benchmarks: compare attention mechanisms on synthetic tasks."""
+
+
+@bench_app.command("tasks")
+def bench_tasks(
+    task: _TaskName,
+    mechanisms: Annotated[str, typer.Option(help="Comma-separated mechanisms to compare.")] = "mha,linear",
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per mechanism (0 .. seeds-1).")] = 5,
+    task_option: _TaskOption = None,
+    executor: Annotated[str, typer.Option(help="process (local pool), ray (pip install ray) or serial.")] = "process",
+    workers: Annotated[int | None, typer.Option(min=1, help="Parallel runs (default: one per core).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads per run (default: cores // workers).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per run.")] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 32,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 1e-3,
+    warmup: Annotated[int | None, typer.Option(min=0, help="Warmup steps (default: a tenth of --steps).")] = None,
+    target: Annotated[float | None, typer.Option(help="Stop a run when its test metric reaches this.")] = None,
+    eval_every: Annotated[int, typer.Option(min=1, help="Evaluate every this many steps.")] = 100,
+    eval_batches: Annotated[int, typer.Option(min=1, help="Test batches per evaluation.")] = 4,
+    dim: Annotated[int, typer.Option(min=1, help="Model width.")] = 64,
+    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
+    layers: Annotated[int, typer.Option(min=1, help="Blocks.")] = 2,
+    mlp: Annotated[bool, typer.Option(help="Feed-forward layers (--no-mlp: attention only).")] = True,
+    positions: Annotated[str, typer.Option(help="learned, none or rope.")] = "learned",
+    causal: Annotated[bool | None, typer.Option("--causal/--encoder", help="Decoder or encoder (default: what the task asks).")] = None,
+    out: Annotated[Path, typer.Option(help="Directory for results.json and report.html.")] = Path("attnlab-bench"),
+):
+    """Train every mechanism with every seed on one task, same data and budget; print mean ± 95% CI.
+
+    Example: attnlab bench tasks --task mqar --mechanisms mha,linear,normalized --seeds 5
+    """
+    from rich.progress import Progress
+
+    from attnlab.models.tiny import check_mechanism
+    from attnlab.train import sweep
+    from attnlab.train.sweep import make_task
+
+    names = [m.strip() for m in mechanisms.split(",") if m.strip()]
+    spec, task_options = _task_class_or_name(task), _key_values(task_option, "--task-option")
+    sample = make_task(spec, task_options)  # bad tasks and mechanisms fail here, before the progress bar
+    for name in names:
+        check_mechanism(name, causal=getattr(sample, "causal", True) if causal is None else causal, positions=positions)
+    train_options = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "target": target,
+        "eval_every": eval_every,
+        "eval_batches": eval_batches,
+    }
+    if warmup is not None:
+        train_options["warmup"] = warmup
+    _out_dir(out)
+    with Progress(console=console, transient=True) as bar:
+        job = bar.add_task(f"{len(names)} mechanisms × {seeds} seeds", total=len(names) * seeds)
+        try:
+            result = sweep(
+                spec, task_options, names, seeds,
+                _model_options(dim, heads, layers, mlp, positions, causal), train_options,
+                executor=executor, workers=workers, threads=threads, progress=lambda done, total: bar.update(job, completed=done),
+            )  # fmt: skip
+        except ImportError as e:  # Ray missing: one line, not a traceback
+            raise ValueError(str(e)) from e
+    table = Table(title=f"{task}: final test metric over {seeds} seeds (mean ± 95% CI half-width)")
+    for col in result.HEADER:
+        table.add_column(col)
+    for row in result.rows():
+        table.add_row(*row)
+    console.print(table)
+    result.save(out / "results.json")
+    result.report(out / "report.html")
+    console.print(f"wrote {out / 'results.json'} and {out / 'report.html'} ({result.meta['wall_s']} s)")
 
 
 def main() -> None:

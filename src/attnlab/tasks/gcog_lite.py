@@ -1,0 +1,197 @@
+"""Paper 6: gCOG-lite, a small version of gCOG's grid + operator-tree reasoning and its OOD splits.
+
+gCOG (Ito et al. 2024) shows a grid of coloured letters and an instruction built from operators;
+the model answers with one token. Here the grid is ``grid × grid`` cells, each cell two tokens
+(colour, letter, or ``EMPTY EMPTY``), row-major; the instruction is a boolean operator tree in
+prefix notation: leaves ``exist <colour> <letter>`` (is there such an object?), internal nodes
+``and``/``or`` (a full binary tree of the given depth; depth 0 is one ``exist``). The sequence is
+
+    [grid: 2·grid² tokens] SEP [instruction] PAD … PAD QUERY      target at QUERY: TRUE / FALSE
+
+Generation is top-down, gCOG-style: the answer is drawn (balanced), each node's value is chosen
+to produce it, a true leaf puts its object on the grid, a false leaf puts a near miss (its colour
+or its letter changed, gCOG's one-attribute flip), then random distractor objects are added that
+never satisfy a false leaf. The target is then evaluated on the grid.
+
+Splits, as in gCOG:
+
+- ``train`` / ``test``: depth ``0…train_depth``, ``train_distractors`` distractors, and never a
+  held-out (colour, letter) combination, neither in the instruction nor on the grid;
+- ``distractor``: as train, with ``test_distractors`` (more) distractors;
+- ``systematic``: as train, but every leaf asks about a held-out combination (the combinations
+  with ``(colour + letter) mod 4 = 0``: every colour and letter is seen, the pairings are new);
+- ``productive``: deeper trees, depth ``train_depth+1 … productive_depth``.
+
+gCOG's other operators (get colour / shape / location, if-then-else) are left out.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from attnlab.tasks import IGNORE, Batch, Task, register
+
+__all__ = ["GCOGLite"]
+
+_SPLITS = ("train", "test", "distractor", "systematic", "productive")
+SPECIALS = ("<pad>", "<sep>", "<query>", "false", "true", "empty", "and", "or", "exist")
+
+
+def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
+    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
+    seed = int(torch.randint(2**62, (), generator=generator))
+    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
+
+
+def _int(name: str, value, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
+    return value
+
+
+@register("gcog_lite", paper="6")
+class GCOGLite(Task):
+    """Answer a boolean ``exist``/``and``/``or`` instruction about a grid of coloured letters.
+
+    Paper: 6 (On the generalization capacity of neural networks during generic multimodal reasoning).
+    Shapes: ``inputs, targets, mask [B, seq_len]`` (one target, at the last position);
+    ``extra["grid"], extra["instruction"] [B, seq_len]`` bool (where each input stream is, for
+    cross-attention models), ``extra["depth"], extra["objects"] [B]``, ``extra["answer"] [B]`` bool.
+
+    Args:
+        grid: side of the square grid (default 4).
+        colours: colours (default 4; gCOG: 10).
+        letters: letters (default 8; gCOG: 26).
+        train_depth: deepest tree in train, distractor and systematic (default 1).
+        productive_depth: deepest tree in ``productive`` (default 3).
+        train_distractors: distractor objects outside ``distractor`` (default 1).
+        test_distractors: distractor objects in ``distractor`` (default 6).
+
+    Attributes: ``itos``/``stoi`` (the vocabulary), ``held_out`` (the held-out (colour, letter)
+    index pairs).
+
+    Example:
+        >>> task = GCOGLite()
+        >>> b = task.batch(2, "productive", torch.Generator().manual_seed(0))
+        >>> b.inputs.shape, [task.itos[int(t)] in ("true", "false") for t in b.targets[:, -1]]
+        (torch.Size([2, 65]), [True, True])
+    """
+
+    def __init__(
+        self,
+        *,
+        grid: int = 4,
+        colours: int = 4,
+        letters: int = 8,
+        train_depth: int = 1,
+        productive_depth: int = 3,
+        train_distractors: int = 1,
+        test_distractors: int = 6,
+    ):
+        self.grid, self.colours, self.letters = _int("grid", grid, 2), _int("colours", colours, 2), _int("letters", letters, 4)
+        self.train_depth = _int("train_depth", train_depth, 0)
+        self.productive_depth = _int("productive_depth", productive_depth, train_depth + 1)
+        self.train_distractors = _int("train_distractors", train_distractors, 0)
+        cells = grid * grid
+        _int("test_distractors", test_distractors, train_distractors + 1, cells - 2**train_depth)
+        self.test_distractors = test_distractors
+        if 2**productive_depth + train_distractors > cells:
+            raise ValueError(
+                f"a depth-{productive_depth} tree needs {2**productive_depth} objects plus {train_distractors} "
+                f"distractors, more than the {cells} cells: productive_depth must be in [{train_depth + 1}, "
+                f"{(cells - train_distractors).bit_length() - 1}] or the grid larger"
+            )
+        combos = [(c, l) for c in range(colours) for l in range(letters)]
+        self.held_out = [(c, l) for c, l in combos if (c + l) % 4 == 0]
+        self.seen = [(c, l) for c, l in combos if (c + l) % 4]
+        if len(self.held_out) < 2**train_depth or len(self.seen) < 2**productive_depth:
+            raise ValueError(f"colours={colours} × letters={letters} has too few combinations for trees of depth {productive_depth}")
+        self.itos = [*SPECIALS, *(f"colour{c}" for c in range(colours)), *(f"letter{chr(65 + l)}" for l in range(letters))]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.vocab_size = len(self.itos)
+        self.grid_len = 2 * cells
+        self.seq_len = self.grid_len + 1 + (4 * 2**productive_depth - 1) + 1
+
+    def splits(self) -> tuple[str, ...]:
+        return _SPLITS
+
+    def _tokens(self, c: int, l: int) -> list[int]:
+        return [len(SPECIALS) + c, len(SPECIALS) + self.colours + l]
+
+    def _tree(self, rng: random.Random, depth: int, want: bool, leaves: list[bool]) -> list[str]:
+        """A prefix tree of ``and``/``or`` whose leaves (values appended to ``leaves``) make ``want``."""
+        if depth == 0:
+            leaves.append(want)
+            return ["exist"]
+        op = rng.choice(("and", "or"))
+        if op == "and":
+            kids = (True, True) if want else rng.choice(((False, True), (True, False), (False, False)))
+        else:
+            kids = rng.choice(((True, False), (False, True), (True, True))) if want else (False, False)
+        return [op, *self._tree(rng, depth - 1, kids[0], leaves), *self._tree(rng, depth - 1, kids[1], leaves)]
+
+    def _example(self, rng: random.Random, split: str) -> tuple[list[int], list[int], bool, int, int]:
+        depth = rng.randint(self.train_depth + 1, self.productive_depth) if split == "productive" else rng.randint(0, self.train_depth)
+        distractors = self.test_distractors if split == "distractor" else self.train_distractors
+        leaves: list[bool] = []
+        ops = self._tree(rng, depth, rng.random() < 0.5, leaves)
+        combos = rng.sample(self.held_out if split == "systematic" else self.seen, len(leaves))
+        allowed = set(self.seen) | (set(self.held_out) if split == "systematic" else set())
+        banned = {combo for combo, true in zip(combos, leaves) if not true}  # must stay absent
+        pool = sorted(allowed - banned)
+        objects = []
+        for (c, l), true in zip(combos, leaves):
+            if true:
+                objects.append((c, l))
+                continue
+            near = [(c, x) for x in range(self.letters)] + [(x, l) for x in range(self.colours)]
+            near = [o for o in near if o in allowed and o not in banned]  # one attribute flipped
+            objects.append(rng.choice(near) if near else rng.choice(pool))
+        objects += [rng.choice(pool) for _ in range(distractors)]
+        grid = [self.stoi["empty"]] * self.grid_len
+        for cell, (c, l) in zip(rng.sample(range(self.grid_len // 2), len(objects)), objects):
+            grid[2 * cell : 2 * cell + 2] = self._tokens(c, l)
+        instruction, leaf = [], iter(combos)
+        for op in ops:
+            instruction += [self.stoi[op], *(self._tokens(*next(leaf)) if op == "exist" else [])]
+        return grid, instruction, self._evaluate(instruction, set(objects)), depth, len(objects)
+
+    def _evaluate(self, instruction: list[int], objects: set[tuple[int, int]]) -> bool:
+        """The value of a prefix instruction on a set of (colour, letter) objects."""
+        it = iter(instruction)
+        base = len(SPECIALS)
+
+        def node() -> bool:
+            op = self.itos[next(it)]
+            if op == "exist":
+                return (next(it) - base, next(it) - base - self.colours) in objects
+            a, b = node(), node()
+            return (a and b) if op == "and" else (a or b)
+
+        return node()
+
+    def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
+        """``n`` (grid, instruction, answer) examples of ``split`` (see :meth:`splits`)."""
+        B, T = _int("n", n, 1), self.seq_len
+        rng = random.Random(int(torch.randint(2**62, (), generator=_generator(generator, split, self.splits()))))
+        inputs = torch.full((B, T), self.stoi["<pad>"], dtype=torch.long)
+        inputs[:, self.grid_len], inputs[:, -1] = self.stoi["<sep>"], self.stoi["<query>"]
+        instruction_mask = torch.zeros(B, T, dtype=torch.bool)
+        answer, depth, objects = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)
+        for b in range(B):
+            grid, instruction, answer[b], depth[b], objects[b] = self._example(rng, split)
+            start = self.grid_len + 1
+            inputs[b, : self.grid_len] = torch.tensor(grid)
+            inputs[b, start : start + len(instruction)] = torch.tensor(instruction)
+            instruction_mask[b, start : start + len(instruction)] = True
+        targets = torch.full((B, T), IGNORE, dtype=torch.long)
+        targets[:, -1] = torch.where(answer, self.stoi["true"], self.stoi["false"])
+        grid_mask = torch.zeros(B, T, dtype=torch.bool)
+        grid_mask[:, : self.grid_len] = True
+        extra = {"grid": grid_mask, "instruction": instruction_mask, "depth": depth, "objects": objects, "answer": answer}
+        return Batch(inputs, targets, extra=extra)
