@@ -125,3 +125,42 @@ def write(
     mpath = RESULTS / f"{name}.md"
     mpath.write_text("\n".join(lines) + "\n")
     return mpath, jpath
+
+
+# --- shared by the mechanism benchmarks (bench/mechanisms.py, bench/vision.py) ----------------
+
+MECHANISM_COLUMNS = [
+    ("mechanism", "mechanism"),
+    ("paper", "paper"),
+    ("tokens", "tokens"),
+    ("fwd", "forward"),
+    ("fwd_mem", "fwd peak mem"),
+    ("fwd_bwd", "fwd+bwd"),
+    ("fwd_bwd_mem", "fwd+bwd peak mem"),
+    ("check", "check"),
+    ("note", "note"),
+]
+
+
+def claimed_exponent(time: str) -> float:
+    """The power of T in a registry time string ("O(T·sqrt(T))" -> 1.5, "O(k·T²/S²)" -> 2)."""
+    if "T³" in time:
+        return 3.0
+    if "T²" in time or "T·T" in time:
+        return 2.0
+    if "sqrt(T)" in time:
+        return 1.5
+    return 1.0 if re.search(r"\bT\b", time) else 0.0
+
+
+def print_table(console, title: str, rows: list[dict], columns: list[tuple[str, str]], pretty) -> None:
+    """Print ``rows`` (formatted by ``pretty``) as a rich table with ``(key, header)`` columns."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for _, header in columns:
+        table.add_column(header)
+    for row in rows:
+        p = pretty(row)
+        table.add_row(*(str(p.get(k, "")) for k, _ in columns))
+    console.print(table)

@@ -43,18 +43,17 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 from attnlab import mechanisms
 from attnlab.core import masks as M
-from harness import fmt_bytes, fmt_seconds, median_time, peak_memory, write
+from harness import MECHANISM_COLUMNS, fmt_bytes, fmt_seconds, median_time, peak_memory, print_table, write
+from harness import claimed_exponent as harness_exponent
 
 B, DIM, HEADS = 1, 256, 8
 SIZES = (512, 2048, 8192)
@@ -172,16 +171,10 @@ class Case:
 
 
 def claimed_exponent(time: str, form: str | None = None) -> float:
-    """The power of T in a registry time string ("O(T·sqrt(T))" -> 1.5); ``form`` picks one clause of several."""
+    """The power of T in a registry time string; ``form`` picks one clause of several ("parallel", "recurrent")."""
     if form is not None:
         time = next(part for part in time.split(",") if form in part)
-    if "T³" in time:
-        return 3.0
-    if "T²" in time or "T·T" in time:
-        return 2.0
-    if "sqrt(T)" in time:
-        return 1.5
-    return 1.0 if re.search(r"\bT\b", time) else 0.0
+    return harness_exponent(time)
 
 
 def target_ratio(exponent: float) -> float | None:
@@ -431,18 +424,6 @@ def peer_checks(cases: list[Case], rows: list[dict]) -> list[str]:
 
 # --- output ---------------------------------------------------------------------------------
 
-COLUMNS = [
-    ("mechanism", "mechanism"),
-    ("paper", "paper"),
-    ("tokens", "tokens"),
-    ("fwd", "forward"),
-    ("fwd_mem", "fwd peak mem"),
-    ("fwd_bwd", "fwd+bwd"),
-    ("fwd_bwd_mem", "fwd+bwd peak mem"),
-    ("check", "check"),
-    ("note", "note"),
-]
-
 
 def pretty(row: dict) -> dict:
     out = {k: row.get(k, "") for k in ("mechanism", "paper", "tokens", "check", "note")}
@@ -452,16 +433,6 @@ def pretty(row: dict) -> dict:
     out["fwd"], out["fwd_bwd"] = fmt_seconds(row["fwd_s"]), fmt_seconds(row["fwd_bwd_s"])
     out["fwd_mem"], out["fwd_bwd_mem"] = fmt_bytes(row["fwd_bytes"]), fmt_bytes(row["fwd_bwd_bytes"])
     return out
-
-
-def print_table(console: Console, rows: list[dict]) -> None:
-    table = Table(title="sequence mechanisms (CPU)")
-    for _, header in COLUMNS:
-        table.add_column(header)
-    for row in rows:
-        p = pretty(row)
-        table.add_row(*(str(p.get(k, "")) for k, _ in COLUMNS))
-    console.print(table)
 
 
 def main(argv=None):
@@ -481,11 +452,16 @@ def main(argv=None):
         "Vision mechanisms ([B, H, W, C]) are not in this benchmark.",
     ]
     settings = {"B": B, "dim": DIM, "heads": HEADS, "dtype": "float32", "quick": args.quick, "repeats": reps, "window": WINDOW}
-    print_table(console, rows)
+    print_table(console, "sequence mechanisms (CPU)", rows, MECHANISM_COLUMNS, pretty)
     for n in notes:
         console.print(n, highlight=False)
     paths = write(
-        "mechanisms-quick" if args.quick else "mechanisms", rows, [pretty(r) for r in rows], COLUMNS, settings=settings, notes=notes
+        "mechanisms-quick" if args.quick else "mechanisms",
+        rows,
+        [pretty(r) for r in rows],
+        MECHANISM_COLUMNS,
+        settings=settings,
+        notes=notes,
     )
     console.print(f"wrote {paths[0]} and {paths[1]}")
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import enum
 import gc
-import re
 import sys
 import types
 import warnings
@@ -67,12 +66,11 @@ from importlib import metadata
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 import attnlab
 from attnlab import mechanisms
-from harness import fmt_bytes, fmt_seconds, median_time, peak_memory, write
+from harness import MECHANISM_COLUMNS, claimed_exponent, fmt_bytes, fmt_seconds, median_time, peak_memory, print_table, write
 
 B, DIM, HEADS = 1, 128, 4
 SIDES = (32, 64, 128)
@@ -179,17 +177,6 @@ VARIANTS = {
     ],
     "hilo": [Variant("hilo pool=side/8", lambda s: {"pool": s // 8}, 1.0, "T/64 pooled keys (p² = T/64): T²/p² = 64·T, linear")],
 }
-
-
-def claimed_exponent(time: str) -> float:
-    """The power of T in a registry time string ("O(T·k^ndim)" -> 1, "O(k·T²/S²)" -> 2)."""
-    if "T³" in time:
-        return 3.0
-    if "T²" in time or "T·T" in time:
-        return 2.0
-    if "sqrt(T)" in time:
-        return 1.5
-    return 1.0 if re.search(r"\bT\b", time) else 0.0
 
 
 def vision_entries() -> list:
@@ -699,18 +686,6 @@ def all_agreements(cases: list[Case]) -> dict[str, str]:
 
 # --- output ---------------------------------------------------------------------------------
 
-COLUMNS = [
-    ("mechanism", "mechanism"),
-    ("paper", "paper"),
-    ("tokens", "tokens"),
-    ("fwd", "forward"),
-    ("fwd_mem", "fwd peak mem"),
-    ("fwd_bwd", "fwd+bwd"),
-    ("fwd_bwd_mem", "fwd+bwd peak mem"),
-    ("check", "check"),
-    ("note", "note"),
-]
-
 
 def pretty(row: dict) -> dict:
     out = {k: row.get(k, "") for k in ("mechanism", "paper", "check", "note")}
@@ -726,16 +701,6 @@ def pretty(row: dict) -> dict:
     else:
         out["fwd_bwd"], out["fwd_bwd_mem"] = fmt_seconds(row["fwd_bwd_s"]), fmt_bytes(row["fwd_bwd_bytes"])
     return out
-
-
-def print_table(console: Console, rows: list[dict]) -> None:
-    table = Table(title="vision mechanisms (CPU)")
-    for _, header in COLUMNS:
-        table.add_column(header)
-    for row in rows:
-        p = pretty(row)
-        table.add_row(*(str(p.get(k, "")) for k, _ in COLUMNS))
-    console.print(table)
 
 
 def main(argv=None):
@@ -769,10 +734,12 @@ def main(argv=None):
     ]
     settings = {"B": B, "dim": DIM, "heads": HEADS, "dtype": "float32", "sides": sides, "quick": args.quick, "repeats": reps}
     settings |= {"kernel": KERNEL, "timm": timm_version, "torchvision": torchvision}
-    print_table(console, rows)
+    print_table(console, "vision mechanisms (CPU)", rows, MECHANISM_COLUMNS, pretty)
     for n in notes:
         console.print(n, highlight=False)
-    paths = write("vision-quick" if args.quick else "vision", rows, [pretty(r) for r in rows], COLUMNS, settings=settings, notes=notes)
+    paths = write(
+        "vision-quick" if args.quick else "vision", rows, [pretty(r) for r in rows], MECHANISM_COLUMNS, settings=settings, notes=notes
+    )
     console.print(f"wrote {paths[0]} and {paths[1]}")
 
 

@@ -84,7 +84,7 @@ def test_bench_tasks_prints_the_table_and_writes_results(tmp_path):
         (["train", "--task", "tests.train.toy:Nope"], "cannot import Nope"),
         (["bench", "tasks", "--task", "no_such_task"], "valid tasks are"),
         (["bench", "tasks", "--task", TOY, "--mechanisms", "mha,reversed"], "bidirectional only"),
-        (["bench", "tasks", "--task", TOY, "--mechanisms", "mha,nope"], "valid names are"),
+        (["bench", "tasks", "--task", TOY, "--mechanisms", "mha,nope"], "valid mechanisms are"),
         (["bench", "tasks", "--task", TOY, "--executor", "dask"], "unknown executor 'dask'"),
         (["bench", "tasks", "--task", TOY, "--out", "{d}/file"], "is a file"),
     ],

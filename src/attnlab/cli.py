@@ -90,9 +90,10 @@ def rows(category: Category) -> list[tuple[str, ...]]:
         return [(e.name, e.paper, e.summary, e.layout, e.time, e.memory) for e in mechanisms.available()]
     if category is Category.edits:
         from attnlab import edits
-        from attnlab.edits._base import _REGISTRY
 
-        return [(name, _paper(inspect.getdoc(_REGISTRY[name]) or ""), _first_line(_REGISTRY[name])) for name in edits.names()]
+        return [
+            (name, _paper(inspect.getdoc(cls) or ""), _first_line(cls)) for name in edits.names() for cls in [edits.registry.lookup(name)]
+        ]
     if category is Category.backends:
         out = [(name, "", _first_line(type(b))) for name, b in backends.BACKENDS.items()]
         return [*out, ("auto", "", _first_line(choose_backend))]

@@ -4,14 +4,16 @@ import pytest
 from torch import nn
 
 from attnlab import mechanisms
+from attnlab.registry import Registry
 
 
 @pytest.fixture
 def registry(monkeypatch):
-    """An empty registry for the test, restored afterwards."""
-    monkeypatch.setattr(mechanisms, "_REGISTRY", {})
-    monkeypatch.setattr(mechanisms, "_loaded", True)
-    return mechanisms._REGISTRY
+    """An empty registry for the test (no package to load), restored afterwards."""
+    fresh = Registry("mechanism", "attnlab.mechanisms")
+    fresh._loaded = True
+    monkeypatch.setattr(mechanisms, "registry", fresh)
+    return fresh
 
 
 def test_register_and_get(registry):
@@ -37,7 +39,7 @@ def test_duplicate_name_raises(registry):
 
 def test_unknown_name_suggests_close_names(registry):
     mechanisms.register("hilo", paper="21")(nn.Identity)
-    with pytest.raises(ValueError, match=r"unknown mechanism 'hil0' \(did you mean 'hilo'\?\): valid names are hilo"):
+    with pytest.raises(ValueError, match=r"unknown mechanism 'hil0' \(did you mean 'hilo'\?\): valid mechanisms are hilo"):
         mechanisms.get("hil0", dim=8, heads=2)
 
 

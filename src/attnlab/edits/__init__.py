@@ -5,6 +5,6 @@ Each edit is one file: a :class:`SiteEdit` subclass registered by name, applied 
 Stages run logits → probs → output; edits of one stage act in the order given.
 """
 
-from attnlab.edits._base import SiteEdit, as_list, get, names, parse, parse_heads, register
+from attnlab.edits._base import SiteEdit, as_list, get, names, parse, parse_heads, register, registry
 
-__all__ = ["SiteEdit", "as_list", "get", "names", "parse", "parse_heads", "register"]
+__all__ = ["SiteEdit", "as_list", "get", "names", "parse", "parse_heads", "register", "registry"]

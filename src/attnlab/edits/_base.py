@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
-import pkgutil
 import re
 from collections.abc import Callable, Sequence
 
 from attnlab.core.site import Site, site_matcher
-
-_REGISTRY: dict[str, type] = {}
+from attnlab.registry import Registry
 
 
 class SiteEdit:
@@ -63,46 +58,22 @@ class SiteEdit:
         return f"{type(self).__name__}(layers={self.layers}, heads={self.heads})"
 
 
+registry = Registry("edit", "attnlab.edits")
+
+
 def register(name: str):
     """Class decorator: make an edit available as ``name`` in specs (``attnlab edit --edit name:...``)."""
-
-    def deco(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"edit {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _load() -> None:
-    import attnlab.edits as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"attnlab.edits.{info.name}")
+    return registry.register(name)
 
 
 def names() -> list[str]:
     """Registered edit names, sorted."""
-    _load()
-    return sorted(_REGISTRY)
+    return registry.names()
 
 
 def get(name: str, **options) -> SiteEdit:
-    """An edit by name; unknown names and options raise errors listing the valid ones."""
-    _load()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=2)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"unknown edit {name!r}{hint}: choose from {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name]
-    params = [p for p in inspect.signature(cls).parameters if p not in ("self",)]
-    bad = [k for k in options if k not in params]
-    if bad:
-        raise ValueError(f"edit {name!r} has no option {', '.join(map(repr, bad))}: its options are {', '.join(params)}")
-    return cls(**options)
+    """An edit by name; unknown names raise ``ValueError``, unknown options ``TypeError``, listing the valid ones."""
+    return registry.create(name, **options)
 
 
 _SPEC = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(?::(?P<opts>.*))?$")

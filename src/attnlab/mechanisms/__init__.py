@@ -12,15 +12,14 @@ new mechanism needs no change anywhere else.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
-import pkgutil
 from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["Entry", "available", "get", "register"]
+from attnlab.registry import Registry
+
+__all__ = ["Entry", "available", "get", "register", "registry"]
 
 
 @dataclass(frozen=True)
@@ -49,35 +48,17 @@ class Entry:
         return doc.split("\n\n")[0].replace("\n", " ")
 
 
-_REGISTRY: dict[str, Entry] = {}
-_loaded = False
+registry = Registry("mechanism", __name__)
 
 
 def register(name: str, *, paper: str, layout: str = "[B, T, C]", time: str = "O(T²)", memory: str = "O(T)"):
     """Class decorator: register a mechanism under ``name``. A duplicate name raises."""
-
-    def deco(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"mechanism {name!r} is registered twice: {_REGISTRY[name].cls.__module__} and {cls.__module__}")
-        _REGISTRY[name] = Entry(name, cls, paper, layout, time, memory)
-        return cls
-
-    return deco
-
-
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
+    return registry.register(name, paper=paper, layout=layout, time=time, memory=memory)
 
 
 def available() -> list[Entry]:
     """Every registered mechanism, sorted by name."""
-    _load()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return [Entry(n, c, c.paper, c.layout, c.time, c.memory) for n in registry.names() for c in [registry.lookup(n)]]
 
 
 def get(name: str, *, dim: int, heads: int, **options) -> nn.Module:
@@ -86,15 +67,4 @@ def get(name: str, *, dim: int, heads: int, **options) -> nn.Module:
     Unknown names raise ``ValueError`` listing the closest valid ones; unknown options raise
     ``TypeError`` listing the options the mechanism takes.
     """
-    _load()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"unknown mechanism {name!r}{hint}: valid names are {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name].cls
-    params = inspect.signature(cls).parameters
-    valid = [p for p in params if p not in ("self", "dim", "heads")]
-    bad = [k for k in options if k not in params]
-    if bad and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        raise TypeError(f"mechanism {name!r} has no option {', '.join(map(repr, bad))}: its options are {', '.join(valid) or 'none'}")
-    return cls(dim=dim, heads=heads, **options)
+    return registry.create(name, given=("dim", "heads"), dim=dim, heads=heads, **options)

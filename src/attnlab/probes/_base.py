@@ -2,54 +2,30 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
 from attnlab.core.site import Site, site_matcher
+from attnlab.registry import Registry
 
-_REGISTRY: dict[str, type] = {}
+registry = Registry("probe", "attnlab.probes")
 
 
 def register(name: str):
     """Class decorator: make a probe available to ``attnlab scan --probes`` under ``name``."""
-
-    def deco(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"probe {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return registry.register(name)
 
 
 def names() -> list[str]:
     """Registered probe names, sorted."""
-    _load()
-    return sorted(_REGISTRY)
+    return registry.names()
 
 
 def get(name: str, **options) -> SiteProbe:
     """A new probe by name; unknown names raise a ``ValueError`` listing the valid ones."""
-    _load()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=2)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"unknown probe {name!r}{hint}: choose from {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
-
-
-def _load() -> None:
-    import attnlab.probes as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"attnlab.probes.{info.name}")
+    return registry.create(name, **options)
 
 
 @dataclass

@@ -19,14 +19,12 @@ questions, so the trainer and ``attnlab bench tasks`` treat all of them alike:
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
-import pkgutil
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from attnlab.registry import Registry
 
 __all__ = ["IGNORE", "Batch", "Task", "available", "get", "register"]
 
@@ -80,44 +78,19 @@ class Task:
         return ("train", "test")
 
 
-_REGISTRY: dict[str, type[Task]] = {}
+registry = Registry("task", __name__)
 
 
 def register(name: str, *, paper: str):
     """Class decorator: make a task available by ``name``. A duplicate name raises."""
-
-    def deco(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"task {name!r} is registered twice")
-        cls.name, cls.paper = name, paper
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _load() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+    return registry.register(name, paper=paper)
 
 
 def available() -> list[type[Task]]:
     """Every registered task class, sorted by name."""
-    _load()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return [registry.lookup(n) for n in registry.names()]
 
 
 def get(name: str, **options) -> Task:
     """A task by name with its options; unknown names and options raise errors listing the valid ones."""
-    _load()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"unknown task {name!r}{hint}: valid tasks are {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name]
-    params = inspect.signature(cls).parameters
-    bad = [k for k in options if k not in params]
-    if bad:
-        raise TypeError(f"task {name!r} has no option {', '.join(map(repr, bad))}: its options are {', '.join(params) or 'none'}")
-    return cls(**options)
+    return registry.create(name, **options)
