@@ -143,7 +143,11 @@ MECHANISM_COLUMNS = [
 
 
 def claimed_exponent(time: str) -> float:
-    """The power of T in a registry time string ("O(T·sqrt(T))" -> 1.5, "O(k·T²/S²)" -> 2)."""
+    """The power of T in a registry time string's first clause ("O(T·sqrt(T))" -> 1.5, "O(k·T²/S²)" -> 2).
+
+    A string naming several cases ("O(T·sqrt(T)) balanced clusters, O(T²) worst") claims its first.
+    """
+    time = time.split(",")[0]
     if "T³" in time:
         return 3.0
     if "T²" in time or "T·T" in time:

@@ -38,6 +38,7 @@ class Category(str, Enum):
     masks = "masks"
     mechanisms = "mechanisms"
     probes = "probes"
+    tasks = "tasks"
 
 
 def _version(value: bool):
@@ -61,12 +62,12 @@ def _first_line(obj) -> str:
 
 
 def _paper(text: str) -> str:
-    """The PAPERS.md numbers a docstring cites (``Paper 42``, ``Paper: 73 (...), 68 (...)``)."""
-    m = re.search(r"Papers?:?\s*(\d+)", text)
+    """The PAPERS.md numbers a docstring cites (``Paper 42``, ``Paper: 73 (...), 68 (...)``, ``Papers 5 and 57``)."""
+    cited = r"\d{1,2}(?:\s*\([^)]*\))?"
+    m = re.search(rf"Papers?:?\s*({cited}(?:\s*(?:,|and)\s*{cited})*)", text)
     if not m:
         return ""
-    line = text[m.start() :].split("\n")[0]
-    return ", ".join(dict.fromkeys(re.findall(r"(?<![\w.])(\d{1,2})(?![\w.])", line)))
+    return ", ".join(dict.fromkeys(re.findall(r"(\d{1,2})(?:\s*\([^)]*\))?", m.group(1))))
 
 
 def _call(name: str, fn) -> str:
@@ -94,6 +95,10 @@ def rows(category: Category) -> list[tuple[str, ...]]:
         return [
             (name, _paper(inspect.getdoc(cls) or ""), _first_line(cls)) for name in edits.names() for cls in [edits.registry.lookup(name)]
         ]
+    if category is Category.tasks:
+        from attnlab import tasks
+
+        return [(cls.name, cls.paper, _first_line(cls)) for cls in tasks.available()]
     if category is Category.backends:
         out = [(name, "", _first_line(type(b))) for name, b in backends.BACKENDS.items()]
         return [*out, ("auto", "", _first_line(choose_backend))]
@@ -106,12 +111,12 @@ def rows(category: Category) -> list[tuple[str, ...]]:
             elif callable(obj) and not isinstance(obj, type):
                 out.append((_call(name, obj), _paper(inspect.getdoc(obj) or ""), _first_line(obj)))
         return out
-    return [(name, _paper(inspect.getdoc(getattr(probes, name)) or ""), _first_line(getattr(probes, name))) for name in probes.__all__]
+    return [(name, _paper(inspect.getdoc(cls) or ""), _first_line(cls)) for name in probes.names() for cls in [probes.registry.lookup(name)]]
 
 
 @app.command("list")
 def list_(category: Annotated[Category, typer.Argument(help="What to list.")]):
-    """List the backends, masks, mechanisms or probes this attnlab has, with the paper each comes from."""
+    """List the backends, edits, masks, mechanisms, probes or tasks this attnlab has, with the paper each comes from."""
     table = Table(title=f"attnlab {category.value}")
     for col in ("name", "paper", "what it is"):
         table.add_column(col, style="bold" if col == "name" else None)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import attnlab
 from attnlab import mechanisms
-from attnlab.mechanisms.routing import OnlineKMeans, RoutingAttention
+from attnlab.mechanisms.routing import LAYOUTS, OnlineKMeans, RoutingAttention
 from attnlab.probes import Entropy
 
 
@@ -26,28 +26,31 @@ def _causal(T):
     return torch.ones(T, T, dtype=torch.bool).tril()
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_routing_one_cluster_equals_full_attention(causal):
+def test_routing_one_cluster_equals_full_attention(causal, layout):
     torch.manual_seed(0)
-    m = RoutingAttention(dim=16, heads=2, clusters=1, local_heads=0, is_causal=causal)
+    m = RoutingAttention(dim=16, heads=2, clusters=1, local_heads=0, is_causal=causal, layout=layout)
     x = torch.randn(2, 9, 16)
     allowed = _causal(9) if causal else torch.ones(9, 9, dtype=torch.bool)
     torch.testing.assert_close(m(x), _reference(m, x, allowed), atol=1e-5, rtol=1e-5)
 
 
-def test_routing_local_heads_attend_in_window():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_routing_local_heads_attend_in_window(layout):
     torch.manual_seed(1)
-    m = RoutingAttention(dim=8, heads=2, local_heads=2, window=2)
+    m = RoutingAttention(dim=8, heads=2, local_heads=2, window=2, layout=layout)
     x = torch.randn(2, 9, 8)
     i = torch.arange(9)
     band = (i[:, None] - i[None, :]).abs() <= 2
     torch.testing.assert_close(m(x), _reference(m, x, band), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_routing_heads_attend_within_their_cluster(causal):
+def test_routing_heads_attend_within_their_cluster(causal, layout):
     torch.manual_seed(2)
-    m = RoutingAttention(dim=16, heads=4, clusters=3, window=1, is_causal=causal).eval()
+    m = RoutingAttention(dim=16, heads=4, clusters=3, window=1, is_causal=causal, layout=layout).eval()
     x = torch.randn(2, 12, 16)
     qk = m.qk(x).view(2, 12, 4, 4).transpose(1, 2)  # [B, H, T, D]
     ids = m.kmeans.assign(qk[:, 2:])  # [B, 2, T] routing heads are 2 and 3
@@ -136,9 +139,10 @@ def test_routing_default_clusters_is_sqrt_seq_len():
     assert m.kmeans.centroids.shape == (2, 16, 4)  # 2 routing heads, sqrt(256) centroids, head dim 4
 
 
-def test_routing_is_causal():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_routing_is_causal(layout):
     torch.manual_seed(7)
-    m = RoutingAttention(dim=8, heads=2, clusters=2, window=3, is_causal=True).eval()
+    m = RoutingAttention(dim=8, heads=2, clusters=2, window=3, is_causal=True, layout=layout).eval()
     x = torch.randn(2, 10, 8)
     y = x.clone()
     y[:, 6:] = torch.randn(2, 4, 8)
@@ -146,9 +150,10 @@ def test_routing_is_causal():
     assert not torch.allclose(m(x)[:, 6:], m(y)[:, 6:])
 
 
-def test_routing_gradcheck_in_eval_mode():
+@pytest.mark.parametrize("layout", ["clusters", "dense"])
+def test_routing_gradcheck_in_eval_mode(layout):
     torch.manual_seed(8)
-    m = RoutingAttention(dim=4, heads=2, clusters=2, window=1, backend="reference").double().eval()
+    m = RoutingAttention(dim=4, heads=2, clusters=2, window=1, layout=layout, backend="reference").double().eval()
     x = torch.randn(1, 5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,))
 
@@ -163,11 +168,50 @@ def test_routing_dtype_and_shape(dtype):
 
 
 def test_routing_is_a_site():
-    m = RoutingAttention(dim=8, heads=2, clusters=2).eval()
+    m = RoutingAttention(dim=8, heads=2, clusters=2, layout="dense").eval()
     ent = Entropy()
     with attnlab.attach(probes=[ent]):
         m(torch.randn(1, 6, 8))
     assert ent.result()["routing"]["entropy"].shape == (2,)
+
+
+def test_routing_clusters_layout_has_a_local_and_a_per_cluster_site():
+    m = RoutingAttention(dim=16, heads=4, clusters=3, layout="clusters").eval()
+    ent = Entropy()
+    with attnlab.attach(probes=[ent]):
+        m(torch.randn(1, 12, 16))
+    assert ent.result()["routing.local"]["entropy"].shape == (2,)
+    assert ent.result()["routing.clusters"]["entropy"].shape == (2 * 3,)  # one per (routing head, cluster)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_routing_layouts_agree_in_training_with_gradients(causal):
+    torch.manual_seed(10)
+    x = torch.randn(2, 40, 16)
+    outs, grads = [], []
+    for layout in ("clusters", "dense"):
+        torch.manual_seed(11)
+        m = RoutingAttention(dim=16, heads=4, clusters=5, window=3, is_causal=causal, layout=layout)
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(12)  # same k-means++ seeding
+        out = m(xi)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append(xi.grad)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_routing_auto_layout_packs_balanced_clusters_and_not_degenerate_ones(balanced, monkeypatch):
+    m = RoutingAttention(dim=16, heads=2, clusters=8, local_heads=0).eval()
+    T = 64
+    ids = torch.arange(T) % 8 if balanced else torch.zeros(T, dtype=torch.long)  # C = 8 or C = T
+    monkeypatch.setattr(m.kmeans, "assign", lambda x: ids.expand(x.shape[0], x.shape[1], T))
+    probe = Entropy()
+    with attnlab.attach(probes=[probe]):
+        m(torch.randn(1, T, 16))
+    assert set(probe.result()) == ({"routing.clusters"} if balanced else {"routing"})  # no local heads
 
 
 def test_routing_registered():

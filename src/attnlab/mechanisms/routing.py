@@ -17,10 +17,18 @@ tokens routed to the same cluster, with half of the heads doing local attention 
 - The first ``local_heads`` heads (default half) attend in a sliding window of ``window`` tokens
   on each side (before only, when causal).
 
-All heads run in one :func:`attnlab.core.attend` call with a ``[B, H, T, T]`` boolean mask: the
-window band for local heads, "same cluster id" for routing heads. That is O(T²); the paper's
-O(T·sqrt(T)) needs tokens sorted into equal-size clusters, which changes which keys a token
-sees (a token near a full cluster is cut off), so this module keeps the exact rule instead.
+Two exact layouts compute the same output (``layout=``):
+
+- ``"dense"``: all heads in one :func:`attnlab.core.attend` call at site ``routing`` with a
+  ``[B, H, T, T]`` boolean mask (window band for local heads, "same cluster id" for routing
+  heads). O(T²), but probes and edits see the familiar ``[B, H, T, T]`` attention.
+- ``"clusters"``: local heads run at site ``routing.local`` with a sliding-window mask (blocked
+  backend, O(T·window)); each routing head's tokens are sorted by cluster and packed into
+  ``K`` blocks of ``C`` (the largest cluster) slots, so site ``routing.clusters`` sees
+  ``[B, Hr·K, C, D]``: one "head" per (routing head, cluster), padded slots masked. Cost
+  O(K·C²), which is O(T·sqrt(T)) for balanced clusters, without the paper's balanced top-w
+  approximation (a token is never cut off from its own cluster).
+- ``"auto"`` (default) takes ``clusters`` when ``K·C² ≤ T²/2``, else ``dense``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ from attnlab.core import Site, attend
 from attnlab.core import masks as M
 from attnlab.mechanisms import register
 
-__all__ = ["OnlineKMeans", "RoutingAttention"]
+__all__ = ["LAYOUTS", "OnlineKMeans", "RoutingAttention"]
+
+LAYOUTS = ("auto", "clusters", "dense")
 
 
 class OnlineKMeans(nn.Module):
@@ -95,7 +105,7 @@ def _kmeans_pp(xn: Tensor, K: int) -> Tensor:
     return torch.stack(seeds, dim=1)  # [H, K, D]
 
 
-@register("routing", paper="23", time="O(T²) (dense mask)", memory="O(T²)")
+@register("routing", paper="23", time="O(T·sqrt(T)) balanced clusters, O(T²) worst", memory="O(T·sqrt(T)), O(T²) worst")
 class RoutingAttention(nn.Module):
     """Routing attention: tokens attend within their online-k-means cluster; half the heads are local.
 
@@ -111,6 +121,8 @@ class RoutingAttention(nn.Module):
         local_heads: number of local heads; default ``heads // 2``.
         decay: EMA decay ``λ`` of the centroids.
         is_causal: add the causal mask to every head.
+        layout: ``"auto"``, ``"clusters"`` (packed per cluster, sites ``routing.local`` and
+            ``routing.clusters``) or ``"dense"`` (one ``[B, H, T, T]`` mask, site ``routing``).
         backend: the :func:`attnlab.core.attend` backend.
 
     Example:
@@ -130,6 +142,7 @@ class RoutingAttention(nn.Module):
         local_heads: int | None = None,
         decay: float = 0.999,
         is_causal: bool = False,
+        layout: str = "auto",
         backend: str = "auto",
     ):
         super().__init__()
@@ -144,15 +157,20 @@ class RoutingAttention(nn.Module):
         local_heads = heads // 2 if local_heads is None else local_heads
         if isinstance(local_heads, bool) or not isinstance(local_heads, int) or not 0 <= local_heads <= heads:
             raise ValueError(f"local_heads must be an int in [0, heads={heads}], got local_heads={local_heads!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got layout={layout!r}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got decay={decay!r}")
         self.dim, self.heads, self.window, self.local_heads = dim, heads, window, local_heads
-        self.is_causal, self.backend = is_causal, backend
+        self.is_causal, self.layout, self.backend = is_causal, layout, backend
         self.qk = nn.Linear(dim, dim)  # shared queries and keys
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
         self.kmeans = OnlineKMeans(heads - local_heads, clusters, dim // heads, decay=decay)
         self.site = Site(name="routing", num_heads=heads, num_kv_heads=heads)
+        self.local_site = Site(name="routing.local", num_heads=local_heads, num_kv_heads=local_heads)
+        routed = (heads - local_heads) * clusters
+        self.clusters_site = Site(name="routing.clusters", num_heads=routed, num_kv_heads=routed)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.dim:
@@ -164,7 +182,41 @@ class RoutingAttention(nn.Module):
         if self.training and routed.shape[1]:
             self.kmeans.update(routed)
         ids = self.kmeans.assign(routed)  # [B, Hr, T]
-        local = M.sliding_window(self.window, self.window).dense(T, T, device=x.device)  # [1, 1, T, T]
-        mask = torch.cat([local.expand(B, self.local_heads, T, T), ids[..., :, None] == ids[..., None, :]], dim=1)  # [B, H, T, T]
-        out = attend(qk, qk, v, mask=mask, is_causal=self.is_causal, backend=self.backend, site=self.site)  # [B, H, T, D]
+        K = self.kmeans.centroids.shape[1]
+        counts = torch.zeros(B, ids.shape[1], K, dtype=torch.long, device=x.device).scatter_add_(-1, ids, torch.ones_like(ids))
+        C = int(counts.max()) if ids.numel() else 0  # the largest cluster
+        if self.layout == "dense" or (self.layout == "auto" and 2 * K * C * C > T * T):
+            local = M.sliding_window(self.window, self.window).dense(T, T, device=x.device)  # [1, 1, T, T]
+            mask = torch.cat([local.expand(B, self.local_heads, T, T), ids[..., :, None] == ids[..., None, :]], dim=1)  # [B, H, T, T]
+            out = attend(qk, qk, v, mask=mask, is_causal=self.is_causal, backend=self.backend, site=self.site)  # [B, H, T, D]
+        else:
+            out = self._per_cluster(routed, v[:, self.local_heads :], ids, counts, C)  # [B, Hr, T, D]
+            if self.local_heads:
+                loc = qk[:, : self.local_heads]  # [B, Hl, T, D]
+                window = M.sliding_window(self.window, 0 if self.is_causal else self.window)
+                out_local = attend(loc, loc, v[:, : self.local_heads], mask=window, backend=self.backend, site=self.local_site)
+                out = torch.cat([out_local, out], dim=1)  # [B, H, T, D]
         return self.proj(rearrange(out, "b h t d -> b t (h d)"))  # [B, T, C]
+
+    def _per_cluster(self, qk: Tensor, v: Tensor, ids: Tensor, counts: Tensor, C: int) -> Tensor:
+        """Routing heads packed by cluster: ``qk, v [B, Hr, T, D]``, ``ids [B, Hr, T]``, ``counts [B, Hr, K]`` -> ``[B, Hr, T, D]``."""
+        B, Hr, T, D = qk.shape
+        K = counts.shape[-1]
+        if Hr == 0:
+            return v  # [B, 0, T, D]
+        pos = torch.arange(T, device=qk.device)
+        order = torch.argsort(ids * T + pos, dim=-1)  # [B, Hr, T] by cluster, then position
+        sorted_ids = ids.gather(-1, order)  # [B, Hr, T]
+        start = counts.cumsum(-1) - counts  # [B, Hr, K] first sorted index of each cluster
+        slot = sorted_ids * C + pos - start.gather(-1, sorted_ids)  # [B, Hr, T] slot of the i-th sorted token
+        slot = torch.empty_like(slot).scatter_(-1, order, slot)  # [B, Hr, T] slot of each token
+        index = slot[..., None].expand(B, Hr, T, D)
+
+        def pack(t: Tensor) -> Tensor:  # [B, Hr, T, D] -> [B, Hr·K, C, D]
+            return t.new_zeros(B, Hr, K * C, D).scatter(2, index, t).view(B, Hr * K, C, D)
+
+        filled = torch.zeros(B, Hr, K * C, dtype=torch.bool, device=qk.device).scatter_(-1, slot, True)  # [B, Hr, K·C]
+        keys = filled.view(B, Hr * K, 1, C)  # [B, Hr·K, 1, C] padded slots are no keys
+        pq = pack(qk)
+        out = attend(pq, pq, pack(v), mask=keys, is_causal=self.is_causal, backend=self.backend, site=self.clusters_site)
+        return out.view(B, Hr, K * C, D).gather(2, index)  # [B, Hr, T, D]

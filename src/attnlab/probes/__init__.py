@@ -3,7 +3,7 @@
 Each probe is one file; ``attnlab scan --probes`` finds them by name (:func:`get`, :func:`names`).
 """
 
-from attnlab.probes._base import Findings, SiteProbe, get, names
+from attnlab.probes._base import Findings, SiteProbe, get, names, registry
 from attnlab.probes.column_mass import ColumnMass
 from attnlab.probes.entropy import Entropy
 from attnlab.probes.extreme import Extreme
@@ -25,4 +25,5 @@ __all__ = [
     "get",
     "names",
     "needle_in_a_haystack",
+    "registry",
 ]
