@@ -3,7 +3,7 @@ many random heads does not.
 
 1. Retrieval heads are found with the Retrieval Head paper's scoring (attnlab's ``retrieval``
    probe) on needle trials at depths 10/30/50/70/90% of 512- and 768-token prompts.
-2. Needle accuracy is measured on held-out depths (20/40/60/80%) at the same lengths: without
+2. Needle accuracy is measured on held-out depths (15, 25, ..., 85%) at the same lengths: without
    edits, with the top-k retrieval heads masked (k = 5, 10; ``head_mask`` mode ``uniform``, as the
    paper's code masks heads), and with k random non-retrieval heads masked (5 draws each).
 
@@ -25,7 +25,7 @@ from attnlab.stats import mean_ci
 
 LENGTHS = (512, 768)
 DETECT_DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
-EVAL_DEPTHS = (0.2, 0.4, 0.6, 0.8)
+EVAL_DEPTHS = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85)
 DRAWS = 5
 
 

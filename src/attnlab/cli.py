@@ -111,7 +111,9 @@ def rows(category: Category) -> list[tuple[str, ...]]:
             elif callable(obj) and not isinstance(obj, type):
                 out.append((_call(name, obj), _paper(inspect.getdoc(obj) or ""), _first_line(obj)))
         return out
-    return [(name, _paper(inspect.getdoc(cls) or ""), _first_line(cls)) for name in probes.names() for cls in [probes.registry.lookup(name)]]
+    return [
+        (name, _paper(inspect.getdoc(cls) or ""), _first_line(cls)) for name in probes.names() for cls in [probes.registry.lookup(name)]
+    ]
 
 
 @app.command("list")

@@ -67,3 +67,12 @@ def test_entropy_accumulates_per_site_and_filters_sites():
     for i in range(3):
         attend(q, k, v, probes=[probe], site=Site(f"layers.{i}.attn", layer=i))
     assert list(probe.result()) == ["layers.1.attn"]
+
+
+def test_entropy_in_training_holds_no_autograd_graph():
+    """Probes observe: a probe attached while training must not keep the step's graph alive."""
+    q = torch.randn(1, 2, 12, 8, requires_grad=True)
+    ent = Entropy()
+    attend(q, q, q, is_causal=True, probes=[ent]).sum().backward()
+    result = ent.result()["attend"]
+    assert not result["entropy"].requires_grad and not result["normalized"].requires_grad

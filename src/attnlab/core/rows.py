@@ -78,7 +78,7 @@ def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Pro
             p = fn(p, q_idx, kv_idx)
         if probes:
             chunk = AttentionChunk(
-                probs=p.detach(), visible=visible, q_idx=q_idx, kv_start=k0, lk=Tk, logits=s if exact and not probs_edits else None
+                probs=p.detach(), visible=visible, q_idx=q_idx, kv_start=k0, lk=Tk, logits=s.detach() if exact and not probs_edits else None
             )
             for probe in probes:
                 probe.observe(chunk, site)
