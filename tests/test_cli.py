@@ -75,6 +75,7 @@ def test_edit_measures_before_and_after(tmp_path, smollm2):
     (m,) = data["meta"]["metrics"]
     assert m["metric"] == "logit_diff" and m["examples"] == 20 and m["before"] != m["after"]
     assert data["meta"]["edits"] == ["head_mask:heads=L0H0+L0H1,mode=zero"]
+    assert data["meta"]["applied"] == ["HeadMask(heads=['L0H0', 'L0H1'], layers=None, mode='zero')"]
     assert (tmp_path / "e" / "report.html").read_text().startswith("<!doctype html>")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ for harness
+from attnlab.stats import mean_ci
 from harness import versions
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "repro"
@@ -51,6 +52,12 @@ def save(name: str, *, claim: str, paper: str, rows: list[dict], verdict: str, s
         print("  ", r)
     print(("SUPPORTED: " if supported else "NOT SUPPORTED: ") + verdict)
     print(f"wrote {OUT / name}.md, .json, .svg")
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    """``mean ± half-width of the 95% CI`` over seeds (just the mean for one value)."""
+    est = mean_ci(values)
+    return f"{est.mean:.{digits}g} ± {(est.high - est.low) / 2:.2g}" if est.n > 1 else f"{est.mean:.{digits}g}"
 
 
 def bar_chart(title: str, labels: list[str], values: list[float], errors: list[float] | None = None, ylabel: str = "") -> str:

@@ -30,11 +30,10 @@ import statistics
 import time
 
 import torch
-from common import line_chart, save
+from common import fmt, line_chart, save
 
 from attnlab import tasks
 from attnlab.models.tiny import TinyTransformer
-from attnlab.stats import mean_ci
 from attnlab.train import train
 from attnlab.train.data import generator
 
@@ -79,11 +78,6 @@ def transition(steps: list[int], acc: list[float]) -> dict:
     before = [s for s, a in zip(steps, acc) if s < jump and a <= level + NEAR]
     length = before[-1] if before else 0
     return {"plateau": level, "jump": jump, "length": length, "rise": jump - length}
-
-
-def fmt(values: list[float]) -> str:
-    est = mean_ci(values)
-    return f"{est.mean:.3g} ± {(est.high - est.low) / 2:.2g}" if est.n > 1 else f"{est.mean:.3g}"
 
 
 def main():

@@ -29,7 +29,7 @@ import argparse
 import time
 
 import torch
-from common import line_chart, save
+from common import fmt, line_chart, save
 
 import attnlab
 from attnlab import tasks
@@ -118,12 +118,6 @@ def plateau(curve: dict) -> tuple[float, float]:
     """(entropy drop over the last quarter of training, total drop) — a plateau has the first ≪ the second."""
     e, n = curve["entropy"], len(curve["entropy"])
     return e[-(n // 4) - 1] - e[-1], e[0] - e[-1]
-
-
-def fmt(values: list[float], digits: int = 3) -> str:
-    est = mean_ci(values)
-    half = (est.high - est.low) / 2
-    return f"{est.mean:.{digits}g} ± {half:.2g}" if est.n > 1 else f"{est.mean:.{digits}g}"
 
 
 def main():

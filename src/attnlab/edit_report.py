@@ -74,6 +74,7 @@ def run_edit(
             "heads": sites[0].num_heads,
         },
         "edits": list(specs_text) or [repr(e) for e in edits],
+        "applied": [repr(e) for e in edits],  # after calibration: the layers and heads each edit chose
         "composition": "stages run logits → probs → output; within a stage, edits act in the order given",
         "evals": list(evals),
         "backend": backend,
@@ -110,6 +111,7 @@ svg text{font-size:10px;fill:#444}.meta{color:#666}figure{display:inline-block;m
 <h1>Edit: {{ meta.edits|join(" then ") }}</h1>
 <p class="meta">{{ meta.model.identity }} · {{ meta.model.layers }} layers · {{ meta.created }} · {{ meta.wall_s }} s ·
 attnlab {{ meta.versions.attnlab }}, torch {{ meta.versions.torch }} · {{ meta.composition }}</p>
+{% if meta.applied %}<p class="meta">As applied (after calibration): {{ meta.applied|join("; ") }}</p>{% endif %}
 <table><tr><th>metric</th><th>before</th><th>after</th><th>after − before</th><th>95% CI</th><th>examples</th><th>better is</th></tr>
 {% for m in meta.metrics %}<tr><td>{{ m.metric }}</td><td>{{ "%.4g"|format(m.before) }}</td><td>{{ "%.4g"|format(m.after) }}</td>
 <td>{{ "%+.4g"|format(m.difference) }}</td><td>[{{ "%+.3g"|format(m.ci95[0]) }}, {{ "%+.3g"|format(m.ci95[1]) }}]</td><td>{{ m.examples }}</td>
