@@ -26,9 +26,25 @@ from torch import Tensor
 
 from attnlab.registry import Registry
 
-__all__ = ["IGNORE", "Batch", "Task", "available", "get", "register"]
+__all__ = ["IGNORE", "Batch", "Task", "available", "check_int", "get", "register", "split_generator"]
 
 IGNORE = -100  # target value where no loss or metric is defined (torch's cross-entropy default)
+
+
+def split_generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
+    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
+    seed = int(torch.randint(2**62, (), generator=generator))
+    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """``value`` if it is an int in ``[lo, hi]`` (``hi=None``: no upper bound), else a ValueError naming the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
+    return value
 
 
 @dataclass

@@ -21,24 +21,9 @@ from __future__ import annotations
 import torch
 
 from attnlab import data
-from attnlab.tasks import Batch, Task, register
+from attnlab.tasks import Batch, Task, check_int, register, split_generator
 
 __all__ = ["BigramBackcopy"]
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 @register("bigram_backcopy", paper="68")
@@ -71,8 +56,8 @@ class BigramBackcopy(Task):
     def __init__(self, *, text: str = "tempest", triggers: int = 3, seq_len: int = 256):
         raw = data.text(text)  # raises on an unknown name, listing the shipped texts
         chars = sorted(set(raw))
-        _int("triggers", triggers, 1, len(chars) - 1)
-        self.seq_len = _int("seq_len", seq_len, 2)
+        check_int("triggers", triggers, 1, len(chars) - 1)
+        self.seq_len = check_int("seq_len", seq_len, 2)
         self.itos = ["<s>", *chars]
         self.vocab_size = V = len(self.itos)
         stoi = {c: i + 1 for i, c in enumerate(chars)}
@@ -92,8 +77,8 @@ class BigramBackcopy(Task):
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` sequences; train and test are the same chain on different random streams."""
-        B, T = _int("n", n, 1), self.seq_len
-        g = _generator(generator, split, self.splits())
+        B, T = check_int("n", n, 1), self.seq_len
+        g = split_generator(generator, split, self.splits())
         u = torch.rand(T + 1, B, 1, generator=g, dtype=torch.float64)  # inverse-CDF draws, one per token
         x = torch.empty(B, T + 1, dtype=torch.long)  # one more token: the last target
         x[:, 0] = self.bos

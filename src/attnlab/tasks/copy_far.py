@@ -14,24 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.tasks import IGNORE, Batch, Task, register
+from attnlab.tasks import IGNORE, Batch, Task, check_int, register, split_generator
 
 __all__ = ["CopyFar"]
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 @register("copy_far", paper="11")
@@ -56,19 +41,19 @@ class CopyFar(Task):
     """
 
     def __init__(self, *, seq_len: int = 512, groups: int = 8, vocab_size: int = 64, source_group: int = 0):
-        self.groups = _int("groups", groups, 2)
-        self.seq_len = _int("seq_len", seq_len, 2 * groups)
+        self.groups = check_int("groups", groups, 2)
+        self.seq_len = check_int("seq_len", seq_len, 2 * groups)
         if seq_len % groups:
             raise ValueError(f"seq_len must be a multiple of groups, got seq_len={seq_len}, groups={groups}")
         self.group_size = seq_len // groups
-        self.source_group = _int("source_group", source_group, 0, groups - 2)
-        self.vocab_size = _int("vocab_size", vocab_size, 4)
+        self.source_group = check_int("source_group", source_group, 0, groups - 2)
+        self.vocab_size = check_int("vocab_size", vocab_size, 4)
         self.mark, self.query = vocab_size - 2, vocab_size - 1
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` sequences; train and test are the same distribution on different random streams."""
-        B, T, G = _int("n", n, 1), self.seq_len, self.group_size
-        g = _generator(generator, split, self.splits())
+        B, T, G = check_int("n", n, 1), self.seq_len, self.group_size
+        g = split_generator(generator, split, self.splits())
         inputs = torch.randint(self.mark, (B, T), generator=g)  # content tokens only
         mark_pos = self.source_group * G + torch.randint(G - 1, (B,), generator=g)  # the payload stays in the group
         payload = inputs[torch.arange(B), mark_pos + 1]

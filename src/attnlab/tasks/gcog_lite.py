@@ -31,27 +31,12 @@ import random
 
 import torch
 
-from attnlab.tasks import IGNORE, Batch, Task, register
+from attnlab.tasks import IGNORE, Batch, Task, check_int, register, split_generator
 
 __all__ = ["GCOGLite"]
 
 _SPLITS = ("train", "test", "distractor", "systematic", "productive")
 SPECIALS = ("<pad>", "<sep>", "<query>", "false", "true", "empty", "and", "or", "exist")
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 @register("gcog_lite", paper="6")
@@ -93,12 +78,16 @@ class GCOGLite(Task):
         train_distractors: int = 1,
         test_distractors: int = 6,
     ):
-        self.grid, self.colours, self.letters = _int("grid", grid, 2), _int("colours", colours, 2), _int("letters", letters, 4)
-        self.train_depth = _int("train_depth", train_depth, 0)
-        self.productive_depth = _int("productive_depth", productive_depth, train_depth + 1)
-        self.train_distractors = _int("train_distractors", train_distractors, 0)
+        self.grid, self.colours, self.letters = (
+            check_int("grid", grid, 2),
+            check_int("colours", colours, 2),
+            check_int("letters", letters, 4),
+        )
+        self.train_depth = check_int("train_depth", train_depth, 0)
+        self.productive_depth = check_int("productive_depth", productive_depth, train_depth + 1)
+        self.train_distractors = check_int("train_distractors", train_distractors, 0)
         cells = grid * grid
-        _int("test_distractors", test_distractors, train_distractors + 1, cells - 2**train_depth)
+        check_int("test_distractors", test_distractors, train_distractors + 1, cells - 2**train_depth)
         self.test_distractors = test_distractors
         if 2**productive_depth + train_distractors > cells:
             raise ValueError(
@@ -177,8 +166,8 @@ class GCOGLite(Task):
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` (grid, instruction, answer) examples of ``split`` (see :meth:`splits`)."""
-        B, T = _int("n", n, 1), self.seq_len
-        rng = random.Random(int(torch.randint(2**62, (), generator=_generator(generator, split, self.splits()))))
+        B, T = check_int("n", n, 1), self.seq_len
+        rng = random.Random(int(torch.randint(2**62, (), generator=split_generator(generator, split, self.splits()))))
         inputs = torch.full((B, T), self.stoi["<pad>"], dtype=torch.long)
         inputs[:, self.grid_len], inputs[:, -1] = self.stoi["<sep>"], self.stoi["<query>"]
         instruction_mask = torch.zeros(B, T, dtype=torch.bool)

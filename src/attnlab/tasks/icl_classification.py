@@ -33,26 +33,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnlab.tasks import IGNORE, Batch, Task, register
+from attnlab.tasks import IGNORE, Batch, Task, check_int, register, split_generator
 
 __all__ = ["ICLClassification"]
 
 _SPLITS = ("train", "test", "in_weights", "in_context", "permuted_labels")
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 def _fraction(name: str, value) -> float:
@@ -104,25 +89,25 @@ class ICLClassification(Task):
         exemplars: int = 4,
         novel_classes: int = 64,
     ):
-        N, L = _int("context", context, 2), _int("labels", labels, 2)
+        N, L = check_int("context", context, 2), check_int("labels", labels, 2)
         if N % 2:
             raise ValueError(f"context must be even (novel classes come in bursts of N/2 when B = 0), got context={N}")
-        K = _int("classes", classes, L)
+        K = check_int("classes", classes, L)
         if K % L:
             raise ValueError(f"classes must be a multiple of labels (class k has label k mod L), got classes={K}, labels={L}")
-        _int("burstiness", burstiness, 0, N - 1)
+        check_int("burstiness", burstiness, 0, N - 1)
         if burstiness and N % burstiness:
             divisors = [b for b in range(1, N) if N % b == 0]
             raise ValueError(f"burstiness must be 0 or a divisor of context below it {divisors}, got burstiness={burstiness}")
         if isinstance(zipf, bool) or not isinstance(zipf, (int, float)) or zipf < 0:
             raise ValueError(f"zipf must be a non-negative exponent, got zipf={zipf!r}")
         self.burst_novel = burstiness or N // 2  # items per class in novel-class (bursty) sequences
-        _int("novel_classes", novel_classes, N // self.burst_novel)
+        check_int("novel_classes", novel_classes, N // self.burst_novel)
         if N // self.burst_novel > L:
             raise ValueError(f"a novel-class context needs N/B <= labels distinct labels, got N/B={N // self.burst_novel}, labels={L}")
         self.context, self.classes, self.labels, self.burstiness = N, K, L, burstiness
         self.zipf, self.p_bursty, self.p_icl = float(zipf), _fraction("p_bursty", p_bursty), _fraction("p_icl", p_icl)
-        self.exemplars, self.novel_classes = _int("exemplars", exemplars, 1), novel_classes
+        self.exemplars, self.novel_classes = check_int("exemplars", exemplars, 1), novel_classes
         self.seq_len = 2 * N + 1
         self.vocab_size = L + (K + 2 * novel_classes) * exemplars
         rank = torch.arange(1, K + 1, dtype=torch.float64)
@@ -148,8 +133,8 @@ class ICLClassification(Task):
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` sequences of ``split`` (see :meth:`splits`)."""
-        B, N, K, L, E = _int("n", n, 1), self.context, self.classes, self.labels, self.exemplars
-        g = _generator(generator, split, self.splits())
+        B, N, K, L, E = check_int("n", n, 1), self.context, self.classes, self.labels, self.exemplars
+        g = split_generator(generator, split, self.splits())
         r = torch.arange(B)
 
         # known classes, bursty: (B, N) context classes and (B,) query class

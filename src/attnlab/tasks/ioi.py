@@ -22,7 +22,7 @@ import random
 import torch
 from torch import Tensor
 
-from attnlab.tasks import IGNORE, Batch, Task, register
+from attnlab.tasks import IGNORE, Batch, Task, check_int, register, split_generator
 
 __all__ = ["IOI"]
 
@@ -37,21 +37,6 @@ TEMPLATES = (  # [A] [B]: the two names in order; [S]: the subject again
     "Friends [A] and [B] went to the [P] . [S] handed a [O] to",
     "When [A] and [B] got a [O] at the [P] , [S] decided to give it to",
 )
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 @register("ioi", paper="5")
@@ -77,7 +62,7 @@ class IOI(Task):
     """
 
     def __init__(self, *, names: int = 20, held_out: float = 0.2):
-        self.names = NAMES[: _int("names", names, 3, len(NAMES))]
+        self.names = NAMES[: check_int("names", names, 3, len(NAMES))]
         pairs = [(i, j) for i in range(names) for j in range(i + 1, names)]
         if isinstance(held_out, bool) or not isinstance(held_out, (int, float)) or not 0 < held_out < 1:
             raise ValueError(f"held_out must be a fraction in (0, 1) of the name pairs, got held_out={held_out!r}")
@@ -93,8 +78,8 @@ class IOI(Task):
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` sentences whose name pairs come from ``split``'s pairs."""
-        B = _int("n", n, 1)
-        rng = random.Random(int(torch.randint(2**62, (), generator=_generator(generator, split, self.splits()))))
+        B = check_int("n", n, 1)
+        rng = random.Random(int(torch.randint(2**62, (), generator=split_generator(generator, split, self.splits()))))
         inputs = torch.zeros(B, self.seq_len, dtype=torch.long)  # <pad> = 0
         keys = ("io_pos", "s1_pos", "s2_pos", "end_pos", "io", "s", "template", "abba")
         extra = {k: torch.zeros(B, dtype=torch.bool if k == "abba" else torch.long) for k in keys}

@@ -24,24 +24,9 @@ import math
 import torch
 from torch import Tensor
 
-from attnlab.tasks import Batch, Task, register
+from attnlab.tasks import Batch, Task, check_int, register, split_generator
 
 __all__ = ["Match3", "match3_labels"]
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 def match3_labels(x: Tensor, mod: int) -> Tensor:
@@ -77,8 +62,8 @@ class Match3(Task):
     causal = False  # every label depends on the whole sequence: train an encoder
 
     def __init__(self, *, seq_len: int = 16, mod: int | None = None, balance: float | None = 0.125):
-        self.seq_len = _int("seq_len", seq_len, 2)
-        self.mod = round(seq_len * (seq_len + 1) / (2 * math.log(2))) if mod is None else _int("mod", mod, 2)
+        self.seq_len = check_int("seq_len", seq_len, 2)
+        self.mod = round(seq_len * (seq_len + 1) / (2 * math.log(2))) if mod is None else check_int("mod", mod, 2)
         if balance is not None and (isinstance(balance, bool) or not isinstance(balance, (int, float)) or not 0 < balance <= 0.5):
             raise ValueError(f"balance must be None or a tolerance in (0, 0.5], got balance={balance!r}")
         self.balance = None if balance is None else float(balance)
@@ -103,8 +88,8 @@ class Match3(Task):
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` sequences; train and test are the same distribution on different random streams."""
-        B = _int("n", n, 1)
-        g = _generator(generator, split, self.splits())
+        B = check_int("n", n, 1)
+        g = split_generator(generator, split, self.splits())
         kept, count = [], 0
         while count < B:
             x = self._draw(2 * (B - count) + 8, g)

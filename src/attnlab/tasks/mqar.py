@@ -16,24 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.tasks import IGNORE, Batch, Task, register
+from attnlab.tasks import IGNORE, Batch, Task, check_int, register, split_generator
 
 __all__ = ["MQAR"]
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 @register("mqar", paper="56")
@@ -68,11 +53,11 @@ class MQAR(Task):
         power_a: float = 0.01,
         random_non_queries: bool = True,
     ):
-        _int("pairs", pairs, 1)
-        _int("seq_len", seq_len, 4 * pairs)
+        check_int("pairs", pairs, 1)
+        check_int("seq_len", seq_len, 4 * pairs)
         if seq_len % 2:
             raise ValueError(f"seq_len must be even (pairs and query slots are two tokens), got seq_len={seq_len}")
-        _int("vocab_size", vocab_size, 2 * pairs + 2)
+        check_int("vocab_size", vocab_size, 2 * pairs + 2)
         if isinstance(power_a, bool) or not isinstance(power_a, (int, float)) or not 0 < power_a <= 1:
             raise ValueError(f"power_a must be in (0, 1] (1 = uniform query gaps), got power_a={power_a!r}")
         self.vocab_size, self.seq_len, self.pairs = vocab_size, seq_len, pairs
@@ -80,8 +65,8 @@ class MQAR(Task):
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` sequences; train and test are the same distribution on different random streams."""
-        B, P, T, V = _int("n", n, 1), self.pairs, self.seq_len, self.vocab_size
-        g = _generator(generator, split, self.splits())
+        B, P, T, V = check_int("n", n, 1), self.pairs, self.seq_len, self.vocab_size
+        g = split_generator(generator, split, self.splits())
         half = V // 2
         keys = torch.rand(B, half - 1, generator=g).topk(P, -1).indices + 1  # (B, P) distinct, in [1, V/2)
         values = torch.rand(B, V - half, generator=g).topk(P, -1).indices + half  # (B, P) distinct, in [V/2, V)

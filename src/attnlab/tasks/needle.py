@@ -17,24 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.tasks import IGNORE, Batch, Task, register
+from attnlab.tasks import IGNORE, Batch, Task, check_int, register, split_generator
 
 __all__ = ["Needle"]
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 @register("needle", paper="33")
@@ -62,18 +47,18 @@ class Needle(Task):
     """
 
     def __init__(self, *, seq_len: int = 256, vocab_size: int = 512, keys: int = 64, value_len: int = 4, depth: float | None = None):
-        self.value_len = _int("value_len", value_len, 1)
-        self.seq_len = _int("seq_len", seq_len, 2 * value_len + 2)
-        self.keys = _int("keys", keys, 1)
-        self.vocab_size = _int("vocab_size", vocab_size, keys + 2)
+        self.value_len = check_int("value_len", value_len, 1)
+        self.seq_len = check_int("seq_len", seq_len, 2 * value_len + 2)
+        self.keys = check_int("keys", keys, 1)
+        self.vocab_size = check_int("vocab_size", vocab_size, keys + 2)
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1):
             raise ValueError(f"depth must be None (random) or a fraction in [0, 1], got depth={depth!r}")
         self.depth = None if depth is None else float(depth)
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` haystacks; train and test are the same distribution on different random streams."""
-        B, T, Lv, V = _int("n", n, 1), self.seq_len, self.value_len, self.vocab_size
-        g = _generator(generator, split, self.splits())
+        B, T, Lv, V = check_int("n", n, 1), self.seq_len, self.value_len, self.vocab_size
+        g = split_generator(generator, split, self.splits())
         inputs = torch.randint(self.keys, V, (B, T), generator=g)  # content everywhere
         key = torch.randint(self.keys, (B,), generator=g)
         value = torch.randint(self.keys, V, (B, Lv), generator=g)

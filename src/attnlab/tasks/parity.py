@@ -11,24 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.tasks import IGNORE, Batch, Task, register
+from attnlab.tasks import IGNORE, Batch, Task, check_int, register, split_generator
 
 __all__ = ["Parity"]
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 @register("parity", paper="13")
@@ -57,8 +42,8 @@ class Parity(Task):
     equals = 2
 
     def __init__(self, *, bits: int = 16, k: int = 3, subset: tuple[int, ...] | None = None, subset_seed: int = 0):
-        self.bits = _int("bits", bits, 1)
-        self.k = _int("k", k, 1, bits)
+        self.bits = check_int("bits", bits, 1)
+        self.k = check_int("k", k, 1, bits)
         if subset is None:
             subset = torch.randperm(bits, generator=torch.Generator().manual_seed(subset_seed))[:k].tolist()
         subset = sorted(subset)
@@ -69,8 +54,8 @@ class Parity(Task):
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` bit strings; train and test are the same distribution on different random streams."""
-        B = _int("n", n, 1)
-        g = _generator(generator, split, self.splits())
+        B = check_int("n", n, 1)
+        g = split_generator(generator, split, self.splits())
         bits = torch.randint(2, (B, self.bits), generator=g)
         parity = bits[:, self.subset].sum(-1) % 2  # (B,)
         inputs = torch.cat([bits, torch.full((B, 1), self.equals)], 1)  # (B, n+1)

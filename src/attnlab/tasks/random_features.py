@@ -17,24 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnlab.tasks import Batch, Task, register
+from attnlab.tasks import Batch, Task, check_int, register, split_generator
 
 __all__ = ["SphereCubic"]
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 @register("random_features", paper="1")
@@ -62,13 +47,13 @@ class SphereCubic(Task):
     vocab_size = 0  # continuous inputs: no token vocabulary
 
     def __init__(self, *, dim: int = 8, keys: int = 16, degree: int = 3):
-        self.dim, self.keys, self.degree = _int("dim", dim, 1), _int("keys", keys, 1), _int("degree", degree, 0)
+        self.dim, self.keys, self.degree = check_int("dim", dim, 1), check_int("keys", keys, 1), check_int("degree", degree, 0)
         self.seq_len = keys + 1
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` (query, keys, target) triples; train and test differ only in their random streams."""
-        B = _int("n", n, 1)
-        g = _generator(generator, split, self.splits())
+        B = check_int("n", n, 1)
+        g = split_generator(generator, split, self.splits())
         x = torch.randn(B, self.seq_len, self.dim, generator=g)
         x = x / x.norm(dim=-1, keepdim=True)  # (B, N+1, d) uniform on the unit sphere
         x0, keys = x[:, 0], x[:, 1:]

@@ -21,24 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.tasks import IGNORE, Batch, Task, register
+from attnlab.tasks import IGNORE, Batch, Task, check_int, register, split_generator
 
 __all__ = ["ScanSnap"]
-
-
-def _generator(generator: torch.Generator | None, split: str, splits: tuple[str, ...]) -> torch.Generator:
-    """This batch's random stream: one seed drawn from ``generator``, salted by the split."""
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}: valid splits are {', '.join(map(repr, splits))}")
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return torch.Generator().manual_seed(seed ^ (splits.index(split) * 0x9E3779B97F4A7C15) % 2**62)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        valid = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {valid}, got {name}={value!r}")
-    return value
 
 
 @register("scan_snap", paper="3")
@@ -79,15 +64,15 @@ class ScanSnap(Task):
         distinct_alpha: float = 0.0,
         seq_len: int = 32,
     ):
-        K = _int("next_tokens", next_tokens, 2)
-        self.next_tokens, self.queries = K, _int("queries", queries, 1, K - 1)
-        self.distinct, self.common = _int("distinct", distinct, 1), _int("common", common, 1)
+        K = check_int("next_tokens", next_tokens, 2)
+        self.next_tokens, self.queries = K, check_int("queries", queries, 1, K - 1)
+        self.distinct, self.common = check_int("distinct", distinct, 1), check_int("common", common, 1)
         if isinstance(p_common, bool) or not isinstance(p_common, (int, float)) or not 0 <= p_common < 1:
             raise ValueError(f"p_common must be in [0, 1) (some distinct tokens are needed), got p_common={p_common!r}")
         if isinstance(distinct_alpha, bool) or not isinstance(distinct_alpha, (int, float)) or distinct_alpha < 0:
             raise ValueError(f"distinct_alpha must be a non-negative exponent, got distinct_alpha={distinct_alpha!r}")
         self.p_common, self.distinct_alpha = float(p_common), float(distinct_alpha)
-        self.seq_len = _int("seq_len", seq_len, 2)
+        self.seq_len = check_int("seq_len", seq_len, 2)
         self.common_start = K * distinct
         self.query_start = self.common_start + common
         self.next_start = self.query_start + self.queries
@@ -97,8 +82,8 @@ class ScanSnap(Task):
 
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` sequences; train and test are the same classes on different random streams."""
-        B, T, D = _int("n", n, 1), self.seq_len, self.distinct
-        g = _generator(generator, split, self.splits())
+        B, T, D = check_int("n", n, 1), self.seq_len, self.distinct
+        g = split_generator(generator, split, self.splits())
         nxt = torch.randint(self.next_tokens, (B,), generator=g)  # (B,) class n
         is_common = torch.rand(B, T - 1, generator=g) < self.p_common
         j = torch.multinomial(self.distinct_probs.expand(B, -1), T - 1, replacement=True, generator=g)  # (B, T-1)
