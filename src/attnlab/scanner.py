@@ -84,15 +84,7 @@ class ScanResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ScanResult:
         """Read a result saved by :meth:`save`; a ValueError says what is wrong with a bad file."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise ValueError(f"{path} does not exist") from e
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not a scan result (not JSON: {e})") from e
-        if not isinstance(data, dict) or data.get("meta", {}).get("schema") != SCHEMA:
-            raise ValueError(f"{path} is not an attnlab scan result of schema {SCHEMA}")
+        data = _read_result(Path(path), "scan", SCHEMA)
         return cls(data["meta"], data["sites"], data["findings"], data.get("maps", []))
 
     def report(self, path: str | os.PathLike) -> Path:
@@ -111,6 +103,19 @@ def _jsonable(x):
     if isinstance(x, torch.Tensor):
         return x.tolist()
     raise TypeError(f"cannot store {type(x).__name__} in a scan result")
+
+
+def _read_result(path: Path, kind: str, schema: int) -> dict:
+    """The JSON object of an attnlab ``kind`` result of ``schema`` at ``path``; a ValueError says what is wrong."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ValueError(f"{path} does not exist") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a {kind} result (not JSON: {e})") from e
+    if not isinstance(data, dict) or data.get("meta", {}).get("schema") != schema:
+        raise ValueError(f"{path} is not an attnlab {kind} result of schema {schema}")
+    return data
 
 
 def _write_atomic(path: Path, text: str) -> Path:

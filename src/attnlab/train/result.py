@@ -21,7 +21,7 @@ from jinja2 import Environment
 
 import attnlab
 from attnlab.report.plots import Series, line_svg
-from attnlab.scanner import _write_atomic
+from attnlab.scanner import _read_result, _write_atomic
 from attnlab.stats import Estimate, mean_ci
 
 __all__ = ["SCHEMA", "SweepResult", "versions"]
@@ -137,15 +137,7 @@ class SweepResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> SweepResult:
         """Read a result written by :meth:`save`; a ``ValueError`` says what is wrong with a bad file."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise ValueError(f"{path} does not exist") from e
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not a sweep result (not JSON: {e})") from e
-        if not isinstance(data, dict) or data.get("meta", {}).get("schema") != SCHEMA:
-            raise ValueError(f"{path} is not an attnlab sweep result of schema {SCHEMA}")
+        data = _read_result(Path(path), "sweep", SCHEMA)
         return cls(data["meta"], data["summary"], data["curves"], data["runs"])
 
     def report(self, path: str | os.PathLike) -> Path:
