@@ -201,11 +201,19 @@ def test_row_pass_matches_reference_in_small_chunks(c):
     ref = attend(c.q, c.k, c.v, backend="reference", **c.kwargs())
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     # Probes never see more than a chunk of rows, and the rows they see are the reference's.
-    probs = reference_probs(Inputs(c.q, c.k, c.v, c.q.shape[-1] ** -0.5, **_inputs_kw(c)))
+    x = Inputs(c.q, c.k, c.v, c.q.shape[-1] ** -0.5, **_inputs_kw(c))
+    probs = reference_probs(x)
+    allowed = x.allowed(dense=True)
+    if allowed is not None and x.bias is not None:
+        allowed = allowed & ~torch.isneginf(x.bias)
     for ch in rec.chunks:
         assert ch.probs.shape[2] <= 37
-        want = probs[:, :, ch.q_idx, ch.kv_start : ch.kv_start + ch.probs.shape[-1]]
+        span = slice(ch.kv_start, ch.kv_start + ch.probs.shape[-1])
+        want = probs[:, :, ch.q_idx, span]
         torch.testing.assert_close(ch.probs, want, atol=1e-6, rtol=1e-5)
+        if allowed is not None:  # the keys each query may see, as the probes are told
+            seen = allowed.expand(*probs.shape)[:, :, ch.q_idx, span]
+            assert torch.equal(ch.visible.expand_as(seen), seen)
         outside = probs[:, :, ch.q_idx].sum(-1) - want.sum(-1)
         assert outside.abs().max() < 1e-5  # no mass outside the span handed to probes
 

@@ -76,3 +76,22 @@ def test_entropy_in_training_holds_no_autograd_graph():
     attend(q, q, q, is_causal=True, probes=[ent]).sum().backward()
     result = ent.result()["attend"]
     assert not result["entropy"].requires_grad and not result["normalized"].requires_grad
+
+
+def test_entropy_when_the_first_key_gets_no_mass():
+    # Every row but the first puts ~e^-100 on key 0 (p underflows to 0) and is uniform over the
+    # rest: the row pass cannot anchor lse on the first key and must fall back to the row max.
+    T = 24
+    q = torch.zeros(1, 1, T, 4)
+    k = torch.zeros(1, 1, T, 4)
+    q[..., 0] = 100.0
+    k[:, :, 0, 0] = -2.0  # s_0 = 100 * -2 / sqrt(4) = -100
+    old = R.CHUNK_BYTES
+    R.CHUNK_BYTES = 4 * 5 * T  # five rows per chunk
+    try:
+        probe = Entropy()
+        attend(q, k, torch.randn(1, 1, T, 4), is_causal=True, probes=[probe])
+    finally:
+        R.CHUNK_BYTES = old
+    want = sum(math.log(i) for i in range(1, T)) / T  # row i > 0: uniform over keys 1..i
+    assert abs(probe.result()["attend"]["entropy"][0].item() - want) < 1e-5

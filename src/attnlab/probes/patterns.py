@@ -47,6 +47,7 @@ class Patterns(SiteProbe):
         super().__init__(sites)
         self.local, self.global_ = local, global_
         self._cur: dict[str, dict[str, Tensor]] = {}
+        self._pair_cache: dict[tuple, tuple] = {}  # this input's detector pairs per chunk
 
     def observe(self, chunk: AttentionChunk, site: Site) -> None:
         if not self.wants(site):
@@ -56,29 +57,24 @@ class Patterns(SiteProbe):
         p = chunk.probs  # [B, H, Tc, Ts]
         B, H, Tc, Ts = p.shape
         q0, k0 = int(chunk.q_idx[0]), chunk.kv_start
-        q1 = q0 + Tc  # the row pass hands consecutive queries
         qi = chunk.q_idx.to(p.device)
         ki = torch.arange(k0, k0 + Ts, device=p.device)
         sums = p.new_zeros(4, H, dtype=torch.float64)  # previous, duplicate, induction, distance
-        r = torch.arange(max(q0, k0 + 1), min(q1, k0 + Ts + 1))  # queries whose previous token is in the span
-        sums[0] = p[:, :, r - q0, r - 1 - k0].sum((0, 2))
-        ids = self.input_ids.to(p.device)
-        for b in range(B):  # the (query, key) pairs each detector credits are few: find them, then gather
-            same = ids[b, qi][:, None] == ids[b, ki][None, :]  # [Tc, Ts]
-            follows = ids[b, qi][:, None] == ids[b, (ki - 1).clamp(min=0)][None, :]  # key j follows a copy of the query's token
-            dup = torch.nonzero(same & (ki[None, :] < qi[:, None]), as_tuple=True)
-            ind = torch.nonzero(follows & (ki[None, :] <= qi[:, None]) & (ki >= 1)[None, :], as_tuple=True)
-            sums[1] += p[b][:, dup[0], dup[1]].sum(-1)
-            sums[2] += p[b][:, ind[0], ind[1]].sum(-1)
+        flat = p.reshape(B, H, Tc * Ts)
+        for b in range(B):  # the (query, key) pairs each detector credits are few: gather them
+            for n, pairs in enumerate(self._pairs(b, qi, ki)):
+                sums[n] += flat[b].index_select(1, pairs).sum(-1)
         # distance, summed over rows: Σ_ij p_ij (i − j) = Σ_i i·[row sees a key] − Σ_j j·(column sum j),
         # from the shared column sums (no pass of its own), plus twice the part with j > i
         rowsum = chunk.num_visible.gt(0).to(p.dtype).expand(B, H, Tc)  # rows sum to 1, or 0 when empty
         col = chunk.column_sum  # [B, H, Ts]
         sums[3] = (rowsum * qi.to(p.dtype)).sum((0, 2)) - (col * ki.to(p.dtype)).sum((0, 2))
-        if k0 + Ts - 1 > q0:  # some key may come after some query (never in a causal chunk's visible part)
-            ahead = chunk.visible & (ki[None, :] > qi[:, None])
+        a0 = max(0, q0 + 1 - k0)  # keys from here on come after some query
+        if a0 < Ts:
+            ka = ki[a0:]
+            ahead = chunk.visible[..., a0:] & (ka[None, :] > qi[:, None])  # never in a causal chunk
             if bool(ahead.any()):
-                sums[3] += 2 * (p * ((ki[None, :] - qi[:, None]).clamp(min=0).to(p.dtype) * ahead)).sum((0, 2, 3))
+                sums[3] += 2 * (p[..., a0:] * ((ka[None, :] - qi[:, None]).clamp(min=0).to(p.dtype) * ahead)).sum((0, 2, 3))
         cur = self._cur.setdefault(
             site.name, {"sums": 0.0, "rows": 0.0, "row_entropy": 0.0, "columns": torch.zeros(H, chunk.lk, dtype=torch.float64)}
         )
@@ -87,8 +83,34 @@ class Patterns(SiteProbe):
         cur["row_entropy"] = cur["row_entropy"] + chunk.row_entropy.sum((0, 2)).double()
         cur["columns"][:, k0 : k0 + Ts] += col.sum(0)
 
+    def begin(self, input_ids: Tensor, tokens: list[str]) -> None:
+        super().begin(input_ids, tokens)
+        self._pair_cache.clear()
+
+    def _pairs(self, b: int, qi: Tensor, ki: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Previous-token, duplicate-token and induction (query, key) pairs of a chunk, as flat
+        indices into its ``[Tc * Ts]`` rows.
+
+        They depend only on the tokens, so each chunk's are found once per input and reused at
+        every layer.
+        """
+        Ts = ki.numel()
+        key = (b, int(qi[0]), qi.numel(), int(ki[0]) if Ts else 0, Ts)
+        hit = self._pair_cache.get(key)
+        if hit is None:
+            ids = self.input_ids[b].to(qi.device)
+            before = ki[None, :] < qi[:, None]  # [Tc, Ts]
+            prev = ki[None, :] == qi[:, None] - 1
+            same = ids[qi][:, None] == ids[ki][None, :]
+            follows = ids[qi][:, None] == ids[(ki - 1).clamp(min=0)][None, :]  # key j follows a copy of the query's token
+            induction = follows & (ki[None, :] <= qi[:, None]) & (ki >= 1)[None, :]
+            hit = tuple(torch.nonzero(m.flatten()).flatten() for m in (prev, same & before, induction))
+            self._pair_cache[key] = hit
+        return hit
+
     def end(self) -> None:
         """Fold this input's sums into per-head means and compute its NMI."""
+        self._pair_cache.clear()
         for name, cur in self._cur.items():
             rows = cur["rows"].clamp(min=1)  # the attention mass seen: one per row with a visible key
             scores = {k: cur["sums"][n] / rows for n, k in enumerate(_SCORES)}
