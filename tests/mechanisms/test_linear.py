@@ -41,6 +41,14 @@ def test_linear_recurrent_equals_parallel_float32(normalize):
     torch.testing.assert_close(m.recurrent(x), m.parallel(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 17, 64])  # token by token, a ragged last chunk, one chunk, longer than T
+def test_linear_recurrent_chunks_equal_parallel(chunk):
+    torch.manual_seed(7)
+    m = LinearAttention(dim=8, heads=2, chunk=chunk).double()
+    x = torch.randn(2, 17, 8, dtype=torch.float64)
+    torch.testing.assert_close(m.recurrent(x), m.parallel(x), atol=1e-12, rtol=1e-12)
+
+
 def test_linear_recurrent_equals_parallel_float64():
     torch.manual_seed(2)
     m = LinearAttention(dim=8, heads=2).double()
@@ -97,6 +105,7 @@ def test_linear_registered():
         ({"dim": 8, "heads": 0}, ValueError, r"heads must be a positive int, got heads=0"),
         ({"dim": 8, "heads": 2, "form": "scan"}, ValueError, r"form must be one of \('parallel', 'recurrent'\), got form='scan'"),
         ({"dim": 8, "heads": 2, "normalize": 1}, TypeError, r"normalize must be a bool"),
+        ({"dim": 8, "heads": 2, "chunk": 0}, ValueError, r"chunk must be a positive int, got chunk=0"),
     ],
 )
 def test_linear_bad_options_raise(kwargs, error, match):

@@ -35,6 +35,14 @@ def test_normalized_recurrent_equals_parallel_float32():
     torch.testing.assert_close(m.recurrent(x), m.parallel(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 13, 64])
+def test_normalized_recurrent_chunks_equal_parallel(chunk):
+    torch.manual_seed(8)
+    m = NormalizedAttention(dim=8, heads=2, chunk=chunk).double()
+    x = torch.randn(2, 13, 8, dtype=torch.float64)
+    torch.testing.assert_close(m.recurrent(x), m.parallel(x), atol=1e-12, rtol=1e-12)
+
+
 def test_normalized_recurrent_equals_parallel_float64():
     torch.manual_seed(2)
     m = NormalizedAttention(dim=8, heads=2).double()
@@ -103,6 +111,7 @@ def test_normalized_registered():
         ({"dim": 10, "heads": 4}, r"dim must be divisible by heads, got dim=10, heads=4"),
         ({"dim": 0, "heads": 1}, r"dim must be a positive int, got dim=0"),
         ({"dim": 8, "heads": 2, "form": "chunked"}, r"form must be one of \('parallel', 'recurrent'\), got form='chunked'"),
+        ({"dim": 8, "heads": 2, "chunk": -1}, r"chunk must be a positive int, got chunk=-1"),
     ],
 )
 def test_normalized_bad_options_raise(kwargs, match):

@@ -17,8 +17,15 @@ The normaliser rides along in the state: values get an extra column of ones, so 
 column of ``h_t`` is ``Σ_{s≤t} φ(k_s)`` and one product gives numerator and denominator.
 
 The parallel form builds the causal ``T×T`` matrix (O(T²·D)); the recurrent form carries the
-state (O(T·D²) time, O(D²) memory). Both give the same output. This is not softmax attention,
-so it is plain PyTorch and has no attention site.
+state. It runs the recurrence a chunk of ``c`` tokens at a time: the states at chunk boundaries
+are a cumulative sum of ``K_nᵀ V_n`` (``h`` after chunk ``n``), and inside a chunk the parallel
+form adds what the chunk's own earlier tokens contribute:
+
+    Y_n = Q_n h_{n−1} + tril(Q_n K_nᵀ) V_n,        h_n = h_{n−1} + K_nᵀ V_n.
+
+That is O(T·c·D + T·D²) time and O(T·D²/c) memory for the boundary states; ``chunk=1`` is the
+token-by-token recurrence. Both forms give the same output. This is not softmax attention, so
+it is plain PyTorch and has no attention site.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from torch import Tensor, nn
 
 from attnlab.mechanisms import register
 
-__all__ = ["LinearAttention"]
+__all__ = ["LinearAttention", "causal_linear"]
 
 FORMS = ("parallel", "recurrent")
 
@@ -43,7 +50,33 @@ def _check_dims(dim: int, heads: int) -> None:
         raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
 
 
-@register("linear", paper="38", time="O(T²·D) parallel, O(T·D²) recurrent", memory="O(T²) parallel, O(D²) recurrent state")
+def causal_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
+    """``y_t = Σ_{s≤t} (q_t·k_s) v_s`` by the chunked recurrence, O(T·chunk·D + T·D·Dv).
+
+    Shapes: ``q, k [B, H, T, D]``, ``v [B, H, T, Dv]`` -> ``[B, H, T, Dv]``.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got chunk={chunk!r}")
+    T = q.shape[2]
+    c = min(chunk, max(T, 1))
+    pad = -T % c
+    if pad:  # zero keys and values add nothing; the padded queries' outputs are dropped
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    q, k, v = (rearrange(t, "b h (n c) d -> b h n c d", c=c) for t in (q, k, v))
+    kv = torch.matmul(k.transpose(-1, -2), v)  # [B, H, N, D, Dv] each chunk's K_nᵀ V_n
+    h = torch.cumsum(kv, dim=2)  # h_n, the state after chunk n
+    h = torch.cat([torch.zeros_like(h[:, :, :1]), h[:, :, :-1]], dim=2)  # h_{n−1}: the state each chunk starts from
+    a = torch.matmul(q, k.transpose(-1, -2)).tril()  # [B, H, N, c, c] causal inside the chunk
+    y = torch.matmul(q, h) + torch.matmul(a, v)  # [B, H, N, c, Dv]
+    return rearrange(y, "b h n c d -> b h (n c) d")[:, :, :T]
+
+
+@register(
+    "linear",
+    paper="38",
+    time="O(T²·D) parallel, O(T·c·D + T·D²) recurrent",
+    memory="O(T²) parallel, O(T·D²/c) recurrent (chunk states)",
+)
 class LinearAttention(nn.Module):
     """Causal linear attention ``φ(q)·φ(k)`` with ``φ = elu + 1``, in parallel or recurrent form.
 
@@ -57,6 +90,7 @@ class LinearAttention(nn.Module):
             :meth:`parallel` and :meth:`recurrent` run either form directly.
         normalize: divide by ``η_t = φ(q_t)ᵀ Σ_{s≤t} φ(k_s)`` (the paper's linear attention);
             False gives the unnormalised sum ``Σ_{s≤t} (φ(q_t)·φ(k_s)) v_s``.
+        chunk: tokens per step of the recurrent form (1: token by token).
 
     Example:
         >>> m = LinearAttention(dim=16, heads=2, form="recurrent")
@@ -64,14 +98,16 @@ class LinearAttention(nn.Module):
         torch.Size([2, 5, 16])
     """
 
-    def __init__(self, dim: int, heads: int, *, form: str = "parallel", normalize: bool = True):
+    def __init__(self, dim: int, heads: int, *, form: str = "parallel", normalize: bool = True, chunk: int = 64):
         super().__init__()
         _check_dims(dim, heads)
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be a bool, got normalize={normalize!r}")
-        self.dim, self.heads, self.form, self.normalize = dim, heads, form, normalize
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int, got chunk={chunk!r}")
+        self.dim, self.heads, self.form, self.normalize, self.chunk = dim, heads, form, normalize, chunk
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -85,17 +121,9 @@ class LinearAttention(nn.Module):
         return self._out(torch.matmul(a, v), x)  # [B, H, T, Dv(+1)]
 
     def recurrent(self, x: Tensor) -> Tensor:
-        """The recurrent (DSF) form: ``h_t = h_{t−1} + φ(k_t) v_tᵀ``, ``y_t = φ(q_t)ᵀ h_t``, O(T·D²)."""
+        """The recurrent (DSF) form: ``h_t = h_{t−1} + φ(k_t) v_tᵀ``, ``y_t = φ(q_t)ᵀ h_t``, ``chunk`` tokens a step."""
         q, k, v = self._features(x)
-        B, H, T, D = q.shape
-        h = q.new_zeros(B, H, D, v.shape[-1])  # [B, H, D, Dv(+1)] the state, h_0 = 0
-        ys = []
-        # unbind once: indexing one step per iteration would give the backward a full-size zero
-        # gradient per step, O(T²) in all
-        for q_t, k_t, v_t in zip(q.unbind(2), k.unbind(2), v.unbind(2)):
-            h = h + k_t[..., None] * v_t[..., None, :]  # Λ_t = I, B_t u_t = φ(k_t) v_tᵀ
-            ys.append(torch.einsum("bhd,bhde->bhe", q_t, h))  # [B, H, Dv(+1)]
-        return self._out(torch.stack(ys, dim=2), x)  # [B, H, T, Dv(+1)]
+        return self._out(causal_linear(q, k, v, self.chunk), x)  # [B, H, T, Dv(+1)]
 
     def _features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``φ(q), φ(k)`` ``[B, H, T, D]`` and ``v`` ``[B, H, T, D(+1)]``, in float32 (float64 for float64 input)."""

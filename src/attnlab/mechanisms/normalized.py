@@ -17,8 +17,9 @@ In the Dynamical Systems Framework ``h_t = Λ_t h_{t−1} + B_t u_t``, ``y_t = C
 
 so ``h_t = Σ_{s≤t} k_s v_sᵀ / exp(n_t)``: a time-varying, input-selected decay like an SSM's,
 which linear attention (``Λ_t = I``) lacks. The parallel form builds the causal ``T×T`` matrix
-(O(T²·D)); the recurrent form carries the ``[D, D]`` state per head (O(T·D²)). This is not
-softmax attention, so it is plain PyTorch and has no attention site.
+(O(T²·D)); the recurrent form carries the ``[D, D]`` state per head, ``chunk`` tokens a step as
+in :mod:`attnlab.mechanisms.linear` (O(T·c·D + T·D²)). This is not softmax attention, so it is
+plain PyTorch and has no attention site.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from attnlab.mechanisms import register
+from attnlab.mechanisms.linear import causal_linear
 
 __all__ = ["NormalizedAttention"]
 
@@ -42,7 +44,12 @@ def _check_dims(dim: int, heads: int) -> None:
         raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
 
 
-@register("normalized", paper="38", time="O(T²·D) parallel, O(T·D²) recurrent", memory="O(T²) parallel, O(D²) recurrent state")
+@register(
+    "normalized",
+    paper="38",
+    time="O(T²·D) parallel, O(T·c·D + T·D²) recurrent",
+    memory="O(T²) parallel, O(T·D²/c) recurrent (chunk states)",
+)
 class NormalizedAttention(nn.Module):
     """DSF normalised attention ``y_t = Σ_{s≤t} (q_t·k_s) v_s / exp(n_t)``, in parallel or recurrent form.
 
@@ -54,6 +61,7 @@ class NormalizedAttention(nn.Module):
         heads: number of heads; each has its own normaliser ``n_t``.
         form: ``"parallel"`` (the masked ``T×T`` matrix) or ``"recurrent"`` (the DSF state);
             :meth:`parallel` and :meth:`recurrent` run either form directly.
+        chunk: tokens per step of the recurrent form (1: token by token).
 
     Example:
         >>> m = NormalizedAttention(dim=16, heads=2)
@@ -61,12 +69,14 @@ class NormalizedAttention(nn.Module):
         torch.Size([2, 5, 16])
     """
 
-    def __init__(self, dim: int, heads: int, *, form: str = "parallel"):
+    def __init__(self, dim: int, heads: int, *, form: str = "parallel", chunk: int = 64):
         super().__init__()
         _check_dims(dim, heads)
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
-        self.dim, self.heads, self.form = dim, heads, form
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int, got chunk={chunk!r}")
+        self.dim, self.heads, self.form, self.chunk = dim, heads, form, chunk
         self.qkv = nn.Linear(dim, 3 * dim)
         self.norm = nn.Linear(dim, heads)  # n_t = W_n u_t + b_n, one scalar per head
         self.proj = nn.Linear(dim, dim)
@@ -81,20 +91,10 @@ class NormalizedAttention(nn.Module):
         return self._out(torch.matmul(a, v), x)  # [B, H, T, D]
 
     def recurrent(self, x: Tensor) -> Tensor:
-        """The recurrent (DSF) form: ``h_t = exp(n_{t−1} − n_t) h_{t−1} + exp(−n_t) k_t v_tᵀ``, ``y_t = q_tᵀ h_t``."""
+        """The recurrent (DSF) form ``h_t = exp(n_{t−1} − n_t) h_{t−1} + exp(−n_t) k_t v_tᵀ``, ``y_t = q_tᵀ h_t``,
+        run ``chunk`` tokens a step on the unscaled state ``S_t = exp(n_t) h_t = S_{t−1} + k_t v_tᵀ``."""
         q, k, v, n = self._qkvn(x)
-        B, H, T, D = q.shape
-        h = q.new_zeros(B, H, D, v.shape[-1])  # [B, H, D, D] the state, h_0 = 0
-        n_prev = n[:, :, 0]  # [B, H]; Λ_1 multiplies h_0 = 0, so its value does not matter
-        ys = []
-        # unbind once: indexing one step per iteration would give the backward a full-size zero
-        # gradient per step, O(T²) in all
-        for q_t, k_t, v_t, n_t in zip(q.unbind(2), k.unbind(2), v.unbind(2), n.unbind(2)):
-            lam = torch.exp(n_prev - n_t)[..., None, None]  # [B, H, 1, 1] Λ_t
-            h = lam * h + torch.exp(-n_t)[..., None, None] * k_t[..., None] * v_t[..., None, :]
-            ys.append(torch.einsum("bhd,bhde->bhe", q_t, h))  # [B, H, D] y_t = C_t h_t
-            n_prev = n_t
-        return self._out(torch.stack(ys, dim=2), x)  # [B, H, T, D]
+        return self._out(causal_linear(q, k, v, self.chunk) * torch.exp(-n)[..., None], x)  # [B, H, T, D]
 
     def _qkvn(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``q, k, v`` ``[B, H, T, D]`` and ``n`` ``[B, H, T]``, in float32 (float64 for float64 input)."""
