@@ -119,14 +119,18 @@ class WindowAttention(nn.Module):
         B, H, W, C = x.shape
         w = self.window
         pad = (0, 0, 0, -W % w, 0, -H % w)
-        windows = "b (ny wy) (nx wx) (h d) -> (b ny nx) h (wy wx) d"
-        q, k, v = (rearrange(F.pad(t, pad), windows, wy=w, wx=w, h=self.heads) for t in self.qkv(x).chunk(3, dim=-1))  # [B·nW, h, w², d]
+        ny = -(-H // w)
+        # Pad once and cut q, k and v into windows with one copy; padded tokens are neither keys
+        # nor queries (their rows are empty).
+        qkv = self.qkv(F.pad(x, pad) if any(pad) else x)  # [B, Hp, Wp, 3C]
+        windows = "b (ny wy) (nx wx) (three h d) -> three (b ny nx) (wy wx) h d"  # heads inside tokens, as SDPA's CPU kernel reads them
+        q, k, v = rearrange(qkv, windows, wy=w, wx=w, three=3, h=self.heads).transpose(-2, -3).unbind(0)  # [B·nW, h, w², d] each
         mask = None
-        if pad[3] or pad[5]:  # padded tokens are neither keys nor queries (their rows are empty)
-            real = rearrange(F.pad(x.new_ones(1, H, W, 1, dtype=bool), pad), "b (ny wy) (nx wx) c -> (b ny nx) c (wy wx)", wy=w, wx=w)
+        if any(pad):
+            real = rearrange(F.pad(x.new_ones(1, H, W, 1, dtype=torch.bool), pad), "b (ny wy) (nx wx) c -> (b ny nx) c (wy wx)", wy=w, wx=w)
             mask = (real[..., :, None] & real[..., None, :]).repeat(B, 1, 1, 1)  # [B·nW, 1, w², w²]
         out = attend(q, k, v, mask=mask, backend=self.backend, site=self.site)  # [B·nW, h, w², d]
-        out = rearrange(out, "(b ny nx) h (wy wx) d -> b (ny wy) (nx wx) (h d)", b=B, ny=-(-H // w), wy=w)  # [B, Hp, Wp, C]
+        out = rearrange(out, "(b ny nx) h (wy wx) d -> b (ny wy) (nx wx) (h d)", b=B, ny=ny, wy=w)  # [B, Hp, Wp, C]
         return self.proj(out[:, :H, :W])
 
 

@@ -33,6 +33,7 @@ Two exact layouts compute the same output (``layout=``):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -103,6 +104,12 @@ def _kmeans_pp(xn: Tensor, K: int) -> Tensor:
         seeds.append(xn[rows, pick])
         nearest = torch.maximum(nearest, torch.einsum("hnd,hd->hn", xn, seeds[-1]))
     return torch.stack(seeds, dim=1)  # [H, K, D]
+
+
+@functools.lru_cache(maxsize=16)
+def _local_window(window: int, is_causal: bool) -> M.Mask:
+    """The local heads' sliding window: one mask object per setting, so that its tile plans are cached."""
+    return M.sliding_window(window, 0 if is_causal else window)
 
 
 @register("routing", paper="23", time="O(T·sqrt(T)) balanced clusters, O(T²) worst", memory="O(T·sqrt(T)), O(T²) worst")
@@ -193,7 +200,7 @@ class RoutingAttention(nn.Module):
             out = self._per_cluster(routed, v[:, self.local_heads :], ids, counts, C)  # [B, Hr, T, D]
             if self.local_heads:
                 loc = qk[:, : self.local_heads]  # [B, Hl, T, D]
-                window = M.sliding_window(self.window, 0 if self.is_causal else self.window)
+                window = _local_window(self.window, self.is_causal)
                 out_local = attend(loc, loc, v[:, : self.local_heads], mask=window, backend=self.backend, site=self.local_site)
                 out = torch.cat([out_local, out], dim=1)  # [B, H, T, D]
         return self.proj(rearrange(out, "b h t d -> b t (h d)"))  # [B, T, C]
