@@ -3,6 +3,14 @@
 Timings are medians of repeated runs after a warm-up; compare ratios measured in one run (the
 machines are shared and noisy), never absolute seconds across runs. Peak memory is the rise of
 the process's resident set (Linux VmHWM, reset before each measurement) over its size before.
+
+The second half is the harness of the two mechanism benchmarks, ``bench/mechanisms.py``
+(sizes are tokens T, :data:`TOKENS`) and ``bench/vision.py`` (sizes are the side of a square
+grid, T = side², :data:`SIDE`): a :class:`Case` per row group; :func:`run_cases` measures
+each case's sizes in turn, predicting every size's cost from the one before (the first from a
+probe at a quarter of its tokens) and skipping those over ``MAX_SECONDS`` or ``MAX_BYTES``;
+:func:`scaling_checks` and :func:`peer_checks` fill the check column; :func:`report` prints
+and writes the table.
 """
 
 from __future__ import annotations
@@ -17,16 +25,23 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def _status(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
     with open("/proc/self/status") as f:
         return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) * 1024
 
@@ -83,16 +98,19 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, object]:
+    """The platform, processor and torch's thread count."""
     return {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads()}
 
 
 def fmt_seconds(x: float | None) -> str:
+    """Seconds for reading: "12.3 ms" below a second, "1.23 s" above, "—" for None."""
     if x is None:
         return "—"
     return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
 def fmt_bytes(x: int | None) -> str:
+    """Bytes for reading: "123 MiB" below a GiB, "1.23 GiB" above, "—" for None."""
     if x is None:
         return "—"
     return f"{x / 2**20:.0f} MiB" if x < 2**30 else f"{x / 2**30:.2f} GiB"
@@ -127,7 +145,33 @@ def write(
     return mpath, jpath
 
 
-# --- shared by the mechanism benchmarks (bench/mechanisms.py, bench/vision.py) ----------------
+def print_table(console, title: str, rows: list[dict], columns: list[tuple[str, str]], pretty) -> None:
+    """Print ``rows`` (formatted by ``pretty``) as a rich table with ``(key, header)`` columns."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for _, header in columns:
+        table.add_column(header)
+    for row in rows:
+        p = pretty(row)
+        table.add_row(*(str(p.get(k, "")) for k, _ in columns))
+    console.print(table)
+
+
+# --- the mechanism benchmarks (bench/mechanisms.py, bench/vision.py) -------------------------
+#
+# Both measure rows of `Case`s, one row per size, on a size axis: tokens T for the sequence
+# mechanisms, the side of a square grid (T = side²) for the vision ones.
+
+MAX_SECONDS = 60.0  # per call: forward+backward, or forward where there is no backward
+MAX_BYTES = 6 * 2**30  # predicted peak memory plus the inputs
+SLACK = 1.15  # a claimed T^p may grow by 4^p · 1.15 when T grows 4×
+TIE = 1.05  # ours/peer up to 5% over 1 is reported as a tie (timing noise), not as met
+
+SKIP_NOTE = (
+    "A size is skipped when its call (forward+backward, or forward where there is no backward) is predicted"
+    f" (from the size before, as T^max(2, p)) to take more than {MAX_SECONDS:.0f} s or {fmt_bytes(MAX_BYTES)}."
+)
 
 MECHANISM_COLUMNS = [
     ("mechanism", "mechanism"),
@@ -142,12 +186,55 @@ MECHANISM_COLUMNS = [
 ]
 
 
-def claimed_exponent(time: str) -> float:
+@dataclass(frozen=True)
+class Axis:
+    """What a benchmark's sizes count, and how they are written: tokens, or the side of a square grid."""
+
+    field: str  # the rows' key for a size: "tokens" or "side"
+    tokens: Callable[[int], int]  # size -> T
+    quarter: Callable[[int], int]  # size -> the size with a quarter of its tokens (the first size's probe)
+    cell: Callable[[int], str]  # a size in the table: "2048", "64×64"
+    text: Callable[[int], str]  # a size in prose: "T=2048", "64×64"
+    ratio: Callable[[int], str]  # a size in a ratio of times: t(8192)/t(2048), t(128²)/t(64²)
+
+
+TOKENS = Axis("tokens", tokens=lambda T: T, quarter=lambda T: T // 4, cell=str, text=lambda T: f"T={T}", ratio=str)
+SIDE = Axis(
+    "side",
+    tokens=lambda side: side * side,
+    quarter=lambda side: side // 2,
+    cell=lambda side: f"{side}×{side}",
+    text=lambda side: f"{side}×{side}",
+    ratio=lambda side: f"{side}²",
+)
+
+
+@dataclass(kw_only=True)
+class Case:
+    """One row group of the table: a module built for each size, its inputs and what it is checked against."""
+
+    label: str
+    paper: str  # the registry's paper number(s), or "peer"
+    build: Callable[[int], nn.Module] | None = None  # size -> module; None only where ``skip`` says why
+    inputs: Callable[[int, torch.Generator], tuple] | None = None  # size -> the module's arguments; None as ``build``
+    sizes: tuple[int, ...] = ()  # its own sizes; empty: the benchmark's
+    exponent: float = 2.0  # power of T in the registry's time string (peers: 2)
+    grad_inputs: int = 1  # the leading inputs that get a gradient
+    peer_of: str | None = None  # a public implementation: the label of our row it is compared with
+    sync: Callable[[nn.Module, nn.Module], None] | None = None  # copy our weights into the peer (ours, peer)
+    check_sizes: tuple[int, ...] = ()  # where the pair's outputs are compared; empty: the benchmark's default
+    note: str = ""
+    skip: str | None = None  # why the case does not run (every size is listed as skipped)
+
+
+def claimed_exponent(time: str, form: str | None = None) -> float:
     """The power of T in a registry time string's first clause ("O(T·sqrt(T))" -> 1.5, "O(k·T²/S²)" -> 2).
 
-    A string naming several cases ("O(T·sqrt(T)) balanced clusters, O(T²) worst") claims its first.
+    A string naming several cases ("O(T·sqrt(T)) balanced clusters, O(T²) worst") claims its
+    first; ``form`` picks the clause that names it instead ("parallel", "recurrent").
     """
-    time = time.split(",")[0]
+    clauses = time.split(",")
+    time = clauses[0] if form is None else next(c for c in clauses if form in c)
     if "T³" in time:
         return 3.0
     if "T²" in time or "T·T" in time:
@@ -157,14 +244,216 @@ def claimed_exponent(time: str) -> float:
     return 1.0 if re.search(r"\bT\b", time) else 0.0
 
 
-def print_table(console, title: str, rows: list[dict], columns: list[tuple[str, str]], pretty) -> None:
-    """Print ``rows`` (formatted by ``pretty``) as a rich table with ``(key, header)`` columns."""
-    from rich.table import Table
+def target_ratio(exponent: float) -> float | None:
+    """Largest allowed t(4T)/t(T) for a sub-quadratic claim (4.6 for linear or better), None otherwise."""
+    return SLACK * 4 ** max(exponent, 1.0) if exponent < 2 else None
 
-    table = Table(title=title)
-    for _, header in columns:
-        table.add_column(header)
-    for row in rows:
-        p = pretty(row)
-        table.add_row(*(str(p.get(k, "")) for k, _ in columns))
-    console.print(table)
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def total(out) -> torch.Tensor:
+    """The sum of every floating-point element of ``out`` (a tensor, or a list or tuple of them)."""
+    parts = out if isinstance(out, (list, tuple)) else [out]
+    return sum(p.sum() for p in parts if torch.is_floating_point(p))
+
+
+def nbytes(args) -> int:
+    """Bytes held by the tensors in ``args``, in nested lists and tuples too (other values: 0)."""
+    size = 0
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            size += nbytes(a)
+        elif isinstance(a, torch.Tensor):
+            size += a.nbytes
+    return size
+
+
+def forward_backward(module: nn.Module, args: tuple, grad_inputs: int) -> Callable[[], None]:
+    """One training step's attention work: forward in train mode, backward of ``total`` into the parameters and the leading inputs."""
+    leaves = [a.clone().requires_grad_() for a in args[:grad_inputs]]
+    rest = args[grad_inputs:]
+
+    def step():
+        """Clear the gradients, run forward and backward."""
+        module.zero_grad(set_to_none=True)
+        for t in leaves:
+            t.grad = None
+        total(module(*leaves, *rest)).backward()
+
+    return step
+
+
+def measure(case: Case, axis: Axis, size: int, reps: int, probe: bool = False) -> dict:
+    """Forward (eval, no grad) and forward+backward (train) median time in seconds and peak memory in bytes at ``size``.
+
+    ``probe``: one timed call of each after a warm-up, the base of the first size's prediction.
+    A backward that raises is recorded as ``no_backward`` (the error), the forward kept.
+    """
+    torch.manual_seed(0)
+    args = case.inputs(size, torch.Generator().manual_seed(0))
+    module = case.build(size)
+    repeats = 1 if probe else reps
+    row = {axis.field: size, "input_bytes": nbytes(args)}
+    module.eval()
+    with torch.no_grad():
+        row["fwd_s"] = median_time(lambda: module(*args), repeats=repeats, budget_s=MAX_SECONDS)
+        row["fwd_bytes"] = peak_memory(lambda: module(*args))
+    module.train()
+    step = forward_backward(module, args, case.grad_inputs)
+    try:
+        row["fwd_bwd_s"] = median_time(step, repeats=repeats, budget_s=MAX_SECONDS)
+        row["fwd_bwd_bytes"] = peak_memory(step)
+    except Exception as e:  # NATTEN on CPU has no backward; for our mechanisms it is a finding
+        row["no_backward"] = f"{type(e).__name__}: {e}"
+    return row
+
+
+def too_big(case: Case, axis: Axis, size: int, prev: dict) -> str | None:
+    """Why ``size`` would break the limits, predicted from the row ``prev`` with ``T^max(2, p)``; None if it fits."""
+    p = max(2.0, case.exponent)
+    factor = (axis.tokens(size) / axis.tokens(prev[axis.field])) ** p
+    call = "fwd+bwd" if "fwd_bwd_s" in prev else "forward"
+    seconds = prev.get("fwd_bwd_s", prev["fwd_s"]) * factor
+    peak = max(prev.get("fwd_bwd_bytes") or 0, prev.get("fwd_bytes") or 0)
+    predicted = (peak + prev["input_bytes"]) * factor
+    base = f"from {axis.text(prev[axis.field])} as T^{p:g}"
+    if seconds > MAX_SECONDS:
+        return f"predicted {fmt_seconds(seconds)} per {call} call (> {MAX_SECONDS:.0f} s), {base}"
+    if predicted > MAX_BYTES:
+        return f"predicted {fmt_bytes(predicted)} (> {fmt_bytes(MAX_BYTES)}), {base}"
+    return None
+
+
+def run_case(case: Case, axis: Axis, sizes: tuple[int, ...], reps: int, console: Console) -> list[dict]:
+    """The rows of one case, one per size: measured, or skipped with the reason (sizes above a skipped one too)."""
+    rows, prev, reason = [], None, case.skip
+    for size in sizes:
+        row = {"mechanism": case.label, "paper": case.paper, axis.field: size, "note": case.note}
+        if reason is None:
+            try:
+                prev = prev or measure(case, axis, axis.quarter(size), reps, probe=True)
+                reason = too_big(case, axis, size, prev)
+                if reason is None:
+                    row |= measure(case, axis, size, reps)
+                    prev = row
+            except Exception as e:  # a broken mechanism is a finding: record it, go on with the others
+                reason = f"error: {type(e).__name__}: {e}"
+            if reason is not None:
+                row["skipped"] = reason
+                reason = reason if case.skip else f"{axis.text(size)} was skipped"
+        else:
+            row["skipped"] = reason
+        console.print(
+            f"{case.label} {axis.text(size)}: " + (f"skipped: {row['skipped']}" if "skipped" in row else _brief(row)), highlight=False
+        )
+        rows.append(row)
+        gc.collect()
+    return rows
+
+
+def run_cases(cases: list[Case], axis: Axis, sizes: tuple[int, ...], *, quick: bool, reps: int, console: Console) -> list[dict]:
+    """The rows of every case at its own sizes, or at ``sizes``; ``quick`` leaves out the largest."""
+    rows = []
+    for case in cases:
+        own = case.sizes or sizes
+        rows += run_case(case, axis, own[:-1] if quick else own, reps, console)
+    return rows
+
+
+def _brief(row: dict) -> str:
+    """One measured row in a line of the progress log."""
+    both = f"fwd+bwd {fmt_seconds(row['fwd_bwd_s'])}" if "fwd_bwd_s" in row else "no backward"
+    return f"fwd {fmt_seconds(row['fwd_s'])}, {both}, peak {fmt_bytes(row.get('fwd_bwd_bytes', row['fwd_bytes']))}"
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def _ratios(num: dict, den: dict) -> tuple[float, float | None]:
+    """Forward and forward+backward time of row ``num`` over row ``den`` (the second None without both backwards)."""
+    both = num["fwd_bwd_s"] / den["fwd_bwd_s"] if "fwd_bwd_s" in num and "fwd_bwd_s" in den else None
+    return num["fwd_s"] / den["fwd_s"], both
+
+
+def _ratio_text(fwd: float, both: float | None) -> str:
+    """ "fwd 1.07, fwd+bwd 1.07", or "fwd 1.07" without a backward."""
+    return f"fwd {fwd:.2f}" + ("" if both is None else f", fwd+bwd {both:.2f}")
+
+
+def scaling_checks(cases: list[Case], rows: list[dict], axis: Axis) -> list[str]:
+    """t(4T)/t(T) between the two largest measured sizes of every sub-quadratic claim; sets each row's ``check``."""
+    notes = []
+    for case in cases:
+        target = target_ratio(case.exponent)
+        if target is None or case.peer_of:
+            continue
+        measured = [r for r in rows if r["mechanism"] == case.label and "fwd_s" in r]
+        if len(measured) < 2 or axis.tokens(measured[-1][axis.field]) != 4 * axis.tokens(measured[-2][axis.field]):
+            notes.append(f"Scaling of {case.label}: not checked (fewer than two measured sizes 4× apart).")
+            continue
+        small, big = measured[-2:]
+        fwd, both = _ratios(big, small)
+        verdict = "met" if max(fwd, both or 0) <= target else "NOT met"
+        sizes = f"t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})"
+        text = f"{sizes} {_ratio_text(fwd, both)} (target ≤ {target:.1f}: {verdict})"
+        big["check"] = text
+        big["ratio_fwd"], big["ratio_fwd_bwd"], big["ratio_target"] = (
+            round(fwd, 3),
+            None if both is None else round(both, 3),
+            round(target, 2),
+        )
+        notes.append(f"Scaling of {case.label} (claims time exponent {case.exponent:g}): {text}.")
+    return notes
+
+
+def ratio_check(case: Case, row: dict, ours: dict) -> str:
+    """The peer ``row``'s check: ours ÷ peer time ≤ 1 (up to ``TIE``: a tie); sets its ``ours_over_peer_*``."""
+    fwd, both = _ratios(ours, row)
+    row["ours_over_peer_fwd"], row["ours_over_peer_fwd_bwd"] = round(fwd, 3), None if both is None else round(both, 3)
+    worst = max(fwd, both or 0)
+    verdict = "met" if worst <= 1 else f"tie, within {TIE - 1:.0%}" if worst <= TIE else "NOT met"
+    return f"ours ({case.peer_of}) ÷ this: {_ratio_text(fwd, both)} (target ≤ 1: {verdict})"
+
+
+def peer_checks(cases: list[Case], rows: list[dict], axis: Axis, check: Callable[[Case, dict, dict], str] = ratio_check) -> list[str]:
+    """``check(peer case, peer row, our row)`` at every size both measured; sets each peer row's ``check``."""
+    by = {(r["mechanism"], r[axis.field]): r for r in rows}
+    notes = []
+    for case in (c for c in cases if c.peer_of):
+        for row in (r for r in rows if r["mechanism"] == case.label):
+            ours = by.get((case.peer_of, row[axis.field]))
+            if "fwd_s" not in row or not ours or "fwd_s" not in ours:
+                continue
+            row["check"] = check(case, row, ours)
+            notes.append(f"{case.peer_of} vs {case.label} at {axis.text(row[axis.field])}: {row['check']}.")
+    return notes
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def pretty(row: dict, axis: Axis) -> dict:
+    """A row formatted for the table (``MECHANISM_COLUMNS``): times, sizes, the reason it was skipped."""
+    out = {k: row.get(k, "") for k in ("mechanism", "paper", "check", "note")}
+    out["tokens"] = axis.cell(row[axis.field])
+    if "skipped" in row:
+        out["note"] = f"skipped: {row['skipped']}" + (f"; {row['note']}" if row["note"] else "")
+        return out
+    out["fwd"], out["fwd_mem"] = fmt_seconds(row["fwd_s"]), fmt_bytes(row["fwd_bytes"])
+    if "no_backward" in row:
+        out["fwd_bwd"] = "no backward"
+        first_sentence = row["no_backward"].split(". ")[0]  # the whole message is in the json
+        out["note"] = f"{first_sentence}; {row['note']}" if row["note"] else first_sentence
+    else:
+        out["fwd_bwd"], out["fwd_bwd_mem"] = fmt_seconds(row["fwd_bwd_s"]), fmt_bytes(row["fwd_bwd_bytes"])
+    return out
+
+
+def report(console: Console, name: str, title: str, rows: list[dict], axis: Axis, *, settings: dict, notes: list[str]) -> None:
+    """Print the table and the notes, and write them to ``results/{name}.{md,json}``."""
+    print_table(console, title, rows, MECHANISM_COLUMNS, lambda row: pretty(row, axis))
+    for n in notes:
+        console.print(n, highlight=False)
+    paths = write(name, rows, [pretty(r, axis) for r in rows], MECHANISM_COLUMNS, settings=settings, notes=notes)
+    console.print(f"wrote {paths[0]} and {paths[1]}")

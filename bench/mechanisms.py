@@ -13,21 +13,23 @@ the same shape sit under the mechanism they are compared with:
 - routing-transformer ``SelfAttention`` (4 local and 4 k-means heads, shared QK, no relative
   positions) vs our ``routing`` with the same window and cluster size.
 
-How: medians of repeated runs after a warm-up, peak memory from the resident set's high-water
-mark (``bench/harness.py``). Each size's cost is predicted before it runs, from the size
-before it (the first from a probe at a quarter of it), scaled as ``T^p`` with ``p`` = max(2,
-the power of ``T`` in the registry's time string); a size predicted to take more than 60 s per
-forward+backward call or more than 6 GiB is skipped, with the reason in the table. Mechanisms
-that need other inputs than ``x [B, T, C]`` get the inputs listed in ``SPECIAL`` (tensor, which
-is cubic, runs at T = 128, 256, 512); the table's note column says what they got. ``VARIANTS``
-adds rows for other options: the recurrent forms of linear and normalized (the forms whose
-registry time is linear) and mha under the sliding window.
+How (``bench/harness.py``, shared with ``bench/vision.py``): medians of repeated runs after a
+warm-up, peak memory from the resident set's high-water mark. Each size's cost is predicted
+before it runs, from the size before it (the first from a probe at a quarter of it), scaled as
+``T^p`` with ``p`` = max(2, the power of ``T`` in the registry's time string); a size predicted
+to take more than 60 s per forward+backward call or more than 6 GiB is skipped, with the
+reason in the table. A backward that raises is recorded as "no backward" with the error.
+Mechanisms that need other inputs than ``x [B, T, C]`` get the inputs listed in ``SPECIAL``
+(tensor, which is cubic, runs at T = 128, 256, 512); the table's note column says what they
+got. ``VARIANTS`` adds rows for other options: the recurrent forms of linear and normalized
+(the forms whose registry time is linear) and mha under the sliding window.
 
 Checks (the table's last column, and the notes):
 
-- a mechanism whose registry time string claims less than quadratic time must scale
-  ``t(4T) / t(T) ≤ 1.15 · 4^p``: ≤ 4.6 when it claims linear time (no ``T²``, ``T³`` or ``T·T``),
-  ≤ 9.2 for combiner's ``O(T·sqrt(T))``; measured between the two largest sizes;
+- a mechanism whose registry time string claims less than quadratic time (``T^p``, p < 2)
+  must scale ``t(4T) / t(T) ≤ 1.15 · 4^max(p, 1)``: ≤ 4.6 when it claims linear time or less
+  (no ``T²``, ``T³``, ``T·T`` or ``sqrt(T)``), ≤ 9.2 for ``O(T·sqrt(T))``; measured between
+  the two largest sizes;
 - a peer pair passes when ours is not slower: ``t(ours) / t(peer) ≤ 1`` (up to 1.05 is called a tie: noise).
 
 Usage:
@@ -41,7 +43,6 @@ machine pin one thread (``OMP_NUM_THREADS=1``) and compare only ratios from one 
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,16 +53,11 @@ from torch import nn
 
 from attnlab import mechanisms
 from attnlab.core import masks as M
-from harness import MECHANISM_COLUMNS, fmt_bytes, fmt_seconds, median_time, peak_memory, print_table, write
-from harness import claimed_exponent as harness_exponent
+from harness import SKIP_NOTE, TOKENS, Case, claimed_exponent, peer_checks, report, run_cases, scaling_checks
 
 B, DIM, HEADS = 1, 256, 8
 SIZES = (512, 2048, 8192)
 WINDOW = 256  # the sliding window of the mha / local-attention pair
-MAX_SECONDS = 60.0  # per forward+backward call
-MAX_BYTES = 6 * 2**30
-SLACK = 1.15  # a claimed T^p may grow by 4^p · 1.15 when T grows 4×
-TIE = 1.05  # ours/peer up to 5% over 1 is reported as a tie (timing noise), not as met
 
 
 # --- inputs and options ---------------------------------------------------------------------
@@ -107,6 +103,7 @@ def routing_window(T: int) -> int:
 
 
 def routing_options(T: int) -> dict:
+    """Options of our routing for the routing pair: ``T / w`` clusters and a local window of ``w``."""
     w = routing_window(T)
     return {"clusters": T // w, "window": w}
 
@@ -155,33 +152,6 @@ VARIANTS = {
 # --- the rows to measure --------------------------------------------------------------------
 
 
-@dataclass
-class Case:
-    """One row group of the table: a module built for each size, its inputs and what it is checked against."""
-
-    label: str
-    paper: str
-    build: Callable[[int], nn.Module]  # tokens -> module
-    inputs: Callable[[int, torch.Generator], tuple] = tokens
-    sizes: tuple[int, ...] = SIZES
-    exponent: float = 2.0  # power of T in the registry's time string (peers: 2)
-    peer_of: str | None = None  # a public implementation: the label of our row it is compared with
-    note: str = ""
-    skip: str | None = None
-
-
-def claimed_exponent(time: str, form: str | None = None) -> float:
-    """The power of T in a registry time string; ``form`` picks one clause of several ("parallel", "recurrent")."""
-    if form is not None:
-        time = next(part for part in time.split(",") if form in part)
-    return harness_exponent(time)
-
-
-def target_ratio(exponent: float) -> float | None:
-    """Largest allowed t(4T)/t(T) for a sub-quadratic claim (4.6 for linear or better), None otherwise."""
-    return SLACK * 4 ** max(exponent, 1.0) if exponent < 2 else None
-
-
 def our_cases() -> list[Case]:
     """Every non-vision mechanism of the registry, with its special inputs and variants."""
     cases = []
@@ -193,15 +163,33 @@ def our_cases() -> list[Case]:
         def build(T, name=entry.name, options=spec.options):
             return mechanisms.get(name, dim=DIM, heads=HEADS, **options(T))
 
-        exponent = claimed_exponent(entry.time)
-        cases.append(Case(entry.name, entry.paper, build, spec.inputs, spec.sizes, exponent, note=spec.note))
+        cases.append(
+            Case(
+                label=entry.name,
+                paper=entry.paper,
+                build=build,
+                inputs=spec.inputs,
+                sizes=spec.sizes,
+                exponent=claimed_exponent(entry.time),
+                note=spec.note,
+            )
+        )
         for v in VARIANTS.get(entry.name, []):
 
             def build_variant(T, name=entry.name, options=v.options):
                 return mechanisms.get(name, dim=DIM, heads=HEADS, **options)
 
-            exponent = claimed_exponent(entry.time, v.form)
-            cases.append(Case(v.label, entry.paper, build_variant, v.inputs, spec.sizes, exponent, note=v.note))
+            cases.append(
+                Case(
+                    label=v.label,
+                    paper=entry.paper,
+                    build=build_variant,
+                    inputs=v.inputs,
+                    sizes=spec.sizes,
+                    exponent=claimed_exponent(entry.time, v.form),
+                    note=v.note,
+                )
+            )
     return cases
 
 
@@ -223,14 +211,15 @@ def peer_cases() -> list[Case]:
     try:
         from x_transformers import Attention
     except ImportError:
-        cases.append(Case("x-transformers Attention", "peer", None, peer_of="mha", skip=install))
+        cases.append(Case(label="x-transformers Attention", paper="peer", peer_of="mha", skip=install))
     else:
         for flash in (False, True):
             cases.append(
                 Case(
-                    "x-transformers Attention" + (" flash" if flash else ""),
-                    "peer",
-                    lambda T, flash=flash: Attention(dim=DIM, heads=HEADS, dim_head=DIM // HEADS, flash=flash),
+                    label="x-transformers Attention" + (" flash" if flash else ""),
+                    paper="peer",
+                    build=lambda T, flash=flash: Attention(dim=DIM, heads=HEADS, dim_head=DIM // HEADS, flash=flash),
+                    inputs=tokens,
                     peer_of="mha",
                     note="flash=True: torch SDPA" if flash else "default (einsum softmax)",
                 )
@@ -238,13 +227,13 @@ def peer_cases() -> list[Case]:
     try:
         from local_attention import LocalMHA
     except ImportError:
-        cases.append(Case("local-attention LocalMHA", "peer", None, peer_of="mha window 256", skip=install))
+        cases.append(Case(label="local-attention LocalMHA", paper="peer", peer_of="mha window 256", skip=install))
     else:
         cases.append(
             Case(
-                "local-attention LocalMHA",
-                "peer",
-                lambda T: LocalMHA(
+                label="local-attention LocalMHA",
+                paper="peer",
+                build=lambda T: LocalMHA(
                     dim=DIM,
                     heads=HEADS,
                     dim_head=DIM // HEADS,
@@ -253,6 +242,7 @@ def peer_cases() -> list[Case]:
                     exact_windowsize=True,
                     use_rotary_pos_emb=False,
                 ),
+                inputs=tokens,
                 peer_of="mha window 256",
                 note="causal, exact window 256, no rotary",
             )
@@ -260,13 +250,13 @@ def peer_cases() -> list[Case]:
     try:
         from routing_transformer.routing_transformer import SelfAttention
     except ImportError:
-        cases.append(Case("routing-transformer SelfAttention", "peer", None, peer_of="routing", skip=install))
+        cases.append(Case(label="routing-transformer SelfAttention", paper="peer", peer_of="routing", skip=install))
     else:
         cases.append(
             Case(
-                "routing-transformer SelfAttention",
-                "peer",
-                lambda T: OutputOnly(
+                label="routing-transformer SelfAttention",
+                paper="peer",
+                build=lambda T: OutputOnly(
                     SelfAttention(
                         dim=DIM,
                         depth=1,
@@ -278,6 +268,7 @@ def peer_cases() -> list[Case]:
                         rel_pos_emb=False,
                     )
                 ),
+                inputs=tokens,
                 peer_of="routing",
                 note="balanced top-w clusters (O(T·w)); local heads see 1 block of w on each side",
             )
@@ -295,175 +286,31 @@ def all_cases() -> list[Case]:
     return ordered
 
 
-# --- measuring ------------------------------------------------------------------------------
-
-
-def forward_backward(module: nn.Module, args: tuple) -> Callable[[], None]:
-    """One training step's attention work: forward in train mode, ``sum().backward()`` into the parameters and ``args[0]``."""
-    x = args[0].clone().requires_grad_()
-    rest = args[1:]
-
-    def step():
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        module(x, *rest).sum().backward()
-
-    return step
-
-
-def measure(case: Case, T: int, reps: int) -> dict:
-    """Forward (eval, no grad) and forward+backward (train) median time and peak memory at ``T`` tokens."""
-    torch.manual_seed(0)
-    args = case.inputs(T, torch.Generator().manual_seed(0))
-    module = case.build(T)
-    row = {"tokens": T, "input_bytes": sum(a.nbytes for a in args if isinstance(a, torch.Tensor))}
-    module.eval()
-    with torch.no_grad():
-        row["fwd_s"] = median_time(lambda: module(*args), repeats=reps, budget_s=MAX_SECONDS)
-        row["fwd_bytes"] = peak_memory(lambda: module(*args))
-    module.train()
-    step = forward_backward(module, args)
-    row["fwd_bwd_s"] = median_time(step, repeats=reps, budget_s=MAX_SECONDS)
-    row["fwd_bwd_bytes"] = peak_memory(step)
-    return row
-
-
-def probe(case: Case, T: int) -> dict:
-    """One forward+backward after a warm-up, at ``T`` tokens: the base of the first size's prediction."""
-    torch.manual_seed(0)
-    args = case.inputs(T, torch.Generator().manual_seed(0))
-    module = case.build(T).train()
-    step = forward_backward(module, args)
-    row = {"tokens": T, "input_bytes": sum(a.nbytes for a in args if isinstance(a, torch.Tensor))}
-    return row | {"fwd_bwd_s": median_time(step, repeats=1), "fwd_bwd_bytes": peak_memory(step)}
-
-
-def too_big(case: Case, T: int, prev: dict) -> str | None:
-    """Why ``T`` would break the limits, predicted from ``prev`` with ``T^max(2, p)``; None if it fits."""
-    factor = (T / prev["tokens"]) ** max(2.0, case.exponent)
-    seconds = prev["fwd_bwd_s"] * factor
-    nbytes = ((prev["fwd_bwd_bytes"] or 0) + prev["input_bytes"]) * factor
-    base = f"from T={prev['tokens']} as T^{max(2.0, case.exponent):g}"
-    if seconds > MAX_SECONDS:
-        return f"predicted {fmt_seconds(seconds)} per fwd+bwd call (> {MAX_SECONDS:.0f} s), {base}"
-    if nbytes > MAX_BYTES:
-        return f"predicted {fmt_bytes(nbytes)} (> {fmt_bytes(MAX_BYTES)}), {base}"
-    return None
-
-
-def run_case(case: Case, sizes: tuple[int, ...], reps: int, console: Console) -> list[dict]:
-    """The rows of one case, one per size: measured, or skipped with the reason (sizes above a skipped one too)."""
-    rows, prev, reason = [], None, case.skip
-    for T in sizes:
-        row = {"mechanism": case.label, "paper": case.paper, "tokens": T, "note": case.note}
-        if reason is None:
-            try:
-                prev = prev or probe(case, T // 4)
-                reason = too_big(case, T, prev)
-                if reason is None:
-                    row |= measure(case, T, reps)
-                    prev = row
-            except Exception as e:  # a broken mechanism is a finding: record it, go on with the others
-                reason = f"error: {type(e).__name__}: {e}"
-            if reason is not None:
-                row["skipped"] = reason
-                reason = reason if case.skip else f"T={T} was skipped"
-        else:
-            row["skipped"] = reason
-        console.print(f"{case.label} T={T}: " + (f"skipped: {row['skipped']}" if "skipped" in row else _brief(row)), highlight=False)
-        rows.append(row)
-        gc.collect()
-    return rows
-
-
-def _brief(row: dict) -> str:
-    return f"fwd {fmt_seconds(row['fwd_s'])}, fwd+bwd {fmt_seconds(row['fwd_bwd_s'])}, peak {fmt_bytes(row['fwd_bwd_bytes'])}"
-
-
-# --- checks ---------------------------------------------------------------------------------
-
-
-def scaling_checks(cases: list[Case], rows: list[dict]) -> list[str]:
-    """t(4T)/t(T) between the two largest measured sizes of every sub-quadratic claim; sets each row's ``check``."""
-    notes = []
-    for case in cases:
-        target = target_ratio(case.exponent)
-        if target is None or case.peer_of:
-            continue
-        measured = [r for r in rows if r["mechanism"] == case.label and "fwd_s" in r]
-        if len(measured) < 2 or measured[-1]["tokens"] != 4 * measured[-2]["tokens"]:
-            notes.append(f"Scaling of {case.label}: not checked (fewer than two measured sizes 4× apart).")
-            continue
-        small, big = measured[-2:]
-        fwd, both = big["fwd_s"] / small["fwd_s"], big["fwd_bwd_s"] / small["fwd_bwd_s"]
-        verdict = "met" if max(fwd, both) <= target else "NOT met"
-        text = f"t({big['tokens']})/t({small['tokens']}) fwd {fwd:.2f}, fwd+bwd {both:.2f} (target ≤ {target:.1f}: {verdict})"
-        big["check"] = text
-        big["ratio_fwd"], big["ratio_fwd_bwd"], big["ratio_target"] = round(fwd, 3), round(both, 3), round(target, 2)
-        notes.append(f"Scaling of {case.label} (claims time exponent {case.exponent:g}): {text}.")
-    return notes
-
-
-def peer_checks(cases: list[Case], rows: list[dict]) -> list[str]:
-    """ours/peer time at every size both measured; sets each peer row's ``check``."""
-    by = {(r["mechanism"], r["tokens"]): r for r in rows}
-    notes = []
-    for case in (c for c in cases if c.peer_of):
-        for T in case.sizes:
-            peer, ours = by.get((case.label, T)), by.get((case.peer_of, T))
-            if not (peer and ours and "fwd_s" in peer and "fwd_s" in ours):
-                continue
-            fwd, both = ours["fwd_s"] / peer["fwd_s"], ours["fwd_bwd_s"] / peer["fwd_bwd_s"]
-            worst = max(fwd, both)
-            verdict = "met" if worst <= 1 else f"tie, within {TIE - 1:.0%}" if worst <= TIE else "NOT met"
-            peer["check"] = f"ours ({case.peer_of}) ÷ this: fwd {fwd:.2f}, fwd+bwd {both:.2f} (target ≤ 1: {verdict})"
-            peer["ours_over_peer_fwd"], peer["ours_over_peer_fwd_bwd"] = round(fwd, 3), round(both, 3)
-            notes.append(f"{case.peer_of} vs {case.label} at T={T}: ours/peer fwd {fwd:.2f}, fwd+bwd {both:.2f} ({verdict}).")
-    return notes
-
-
-# --- output ---------------------------------------------------------------------------------
-
-
-def pretty(row: dict) -> dict:
-    out = {k: row.get(k, "") for k in ("mechanism", "paper", "tokens", "check", "note")}
-    if "skipped" in row:
-        out["note"] = f"skipped: {row['skipped']}" + (f"; {row['note']}" if row["note"] else "")
-        return out
-    out["fwd"], out["fwd_bwd"] = fmt_seconds(row["fwd_s"]), fmt_seconds(row["fwd_bwd_s"])
-    out["fwd_mem"], out["fwd_bwd_mem"] = fmt_bytes(row["fwd_bytes"]), fmt_bytes(row["fwd_bwd_bytes"])
-    return out
-
-
 def main(argv=None):
+    """Measure every case, check the claims and the peers, print and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the two smaller sizes of every mechanism, 2 repeats (a few minutes)")
     args = ap.parse_args(argv)
     console = Console(width=200)
     reps = 2 if args.quick else 3
     cases = all_cases()
-    rows = []
-    for case in cases:
-        rows += run_case(case, case.sizes[:-1] if args.quick else case.sizes, reps, console)
-    notes = scaling_checks(cases, rows) + peer_checks(cases, rows)
+    rows = run_cases(cases, TOKENS, SIZES, quick=args.quick, reps=reps, console=console)
+    notes = scaling_checks(cases, rows, TOKENS) + peer_checks(cases, rows, TOKENS)
     notes += [
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, output.sum().backward() into the parameters and the first input.",
-        f"A size is skipped when its forward+backward call is predicted (from the size before, as T^max(2, p)) to take more than {MAX_SECONDS:.0f} s or {fmt_bytes(MAX_BYTES)}.",
+        SKIP_NOTE,
         "Vision mechanisms ([B, H, W, C]) are not in this benchmark.",
     ]
     settings = {"B": B, "dim": DIM, "heads": HEADS, "dtype": "float32", "quick": args.quick, "repeats": reps, "window": WINDOW}
-    print_table(console, "sequence mechanisms (CPU)", rows, MECHANISM_COLUMNS, pretty)
-    for n in notes:
-        console.print(n, highlight=False)
-    paths = write(
+    report(
+        console,
         "mechanisms-quick" if args.quick else "mechanisms",
+        "sequence mechanisms (CPU)",
         rows,
-        [pretty(r) for r in rows],
-        MECHANISM_COLUMNS,
+        TOKENS,
         settings=settings,
         notes=notes,
     )
-    console.print(f"wrote {paths[0]} and {paths[1]}")
 
 
 if __name__ == "__main__":

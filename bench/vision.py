@@ -22,12 +22,13 @@ Each peer pair is also checked for agreement: the peer gets our module's weights
 and both run on one input (32×32, 28×28 for the DaViT windows); the largest difference is in
 the table. Where the two layers differ in meaning, the note column says how.
 
-How: medians of repeated runs after a warm-up, peak memory from the resident set's high-water
-mark (``bench/harness.py``). Each size's cost is predicted before it runs, from the size before
-it (the first from a probe at a quarter of the tokens), scaled as ``T^p`` with ``p`` = max(2,
-the power of ``T`` in the registry's time string); a size predicted to take more than 60 s per
-call or more than 6 GiB is skipped, with the reason in the table. A backward that raises
-(NATTEN's CPU path has none) is recorded as "no backward" with the error.
+How (``bench/harness.py``, shared with ``bench/mechanisms.py``): medians of repeated runs
+after a warm-up, peak memory from the resident set's high-water mark. Each size's cost is
+predicted before it runs, from the size before it (the first from a probe at a quarter of the
+tokens), scaled as ``T^p`` with ``p`` = max(2, the power of ``T`` in the registry's time
+string); a size predicted to take more than 60 s per call or more than 6 GiB is skipped, with
+the reason in the table. A backward that raises (NATTEN's CPU path has none) is recorded as
+"no backward" with the error.
 
 Targets (the table's check column, and the notes):
 
@@ -35,10 +36,12 @@ Targets (the table's check column, and the notes):
   layer, at every size both ran; and our backward works;
 - no mechanism slower than its timm counterpart: ``t(ours) / t(timm) ≤ 1`` (up to 1.05 is
   called a tie: noise);
-- a mechanism whose registry time string is linear in ``T`` (no ``T²``) must scale
-  ``t(4T) / t(T) ≤ 4.6`` between the two largest sizes. Where the string is quadratic only
-  because a size is held fixed (biformer's region count ``S``, hilo's pool ``p``), a variant
-  that grows it with the image (``side / 8``) makes the string linear and is checked instead.
+- a mechanism whose registry time string claims less than quadratic time (``T^p``, p < 2)
+  must scale ``t(4T) / t(T) ≤ 1.15 · 4^max(p, 1)`` between the two largest sizes: ≤ 4.6, as
+  every sub-quadratic claim of a vision mechanism is linear. Where the string is quadratic
+  only because a size is held fixed (biformer's region count ``S``, hilo's pool ``p``), a
+  variant that grows it with the image (``side / 8``) makes the string linear and is checked
+  instead.
 
 timm imports ``torchvision`` at import time (a few names, none used by the layers compared).
 When ``import torchvision`` fails (not installed, or PyPI's build cannot load beside a CPU
@@ -55,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import gc
 import sys
 import types
 import warnings
@@ -70,15 +72,12 @@ from torch import nn
 
 import attnlab
 from attnlab import mechanisms
-from harness import MECHANISM_COLUMNS, claimed_exponent, fmt_bytes, fmt_seconds, median_time, peak_memory, print_table, write
+from harness import SIDE, SKIP_NOTE, Case, claimed_exponent, peer_checks, ratio_check, report, run_cases, scaling_checks
 
 B, DIM, HEADS = 1, 128, 4
 SIDES = (32, 64, 128)
 KERNEL = 7  # the neighborhood pair's window
-MAX_SECONDS = 60.0  # per call
-MAX_BYTES = 6 * 2**30
-SLACK = 1.15  # a claimed T^p may grow by 4^p · 1.15 when T grows 4×
-TIE = 1.05  # ours/peer up to 5% over 1 is reported as a tie (timing noise), not as met
+CHECK_SIDES = (32,)  # where a peer's outputs are compared with ours, unless its case says otherwise
 NATTEN_SPEEDUP = 10.0
 
 
@@ -110,29 +109,11 @@ def qkv(side: int, g: torch.Generator) -> tuple:
 
 
 @dataclass
-class Case:
-    """One row group of the table: a module built for each grid side, its inputs, what it is checked against."""
-
-    label: str
-    paper: str
-    build: Callable[[int], nn.Module] | None  # side -> module
-    inputs: Callable[[int, torch.Generator], tuple] = image
-    exponent: float = 2.0  # power of T in the registry's time string (peers: 2)
-    grad_inputs: int = 1  # the leading inputs that get a gradient
-    peer_of: str | None = None  # a public implementation: the label of our row it is compared with
-    sync: Callable[[nn.Module, nn.Module], None] | None = None  # copy our weights into the peer
-    check_sides: tuple[int, ...] = (32,)  # where the pair's outputs are compared
-    note: str = ""
-    skip: str | None = None
-
-
-@dataclass
 class Special:
-    """A mechanism that does not take the defaults: options (from the side), inputs, a note, another exponent."""
+    """A mechanism that does not take the defaults: options (from the side), inputs, a note."""
 
     options: Callable[[int], dict] = lambda side: {}
     inputs: Callable[[int, torch.Generator], tuple] = image
-    exponent: float | None = None  # None: from the registry's time string
     note: str = ""
 
 
@@ -173,13 +154,21 @@ VARIANTS = {
         )
     ],
     "biformer": [
-        Variant("biformer n_win=side/8", lambda s: {"n_win": s // 8}, 1.0, "regions of 8×8 tokens (S² = T/64): k·T²/S² = 64k·T, linear")
+        Variant(
+            "biformer n_win=side/8",
+            lambda s: {"n_win": s // 8},
+            exponent=1.0,
+            note="regions of 8×8 tokens (S² = T/64): k·T²/S² = 64k·T, linear",
+        )
     ],
-    "hilo": [Variant("hilo pool=side/8", lambda s: {"pool": s // 8}, 1.0, "T/64 pooled keys (p² = T/64): T²/p² = 64·T, linear")],
+    "hilo": [
+        Variant("hilo pool=side/8", lambda s: {"pool": s // 8}, exponent=1.0, note="T/64 pooled keys (p² = T/64): T²/p² = 64·T, linear")
+    ],
 }
 
 
 def vision_entries() -> list:
+    """The registry's entries whose layout is ``[B, H, W, C]``."""
     return [e for e in mechanisms.available() if e.layout.startswith("[B, H, W, C]")]
 
 
@@ -188,17 +177,34 @@ def our_cases() -> list[Case]:
     cases = []
     for entry in vision_entries():
         spec = SPECIAL.get(entry.name, Special())
-        exponent = spec.exponent if spec.exponent is not None else claimed_exponent(entry.time)
-        rows = [Variant(entry.name, spec.options, exponent, spec.note), *VARIANTS.get(entry.name, [])]
-        for v in rows:
-            exp = exponent if v.exponent is None else v.exponent
+        exponent = claimed_exponent(entry.time)
+        for v in [Variant(entry.name, spec.options, note=spec.note), *VARIANTS.get(entry.name, [])]:
 
             def build(side, name=entry.name, options=v.options):
                 return mechanisms.get(name, dim=DIM, heads=HEADS, **options(side))
 
-            cases.append(Case(v.label, entry.paper, build, spec.inputs, exp, note=v.note))
+            cases.append(
+                Case(
+                    label=v.label,
+                    paper=entry.paper,
+                    build=build,
+                    inputs=spec.inputs,
+                    exponent=exponent if v.exponent is None else v.exponent,
+                    note=v.note,
+                )
+            )
         if entry.name == "neighborhood":
-            cases.append(Case("attend + masks.neighborhood(7)", entry.paper, OurKernel, qkv, exponent, grad_inputs=3, note=KERNEL_NOTE))
+            cases.append(
+                Case(
+                    label="attend + masks.neighborhood(7)",
+                    paper=entry.paper,
+                    build=OurKernel,
+                    inputs=qkv,
+                    exponent=exponent,
+                    grad_inputs=3,
+                    note=KERNEL_NOTE,
+                )
+            )
     return cases
 
 
@@ -259,21 +265,31 @@ def sync_linear_layers(ours: nn.Module, peer: nn.Module) -> None:
 
 
 def natten_cases() -> list[Case]:
+    """NATTEN's na2d as a layer and as a kernel, each next to ours (skipped if NATTEN is not installed)."""
     try:
         import natten  # noqa: F401
     except ImportError:
         reason = "natten not installed: pip install -c constraints.txt natten"
-        return [Case("natten.na2d layer", "peer", None, peer_of="neighborhood rpb=False", skip=reason)]
+        return [Case(label="natten.na2d layer", paper="peer", peer_of="neighborhood rpb=False", skip=reason)]
     return [
         Case(
-            "natten.na2d layer",
-            "peer",
-            NattenLayer,
+            label="natten.na2d layer",
+            paper="peer",
+            build=NattenLayer,
+            inputs=image,
             peer_of="neighborhood rpb=False",
             sync=sync_linear_layers,
             note="qkv Linear, na2d(kernel 7), proj Linear; CPU path: uncompiled FlexAttention",
         ),
-        Case("natten.na2d", "peer", NattenKernel, qkv, grad_inputs=3, peer_of="attend + masks.neighborhood(7)", note=KERNEL_NOTE),
+        Case(
+            label="natten.na2d",
+            paper="peer",
+            build=NattenKernel,
+            inputs=qkv,
+            grad_inputs=3,
+            peer_of="attend + masks.neighborhood(7)",
+            note=KERNEL_NOTE,
+        ),
     ]
 
 
@@ -418,10 +434,12 @@ def sync_halo(ours: nn.Module, peer: ChannelsFirst) -> None:
 
 
 def sync_module_linears(ours: nn.Module, peer: nn.Module) -> None:
+    """The ``qkv`` and ``proj`` of the timm layer inside the adapter (``Tokens`` or ``TimmWindows``) take ours."""
     sync_linear_layers(ours, peer.module if isinstance(peer, Tokens) else peer.attn)
 
 
 def sync_gpsa(ours: nn.Module, peer: Tokens) -> None:
+    """timm's GPSA takes our ``qk``, ``v``, ``proj``, positional weights and gate; its positional bias is zeroed."""
     gpsa = peer.module
     for name in ("qk", "v", "proj"):
         getattr(gpsa, name).load_state_dict(getattr(ours, name).state_dict())
@@ -439,9 +457,10 @@ def timm_cases() -> tuple[list[Case], str]:
         reason = f"timm not importable ({e}): pip install --no-deps -c constraints.txt timm pyyaml pillow"
         labels = (("timm HaloAttn", "halo"), ("timm DaViT ChannelAttention", "davit_channel"))
         labels += (("timm DaViT WindowAttention", "davit_window"), ("timm ConViT GPSA", "gpsa"))
-        return [Case(label, "peer", None, peer_of=ours, skip=reason) for label, ours in labels], f"not importable ({e})"
+        return [Case(label=label, paper="peer", peer_of=ours, skip=reason) for label, ours in labels], f"not importable ({e})"
 
     def gpsa(side):
+        """ConViT's GPSA after its local init, on ``[B, N, C]``."""
         module = timm.GPSA(DIM, num_heads=HEADS, locality_strength=1.0)
         module.local_init()
         return Tokens(module)
@@ -450,34 +469,38 @@ def timm_cases() -> tuple[list[Case], str]:
     fused = f"fused_attn={window.fused_attn} (SDPA)" if window.fused_attn else "fused_attn=False (einsum softmax)"
     cases = [
         Case(
-            "timm HaloAttn",
-            "peer",
-            lambda side: ChannelsFirst(timm.HaloAttn(DIM, num_heads=HEADS, block_size=8, halo_size=3)),
+            label="timm HaloAttn",
+            paper="peer",
+            build=lambda side: ChannelsFirst(timm.HaloAttn(DIM, num_heads=HEADS, block_size=8, halo_size=3)),
+            inputs=image,
             peer_of="halo",
             sync=sync_halo,
             note="block 8, halo 3, zero-padded keys as ours; NCHW (input permuted) + our Linear proj (HaloAttn has none)",
         ),
         Case(
-            "timm DaViT ChannelAttention",
-            "peer",
-            lambda side: Tokens(timm.ChannelAttention(DIM, num_heads=HEADS, qkv_bias=True)),
+            label="timm DaViT ChannelAttention",
+            paper="peer",
+            build=lambda side: Tokens(timm.ChannelAttention(DIM, num_heads=HEADS, qkv_bias=True)),
+            inputs=image,
             peer_of="davit_channel",
             sync=sync_module_linears,
             note="[B, N, C] (a view of x); qkv_bias=True as in DaViT's blocks",
         ),
         Case(
-            "timm DaViT WindowAttention",
-            "peer",
-            lambda side: TimmWindows(timm, 7),
+            label="timm DaViT WindowAttention",
+            paper="peer",
+            build=lambda side: TimmWindows(timm, 7),
+            inputs=image,
             peer_of="davit_window",
             sync=sync_module_linears,
-            check_sides=(28, 32),
+            check_sizes=(28, 32),
             note=f"window 7 in SpatialBlock's partition; its zero padding takes part as keys (ours masks it); {fused}",
         ),
         Case(
-            "timm ConViT GPSA",
-            "peer",
-            gpsa,
+            label="timm ConViT GPSA",
+            paper="peer",
+            build=gpsa,
+            inputs=image,
             peer_of="gpsa",
             sync=sync_gpsa,
             note="local_init; pos_proj has a bias (ours: none), heads ordered column-major (ours row-major), renormalises (a no-op)",
@@ -497,167 +520,21 @@ def all_cases() -> tuple[list[Case], str]:
     return ordered, how
 
 
-# --- measuring ------------------------------------------------------------------------------
-
-
-def total(out) -> torch.Tensor:
-    """The sum of every floating-point element of ``out`` (a tensor, or a list or tuple of them)."""
-    parts = out if isinstance(out, (list, tuple)) else [out]
-    return sum(p.sum() for p in parts if torch.is_floating_point(p))
-
-
-def forward_backward(module: nn.Module, args: tuple, grad_inputs: int) -> Callable[[], None]:
-    """One training step's attention work: forward in train mode, backward of ``total`` into the parameters and the leading inputs."""
-    leaves = [a.clone().requires_grad_() for a in args[:grad_inputs]]
-    rest = args[grad_inputs:]
-
-    def step():
-        module.zero_grad(set_to_none=True)
-        for t in leaves:
-            t.grad = None
-        total(module(*leaves, *rest)).backward()
-
-    return step
-
-
-def nbytes(args) -> int:
-    return sum(nbytes(a) if isinstance(a, (list, tuple)) else a.nbytes for a in args)
-
-
-def measure(case: Case, side: int, reps: int, probe: bool = False) -> dict:
-    """Forward (eval, no grad) and forward+backward (train) median time and peak memory on a ``side × side`` grid.
-
-    ``probe``: one timed call of each after a warm-up, the base of the first size's prediction.
-    """
-    torch.manual_seed(0)
-    args = case.inputs(side, torch.Generator().manual_seed(0))
-    module = case.build(side)
-    row = {"side": side, "input_bytes": nbytes(args)}
-    module.eval()
-    with torch.no_grad():
-        row["fwd_s"] = median_time(lambda: module(*args), repeats=1 if probe else reps, budget_s=MAX_SECONDS)
-        row["fwd_bytes"] = peak_memory(lambda: module(*args))
-    module.train()
-    step = forward_backward(module, args, case.grad_inputs)
-    try:
-        row["fwd_bwd_s"] = median_time(step, repeats=1 if probe else reps, budget_s=MAX_SECONDS)
-        row["fwd_bwd_bytes"] = peak_memory(step)
-    except Exception as e:  # NATTEN on CPU has no backward; for our mechanisms it is a finding
-        row["no_backward"] = f"{type(e).__name__}: {e}"
-    return row
-
-
-def too_big(case: Case, side: int, prev: dict) -> str | None:
-    """Why ``side`` would break the limits, predicted from ``prev`` with ``T^max(2, p)``; None if it fits."""
-    p = max(2.0, case.exponent)
-    factor = (side / prev["side"]) ** (2 * p)  # T = side²
-    seconds = prev.get("fwd_bwd_s", prev["fwd_s"]) * factor
-    peak = max(prev.get("fwd_bwd_bytes") or 0, prev.get("fwd_bytes") or 0)
-    predicted = (peak + prev["input_bytes"]) * factor
-    base = f"from {prev['side']}×{prev['side']} as T^{p:g}"
-    if seconds > MAX_SECONDS:
-        return f"predicted {fmt_seconds(seconds)} per call (> {MAX_SECONDS:.0f} s), {base}"
-    if predicted > MAX_BYTES:
-        return f"predicted {fmt_bytes(predicted)} (> {fmt_bytes(MAX_BYTES)}), {base}"
-    return None
-
-
-def run_case(case: Case, sides: tuple[int, ...], reps: int, console: Console) -> list[dict]:
-    """The rows of one case, one per size: measured, or skipped with the reason (sizes above a skipped one too)."""
-    rows, prev, reason = [], None, case.skip
-    for side in sides:
-        row = {"mechanism": case.label, "paper": case.paper, "side": side, "note": case.note}
-        if reason is None:
-            try:
-                prev = prev or measure(case, side // 2, reps, probe=True)
-                reason = too_big(case, side, prev)
-                if reason is None:
-                    row |= measure(case, side, reps)
-                    prev = row
-            except Exception as e:  # a broken mechanism is a finding: record it, go on with the others
-                reason = f"error: {type(e).__name__}: {e}"
-            if reason is not None:
-                row["skipped"] = reason
-                reason = reason if case.skip else f"{side}×{side} was skipped"
-        else:
-            row["skipped"] = reason
-        console.print(
-            f"{case.label} {side}×{side}: " + (f"skipped: {row['skipped']}" if "skipped" in row else _brief(row)), highlight=False
-        )
-        rows.append(row)
-        gc.collect()
-    return rows
-
-
-def _brief(row: dict) -> str:
-    both = f"fwd+bwd {fmt_seconds(row['fwd_bwd_s'])}" if "fwd_bwd_s" in row else "no backward"
-    return f"fwd {fmt_seconds(row['fwd_s'])}, {both}, peak {fmt_bytes(row.get('fwd_bwd_bytes', row['fwd_bytes']))}"
-
-
 # --- checks ---------------------------------------------------------------------------------
 
 
-def scaling_checks(cases: list[Case], rows: list[dict]) -> list[str]:
-    """t(4T)/t(T) between the two largest measured sizes of every linear claim; sets each row's ``check``."""
-    notes = []
-    for case in cases:
-        if case.exponent > 1 or case.peer_of:
-            continue
-        target = SLACK * 4
-        measured = [r for r in rows if r["mechanism"] == case.label and "fwd_s" in r]
-        if len(measured) < 2 or measured[-1]["side"] != 2 * measured[-2]["side"]:
-            notes.append(f"Scaling of {case.label}: not checked (fewer than two measured sizes 4× apart).")
-            continue
-        small, big = measured[-2:]
-        fwd = big["fwd_s"] / small["fwd_s"]
-        both = big["fwd_bwd_s"] / small["fwd_bwd_s"] if "fwd_bwd_s" in big and "fwd_bwd_s" in small else None
-        worst = max(fwd, both or 0)
-        verdict = "met" if worst <= target else "NOT met"
-        text = f"t({big['side']}²)/t({small['side']}²) fwd {fwd:.2f}" + (f", fwd+bwd {both:.2f}" if both else "")
-        text += f" (target ≤ {target:.1f}: {verdict})"
-        big["check"] = text
-        big["ratio_fwd"], big["ratio_fwd_bwd"], big["ratio_target"] = round(fwd, 3), both and round(both, 3), round(target, 2)
-        notes.append(f"Target, linear scaling of {case.label} (claims time exponent {case.exponent:g}): {text}.")
-    return notes
-
-
-def peer_checks(cases: list[Case], rows: list[dict], agreements: dict[str, str]) -> list[str]:
-    """ours/peer time at every size both measured (NATTEN: peer/ours ≥ 10 forward); sets each peer row's ``check``.
-
-    The agreement of the pair's outputs is added to the check of the peer's first row.
-    """
-    by = {(r["mechanism"], r["side"]): r for r in rows}
-    notes = []
-    for case in (c for c in cases if c.peer_of):
-        peer_rows = [r for r in rows if r["mechanism"] == case.label]
-        for row in peer_rows:
-            ours = by.get((case.peer_of, row["side"]))
-            if "fwd_s" not in row or not ours or "fwd_s" not in ours:
-                continue
-            text = _natten_check(case, row, ours) if case.label.startswith("natten") else _timm_check(case, row, ours)
-            row["check"] = text
-            notes.append(f"Target, {case.peer_of} vs {case.label} at {row['side']}×{row['side']}: {text}.")
-        if case.label in agreements and peer_rows:
-            first = peer_rows[0]
-            first["check"] = "; ".join(filter(None, [first.get("check"), agreements[case.label]]))
-    return notes
+def peer_check(case: Case, row: dict, ours: dict) -> str:
+    """The check of a peer row: NATTEN's forward speed-up target, or the harness's ours ÷ peer ratio for timm's."""
+    return _natten_check(case, row, ours) if case.label.startswith("natten") else ratio_check(case, row, ours)
 
 
 def _natten_check(case: Case, row: dict, ours: dict) -> str:
+    """Our forward ≥ ``NATTEN_SPEEDUP``× faster than NATTEN's, and our backward works; sets ``peer_over_ours_fwd``."""
     speedup = row["fwd_s"] / ours["fwd_s"]
     row["peer_over_ours_fwd"] = round(speedup, 3)
     verdict = "met" if speedup >= NATTEN_SPEEDUP else "NOT met"
     backward = "works" if "fwd_bwd_s" in ours else f"FAILS ({ours.get('no_backward')})"
     return f"ours ({case.peer_of}) forward {speedup:.1f}× faster (target ≥ {NATTEN_SPEEDUP:g}: {verdict}); our backward {backward}"
-
-
-def _timm_check(case: Case, row: dict, ours: dict) -> str:
-    fwd = ours["fwd_s"] / row["fwd_s"]
-    both = ours["fwd_bwd_s"] / row["fwd_bwd_s"] if "fwd_bwd_s" in ours and "fwd_bwd_s" in row else None
-    row["ours_over_peer_fwd"], row["ours_over_peer_fwd_bwd"] = round(fwd, 3), both and round(both, 3)
-    worst = max(fwd, both or 0)
-    verdict = "met" if worst <= 1 else f"tie, within {TIE - 1:.0%}" if worst <= TIE else "NOT met"
-    return f"ours ({case.peer_of}) ÷ this: fwd {fwd:.2f}" + (f", fwd+bwd {both:.2f}" if both else "") + f" (target ≤ 1: {verdict})"
 
 
 def agreement(ours: Case, peer: Case, side: int) -> str:
@@ -669,7 +546,7 @@ def agreement(ours: Case, peer: Case, side: int) -> str:
     args = peer.inputs(side, torch.Generator().manual_seed(1))
     with torch.no_grad():
         diff = (a(*args) - b(*args)).abs().max().item()
-    return f"max |ours − this| = {diff:.1e} at {side}×{side}"
+    return f"max |ours − this| = {diff:.1e} at {SIDE.text(side)}"
 
 
 def all_agreements(cases: list[Case]) -> dict[str, str]:
@@ -678,32 +555,22 @@ def all_agreements(cases: list[Case]) -> dict[str, str]:
     out = {}
     for peer in (c for c in cases if c.peer_of and c.skip is None):
         try:
-            out[peer.label] = ", ".join(agreement(labels[peer.peer_of], peer, side) for side in peer.check_sides)
+            out[peer.label] = ", ".join(agreement(labels[peer.peer_of], peer, side) for side in peer.check_sizes or CHECK_SIDES)
         except Exception as e:
             out[peer.label] = f"outputs not compared: {type(e).__name__}: {e}"
     return out
 
 
-# --- output ---------------------------------------------------------------------------------
-
-
-def pretty(row: dict) -> dict:
-    out = {k: row.get(k, "") for k in ("mechanism", "paper", "check", "note")}
-    out["tokens"] = f"{row['side']}×{row['side']}"
-    if "skipped" in row:
-        out["note"] = f"skipped: {row['skipped']}" + (f"; {row['note']}" if row["note"] else "")
-        return out
-    out["fwd"], out["fwd_mem"] = fmt_seconds(row["fwd_s"]), fmt_bytes(row["fwd_bytes"])
-    if "no_backward" in row:
-        out["fwd_bwd"] = "no backward"
-        first_sentence = row["no_backward"].split(". ")[0]  # the whole message is in the json
-        out["note"] = f"{first_sentence}; {row['note']}" if row["note"] else first_sentence
-    else:
-        out["fwd_bwd"], out["fwd_bwd_mem"] = fmt_seconds(row["fwd_bwd_s"]), fmt_bytes(row["fwd_bwd_bytes"])
-    return out
+def add_agreements(cases: list[Case], rows: list[dict], agreements: dict[str, str]) -> None:
+    """Append each peer's agreement (``all_agreements``) to the check of its first row."""
+    for case in cases:
+        first = next((r for r in rows if r["mechanism"] == case.label), None)
+        if case.label in agreements and first is not None:
+            first["check"] = "; ".join(filter(None, [first.get("check"), agreements[case.label]]))
 
 
 def main(argv=None):
+    """Measure every case, check the targets and the peers' agreement, print and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="32×32 and 64×64 only, 2 repeats")
     args = ap.parse_args(argv)
@@ -714,11 +581,10 @@ def main(argv=None):
     reps = 2 if args.quick else 3
     sides = SIDES[:-1] if args.quick else SIDES
     cases, torchvision = all_cases()
-    rows = []
-    for case in cases:
-        rows += run_case(case, sides, reps, console)
+    rows = run_cases(cases, SIDE, SIDES, quick=args.quick, reps=reps, console=console)
     agreements = all_agreements(cases)
-    notes = peer_checks(cases, rows, agreements) + scaling_checks(cases, rows)
+    notes = peer_checks(cases, rows, SIDE, check=peer_check) + scaling_checks(cases, rows, SIDE)
+    add_agreements(cases, rows, agreements)
     notes += [
         f"Agreement of {label} with ours (same input, our weights copied in where there are any): {text}."
         for label, text in agreements.items()
@@ -726,21 +592,15 @@ def main(argv=None):
     timm_version = metadata.version("timm") if "timm" in sys.modules else "not installed"
     notes += [
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, the sum of the outputs backpropagated into the parameters and the first input (q, k and v for the kernel rows).",
-        f"A size is skipped when a call is predicted (from the size before, as T^max(2, p)) to take more than {MAX_SECONDS:.0f} s or {fmt_bytes(MAX_BYTES)}.",
-        f"Linear scaling is checked where the registry's time string has no T² (hilo's and biformer's have one: checked on the variants that grow p and S with the image); "
+        SKIP_NOTE,
+        f"Scaling is checked where the registry's time string claims less than T² (hilo's and biformer's claim T²: checked on the variants that grow p and S with the image); "
         f"the ratio is between the two largest sizes ({'64×64 / 32×32 in --quick' if args.quick else '128×128 / 64×64'}), 4× the tokens.",
         f"timm {timm_version}; torchvision: {torchvision}." + (STAND_IN_NOTE if torchvision.startswith("stand-in") else ""),
         "dcal (paper 22) is registered with layout [B, T, C]: it is in bench/mechanisms.py, not here.",
     ]
     settings = {"B": B, "dim": DIM, "heads": HEADS, "dtype": "float32", "sides": sides, "quick": args.quick, "repeats": reps}
     settings |= {"kernel": KERNEL, "timm": timm_version, "torchvision": torchvision}
-    print_table(console, "vision mechanisms (CPU)", rows, MECHANISM_COLUMNS, pretty)
-    for n in notes:
-        console.print(n, highlight=False)
-    paths = write(
-        "vision-quick" if args.quick else "vision", rows, [pretty(r) for r in rows], MECHANISM_COLUMNS, settings=settings, notes=notes
-    )
-    console.print(f"wrote {paths[0]} and {paths[1]}")
+    report(console, "vision-quick" if args.quick else "vision", "vision mechanisms (CPU)", rows, SIDE, settings=settings, notes=notes)
 
 
 if __name__ == "__main__":
