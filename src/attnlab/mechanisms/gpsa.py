@@ -20,6 +20,7 @@ logits are the positional bias (``q·k = 0``): probes and edits see both.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -43,10 +44,29 @@ def head_offsets(heads: int) -> Tensor:
 
 def relative_positions(height: int, width: int) -> Tensor:
     """``r_ij = (δx, δy, δx² + δy²)`` ``[T, T, 3]`` from query ``i`` to key ``j`` of a row-major grid."""
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return _planar_positions(height, width).permute(1, 2, 0).contiguous()  # a copy: the cached offsets stay as they are
+
+
+CACHED_TOKENS = 64 * 64  # grids up to this many tokens keep their offsets (3·T² floats, 200 MB at 64×64)
+
+
+def _planar_positions(height: int, width: int) -> Tensor:
+    """``(δx, δy, δx² + δy²)`` as ``[3, T, T]`` float32, cached for grids of up to :data:`CACHED_TOKENS`."""
+    if height * width <= CACHED_TOKENS:
+        return _cached_positions(height, width)
+    return _grid_offsets(height, width)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_positions(height: int, width: int) -> Tensor:
+    return _grid_offsets(height, width)
+
+
+def _grid_offsets(height: int, width: int) -> Tensor:
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()  # [T]
-    dx, dy = xs[None, :] - xs[:, None], ys[None, :] - ys[:, None]  # [T, T] key minus query
-    return torch.stack([dx, dy, dx**2 + dy**2], dim=-1).to(torch.get_default_dtype())  # [T, T, 3]
+    dx, dy = xs[None, :] - xs[:, None], ys[None, :] - ys[:, None]  # [T, T] key minus query (exact: small integers)
+    return torch.stack([dx, dy, dx * dx + dy * dy])  # [3, T, T]
 
 
 @register("gpsa", paper="19", layout="[B, H, W, C]", time="O(T²)", memory="O(T²)")
@@ -112,8 +132,9 @@ class GPSA(nn.Module):
 
     def positional_logits(self, height: int, width: int) -> Tensor:
         """``w_h · r_ij`` ``[H, T, T]`` for a ``height × width`` grid."""
-        rel = relative_positions(height, width).to(self.pos_weight)  # [T, T, 3]
-        return torch.einsum("ijr,hr->hij", rel, self.pos_weight)  # [H, T, T]
+        rel = _planar_positions(height, width).to(self.pos_weight)  # [3, T, T]
+        T = height * width
+        return torch.matmul(self.pos_weight, rel.view(3, T * T)).view(-1, T, T)  # [H, T, T]
 
     def _check(self, x: Tensor) -> torch.Size:
         if x.dim() != 4 or x.shape[-1] != self.dim:
