@@ -133,21 +133,21 @@ SPECIAL = {
 
 @dataclass
 class Variant:
-    """An extra row: a registered mechanism with other options or inputs, labelled "<name> <what differs>"."""
+    """A row of a registered mechanism: its options (from T) and inputs, labelled "<name>" or "<name> <what differs>"."""
 
     label: str
-    options: dict
+    options: Callable[[int], dict]
     inputs: Callable[[int, torch.Generator], tuple] = tokens
     form: str | None = None  # which clause of the registry's time string it claims ("recurrent")
     note: str = ""
 
 
+RECURRENT = "claims O(T·c·D + T·D²) recurrent"
 VARIANTS = {
-    "linear": [Variant("linear form=recurrent", {"form": "recurrent"}, form="recurrent", note="claims O(T·D²) recurrent")],
-    "normalized": [Variant("normalized form=recurrent", {"form": "recurrent"}, form="recurrent", note="claims O(T·D²) recurrent")],
-    "mha": [Variant("mha window 256", {}, tokens_and_window, note="mask = masks.sliding_window(256), as LocalMHA below")],
+    "linear": [Variant("linear form=recurrent", lambda T: {"form": "recurrent"}, form="recurrent", note=RECURRENT)],
+    "normalized": [Variant("normalized form=recurrent", lambda T: {"form": "recurrent"}, form="recurrent", note=RECURRENT)],
+    "mha": [Variant("mha window 256", lambda T: {}, tokens_and_window, note="mask = masks.sliding_window(256), as LocalMHA below")],
 }
-
 
 # --- the rows to measure --------------------------------------------------------------------
 
@@ -159,31 +159,16 @@ def our_cases() -> list[Case]:
         if entry.layout.startswith("[B, H, W, C]"):
             continue
         spec = SPECIAL.get(entry.name, Special())
+        for v in [Variant(entry.name, spec.options, spec.inputs, note=spec.note), *VARIANTS.get(entry.name, [])]:
 
-        def build(T, name=entry.name, options=spec.options):
-            return mechanisms.get(name, dim=DIM, heads=HEADS, **options(T))
-
-        cases.append(
-            Case(
-                label=entry.name,
-                paper=entry.paper,
-                build=build,
-                inputs=spec.inputs,
-                sizes=spec.sizes,
-                exponent=claimed_exponent(entry.time),
-                note=spec.note,
-            )
-        )
-        for v in VARIANTS.get(entry.name, []):
-
-            def build_variant(T, name=entry.name, options=v.options):
-                return mechanisms.get(name, dim=DIM, heads=HEADS, **options)
+            def build(T, name=entry.name, options=v.options):
+                return mechanisms.get(name, dim=DIM, heads=HEADS, **options(T))
 
             cases.append(
                 Case(
                     label=v.label,
                     paper=entry.paper,
-                    build=build_variant,
+                    build=build,
                     inputs=v.inputs,
                     sizes=spec.sizes,
                     exponent=claimed_exponent(entry.time, v.form),

@@ -16,6 +16,10 @@ a memory/speed measurement only, run with ``allow_extrapolation=True``, which th
 Usage:
     python bench/scan_memory.py                 # everything: bench/results/scan_memory.{md,json}
     python bench/scan_memory.py --lengths 2048,4096 --methods plain,scan
+    python bench/scan_memory.py --lengths 16384 --methods scan --update   # re-measure one row, keep the others
+
+Every row records when it was measured (``measured``, UTC); ``--update`` replaces only the rows
+it measures in the existing results and keeps the rest, with their own times.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
-from harness import fmt_bytes, fmt_seconds, write
+from harness import RESULTS, fmt_bytes, fmt_seconds, write
 
 METHODS = ("plain", "scan", "eager", "transformerlens")
 MEMORY_BYTES = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -112,7 +117,8 @@ def _estimate(method: str, L: int) -> int | None:
 
 
 def measure(method: str, L: int, timeout: int) -> dict:
-    row = {"method": method, "L": L, "extrapolated": L > TRAINED}
+    """One method at one length in a fresh subprocess: wall time and peak RSS, or why not."""
+    row = {"method": method, "L": L, "extrapolated": L > TRAINED, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     need = _estimate(method, L)
     if need and need > 0.85 * MEMORY_BYTES:
         row["skipped"] = f"needs ~{need / 2**30:.0f} GiB for the kept attention maps; this machine has {MEMORY_BYTES / 2**30:.0f} GiB"
@@ -136,6 +142,7 @@ def main(argv=None):
     ap.add_argument("--lengths", default="2048,4096,8192,16384,32768")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per run")
+    ap.add_argument("--update", action="store_true", help="keep the existing results' other rows; replace only those measured now")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -155,7 +162,13 @@ def main(argv=None):
             print(
                 "   ", r.get("skipped") or r.get("failed") or f"{fmt_seconds(r['wall_s'])}, peak RSS {fmt_bytes(r['peak_rss'])}", flush=True
             )
+    if args.update:
+        rows = _merge(RESULTS / "scan_memory.json", rows)
+        lengths = sorted({r["L"] for r in rows})
+        methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     notes = _notes(rows)
+    if len({r["measured"][:13] for r in rows}) > 1:
+        notes.append("Rows were measured at different times (the JSON's 'measured'): compare wall times within one run only.")
     table = [
         {
             "L": r["L"],
@@ -181,12 +194,25 @@ def main(argv=None):
             "scan_probes": ["sink", "entropy", "patterns"],
             "backend": "blocked",
             "machine_memory_bytes": MEMORY_BYTES,
+            "updated": [[L, m] for L in map(int, args.lengths.split(",")) for m in args.methods.split(",") if m] if args.update else None,
         },
         notes=notes,
     )
     for n in notes:
         print(n)
     print(f"wrote {paths[0]} and {paths[1]}")
+
+
+def _merge(path, fresh: list[dict]) -> list[dict]:
+    """The rows of the results at ``path`` with ``fresh`` in place of those of the same length and method."""
+    if not path.exists():
+        raise SystemExit(f"--update needs existing results at {path}: run without --update first")
+    old = json.loads(path.read_text())
+    new = {(r["L"], r["method"]): r for r in fresh}
+    # rows from before rows recorded their time take the time the results were written
+    rows = [new.pop((r["L"], r["method"]), None) or {**r, "measured": r.get("measured", old["created"])} for r in old["rows"]]
+    rows += new.values()
+    return sorted(rows, key=lambda r: (r["L"], METHODS.index(r["method"])))
 
 
 def _notes(rows):
