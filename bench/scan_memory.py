@@ -18,8 +18,8 @@ Usage:
     python bench/scan_memory.py --lengths 2048,4096 --methods plain,scan
     python bench/scan_memory.py --lengths 16384 --methods scan --update   # re-measure one row, keep the others
 
-Every row records when it was measured (``measured``, UTC); ``--update`` replaces only the rows
-it measures in the existing results and keeps the rest, with their own times.
+Every row records when it was measured and when its run started (``measured``, ``run``, UTC);
+``--update`` replaces only the rows it measures in the existing results and keeps the rest.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def _estimate(method: str, L: int) -> int | None:
 
 def measure(method: str, L: int, timeout: int) -> dict:
     """One method at one length in a fresh subprocess: wall time and peak RSS, or why not."""
-    row = {"method": method, "L": L, "extrapolated": L > TRAINED, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    row = {"method": method, "L": L, "extrapolated": L > TRAINED, "run": RUN, "measured": _now()}
     need = _estimate(method, L)
     if need and need > 0.85 * MEMORY_BYTES:
         row["skipped"] = f"needs ~{need / 2**30:.0f} GiB for the kept attention maps; this machine has {MEMORY_BYTES / 2**30:.0f} GiB"
@@ -167,8 +167,12 @@ def main(argv=None):
         lengths = sorted({r["L"] for r in rows})
         methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     notes = _notes(rows)
-    if len({r["measured"][:13] for r in rows}) > 1:
-        notes.append("Rows were measured at different times (the JSON's 'measured'): compare wall times within one run only.")
+    runs: dict[str, list[str]] = {}
+    for r in rows:
+        runs.setdefault(r["run"], []).append(f"{r['L']} {r['method']}")
+    if len(runs) > 1:
+        parts = [f"{run} ({', '.join(which) if len(which) <= 4 else f'{len(which)} rows'})" for run, which in sorted(runs.items())]
+        notes.append("Rows come from separate runs, by time (UTC): " + "; ".join(parts) + ". Compare wall times within one run only.")
     table = [
         {
             "L": r["L"],
@@ -203,16 +207,28 @@ def main(argv=None):
     print(f"wrote {paths[0]} and {paths[1]}")
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+RUN = _now()  # when this invocation started: the rows it measures carry it
+
+
 def _merge(path, fresh: list[dict]) -> list[dict]:
     """The rows of the results at ``path`` with ``fresh`` in place of those of the same length and method."""
     if not path.exists():
         raise SystemExit(f"--update needs existing results at {path}: run without --update first")
     old = json.loads(path.read_text())
     new = {(r["L"], r["method"]): r for r in fresh}
-    # rows from before rows recorded their time take the time the results were written
-    rows = [new.pop((r["L"], r["method"]), None) or {**r, "measured": r.get("measured", old["created"])} for r in old["rows"]]
+    # rows from before rows recorded their run: their own time of measurement, else when the results were written
+    rows = [new.pop((r["L"], r["method"]), None) or _dated(r, old["created"]) for r in old["rows"]]
     rows += new.values()
     return sorted(rows, key=lambda r: (r["L"], METHODS.index(r["method"])))
+
+
+def _dated(row: dict, created: str) -> dict:
+    measured = row.get("measured", created)
+    return {"run": measured, "measured": measured, **row}
 
 
 def _notes(rows):
