@@ -120,18 +120,19 @@ class WindowAttention(nn.Module):
         w = self.window
         pad = (0, 0, 0, -W % w, 0, -H % w)
         ny = -(-H // w)
-        # Pad once and cut q, k and v into windows with one copy; padded tokens are neither keys
+        # Cut x (C channels, not 3C) into windows with one copy; q, k and v are then views of the
+        # projection, laid out as SDPA's CPU kernel reads them. Padded tokens are neither keys
         # nor queries (their rows are empty).
-        qkv = self.qkv(F.pad(x, pad) if any(pad) else x)  # [B, Hp, Wp, 3C]
-        windows = "b (ny wy) (nx wx) (three h d) -> three (b ny nx) (wy wx) h d"  # heads inside tokens, as SDPA's CPU kernel reads them
-        q, k, v = rearrange(qkv, windows, wy=w, wx=w, three=3, h=self.heads).transpose(-2, -3).unbind(0)  # [B·nW, h, w², d] each
+        xw = rearrange(F.pad(x, pad) if any(pad) else x, "b (ny wy) (nx wx) c -> (b ny nx) (wy wx) c", wy=w, wx=w)  # [B·nW, w², C]
+        q, k, v = rearrange(self.qkv(xw), "n t (three h d) -> three n h t d", three=3, h=self.heads)  # [B·nW, h, w², d] each
         mask = None
         if any(pad):
             real = rearrange(F.pad(x.new_ones(1, H, W, 1, dtype=torch.bool), pad), "b (ny wy) (nx wx) c -> (b ny nx) c (wy wx)", wy=w, wx=w)
             mask = (real[..., :, None] & real[..., None, :]).repeat(B, 1, 1, 1)  # [B·nW, 1, w², w²]
         out = attend(q, k, v, mask=mask, backend=self.backend, site=self.site)  # [B·nW, h, w², d]
-        out = rearrange(out, "(b ny nx) h (wy wx) d -> b (ny wy) (nx wx) (h d)", b=B, ny=ny, wy=w)  # [B, Hp, Wp, C]
-        return self.proj(out[:, :H, :W])
+        out = self.proj(rearrange(out, "n h t d -> n t (h d)"))  # [B·nW, w², C]
+        out = rearrange(out, "(b ny nx) (wy wx) c -> b (ny wy) (nx wx) c", b=B, ny=ny, wy=w)  # [B, Hp, Wp, C]
+        return out[:, :H, :W]
 
 
 class _ConvPosEnc(nn.Module):
