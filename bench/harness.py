@@ -65,12 +65,19 @@ def peak_memory(fn: Callable[[], object]) -> int | None:
     return max(0, _status("VmHWM") - before)
 
 
-def median_time(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1, budget_s: float = 60.0) -> float:
-    """Median wall time of ``fn`` in seconds (fewer repeats if one run exceeds ``budget_s / repeats``)."""
+def median_time(
+    fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1, budget_s: float = 60.0, min_total_s: float = 0.5, max_repeats: int = 50
+) -> float:
+    """Median wall time of ``fn`` in seconds.
+
+    At least ``repeats`` runs, and more (up to ``max_repeats``) until they add up to
+    ``min_total_s``, so that calls of a few milliseconds get a median of many runs; fewer when
+    they pass ``budget_s``.
+    """
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(repeats):
+    while len(times) < max(repeats, 1) or (sum(times) < min_total_s and len(times) < max_repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

@@ -286,7 +286,17 @@ def main(argv=None):
         SKIP_NOTE,
         "Vision mechanisms ([B, H, W, C]) are not in this benchmark.",
     ]
-    settings = {"B": B, "dim": DIM, "heads": HEADS, "dtype": "float32", "quick": args.quick, "repeats": reps, "window": WINDOW}
+    settings = {
+        "B": B,
+        "dim": DIM,
+        "heads": HEADS,
+        "dtype": "float32",
+        "quick": args.quick,
+        "repeats": reps,
+        "min_total_s": 0.5,
+        "max_repeats": 50,
+        "window": WINDOW,
+    }
     report(
         console,
         "mechanisms-quick" if args.quick else "mechanisms",

@@ -598,7 +598,17 @@ def main(argv=None):
         f"timm {timm_version}; torchvision: {torchvision}." + (STAND_IN_NOTE if torchvision.startswith("stand-in") else ""),
         "dcal (paper 22) is registered with layout [B, T, C]: it is in bench/mechanisms.py, not here.",
     ]
-    settings = {"B": B, "dim": DIM, "heads": HEADS, "dtype": "float32", "sides": sides, "quick": args.quick, "repeats": reps}
+    settings = {
+        "B": B,
+        "dim": DIM,
+        "heads": HEADS,
+        "dtype": "float32",
+        "sides": sides,
+        "quick": args.quick,
+        "repeats": reps,
+        "min_total_s": 0.5,
+        "max_repeats": 50,
+    }
     settings |= {"kernel": KERNEL, "timm": timm_version, "torchvision": torchvision}
     report(console, "vision-quick" if args.quick else "vision", "vision mechanisms (CPU)", rows, SIDE, settings=settings, notes=notes)
 
