@@ -42,12 +42,21 @@ __all__ = ["LinearAttention", "causal_linear"]
 FORMS = ("parallel", "recurrent")
 
 
-def _check_dims(dim: int, heads: int) -> None:
+def check_options(dim: int, heads: int, form: str, chunk: int) -> None:
+    """The options the DSF mechanisms share (linear here, and normalized)."""
     for name, n in (("dim", dim), ("heads", heads)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
     if dim % heads:
         raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
+    _check_chunk(chunk)
+
+
+def _check_chunk(chunk: int) -> None:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got chunk={chunk!r}")
 
 
 def causal_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
@@ -55,8 +64,7 @@ def causal_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
 
     Shapes: ``q, k [B, H, T, D]``, ``v [B, H, T, Dv]`` -> ``[B, H, T, Dv]``.
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int, got chunk={chunk!r}")
+    _check_chunk(chunk)
     T = q.shape[2]
     c = min(chunk, max(T, 1))
     pad = -T % c
@@ -100,13 +108,9 @@ class LinearAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, *, form: str = "parallel", normalize: bool = True, chunk: int = 64):
         super().__init__()
-        _check_dims(dim, heads)
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
+        check_options(dim, heads, form, chunk)
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be a bool, got normalize={normalize!r}")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk must be a positive int, got chunk={chunk!r}")
         self.dim, self.heads, self.form, self.normalize, self.chunk = dim, heads, form, normalize, chunk
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)

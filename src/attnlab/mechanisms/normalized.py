@@ -29,19 +29,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from attnlab.mechanisms import register
-from attnlab.mechanisms.linear import causal_linear
+from attnlab.mechanisms.linear import causal_linear, check_options
 
 __all__ = ["NormalizedAttention"]
-
-FORMS = ("parallel", "recurrent")
-
-
-def _check_dims(dim: int, heads: int) -> None:
-    for name, n in (("dim", dim), ("heads", heads)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
-    if dim % heads:
-        raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
 
 
 @register(
@@ -71,11 +61,7 @@ class NormalizedAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, *, form: str = "parallel", chunk: int = 64):
         super().__init__()
-        _check_dims(dim, heads)
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk must be a positive int, got chunk={chunk!r}")
+        check_options(dim, heads, form, chunk)
         self.dim, self.heads, self.form, self.chunk = dim, heads, form, chunk
         self.qkv = nn.Linear(dim, 3 * dim)
         self.norm = nn.Linear(dim, heads)  # n_t = W_n u_t + b_n, one scalar per head
