@@ -67,6 +67,23 @@ def test_fully_masked_rows_give_zero_output_and_gradient(backend, c, data):
     assert (gq[:, :, empty] == 0).all()
 
 
+def test_sdpa_zeroes_empty_bias_rows_where_the_kernel_gives_nan(monkeypatch):
+    """SDPA's math path gives NaN on rows whose bias is all -inf: they become 0; other NaNs stay."""
+
+    def math_path(q, k, v, attn_mask=None, scale=None, **_):
+        return torch.softmax(q @ k.transpose(-1, -2) * scale + attn_mask, dim=-1) @ v  # NaN on empty rows
+
+    monkeypatch.setattr("attnlab.core.backends.sdpa.F.scaled_dot_product_attention", math_path)
+    q, k, v = (torch.randn(1, 2, 4, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    bias = torch.zeros(1, 2, 4, 4)
+    bias[0, 0, 1] = float("-inf")  # row 1 of head 0 sees nothing
+    q[0, 1, 2, 0] = float("nan")  # a NaN in the input of a row that sees keys
+    out = attend(q, k, v, bias=bias, backend="sdpa")
+    assert (out[0, 0, 1] == 0).all()
+    assert out[0, 1, 2].isnan().all()
+    assert not out[0, 0].isnan().any()
+
+
 @pytest.mark.parametrize("backend", ["reference", "sdpa", "blocked"])
 def test_length_one_query_and_key(backend):
     q, k, v = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
