@@ -112,6 +112,31 @@ def test_aggregated_gradcheck_inputs_and_bias_parameters():
     assert torch.autograd.gradcheck(f, (x, *params.values()), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
+@pytest.mark.parametrize("seed, zeros, sign", [(0, 0, 0), (1, 5, 0), (2, 3, 1), (3, 0, -1)])
+def test_aggregated_cpb_sweep_equals_the_mlp_with_gradients(seed, zeros, sign):
+    """The CPB table by sweep equals the MLP on every (cy, cx) pair, values and parameter gradients.
+
+    Some units get u = W1[c, 1] = 0 exactly (``zeros``), or all u one sign (``sign``: one sweep is empty).
+    """
+    torch.manual_seed(seed)
+    m = AggregatedAttention(9, 3, pool_size=(5, 3)).double()
+    for p in m.cpb.parameters():
+        torch.nn.init.normal_(p)
+    u = m.cpb[0].weight.data[:, 1]
+    u[:zeros] = 0.0
+    if sign:
+        u.abs_().mul_(sign)
+    g = mechanisms.aggregated._geometry(19, 11, 3, 4, (5, 3), "cpu")
+    cy, cx = g.cy.double(), g.cx.double()
+    pairs = torch.stack(torch.meshgrid(cy, cx, indexing="ij"), dim=-1)  # [Uy, Ux, 2]
+    ref, ours = m.cpb(pairs), m._cpb_table(cy, cx)
+    torch.testing.assert_close(ours, ref, atol=1e-10, rtol=1e-10)
+    go = torch.randn(ref.shape, dtype=torch.float64)
+    params = list(m.cpb.parameters())
+    for a, b in zip(torch.autograd.grad(ours, params, go), torch.autograd.grad(ref, params, go)):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_aggregated_shape_and_dtype(dtype):
     torch.manual_seed(3)
