@@ -55,12 +55,16 @@ def _reference(m, x):
     return m.proj(out)
 
 
+@pytest.mark.parametrize("rows", [None, 1, 2])
 @pytest.mark.parametrize("pad_mode", ["zeros", "mask"])
 @pytest.mark.parametrize(("size", "block", "halo"), [((8, 12), 4, 1), ((6, 6), 2, 3), ((8, 8), 4, 0)])
-def test_halo_equals_masked_window_reference(path, pad_mode, size, block, halo):
+def test_halo_equals_masked_window_reference(path, pad_mode, size, block, halo, rows, monkeypatch):
+    """``rows``: block rows per slab of the windows path (None: the whole image in one)."""
     torch.manual_seed(0)
     m = HaloAttention(16, 2, block=block, halo=halo, pad_mode=pad_mode)
     x = torch.randn(2, *size, 16)
+    if rows:
+        monkeypatch.setattr("attnlab.mechanisms.halo.SLAB_TOKENS", rows * 2 * size[1] * block)
     with path():
         out = m(x)
     torch.testing.assert_close(out, _reference(m, x), atol=1e-5, rtol=1e-5)
@@ -105,9 +109,10 @@ def test_halo_pad_modes_differ_only_at_the_border():
 
 
 @pytest.mark.parametrize("pad_mode", ["zeros", "mask"])
-def test_halo_gradcheck(path, pad_mode):
+def test_halo_gradcheck(path, pad_mode, monkeypatch):
     torch.manual_seed(0)
     m = HaloAttention(4, 2, block=2, halo=1, pad_mode=pad_mode).double()
+    monkeypatch.setattr("attnlab.mechanisms.halo.SLAB_TOKENS", 1)  # one block row per slab
     x = torch.randn(1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     rel = [m.rel_h.detach().clone().requires_grad_(), m.rel_w.detach().clone().requires_grad_()]
 

@@ -47,6 +47,7 @@ from attnlab.mechanisms.neighborhood import fold_bias
 __all__ = ["HaloAttention"]
 
 PAD_MODES = ("zeros", "mask")
+SLAB_TOKENS = 2048  # queries per slab of the windows path
 
 
 @functools.lru_cache(maxsize=16)
@@ -136,13 +137,27 @@ class HaloAttention(nn.Module):
         return self.proj(self._grid(*qkv) if observed else self._windows(*qkv))
 
     def _windows(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention on gathered windows: ``[B, h, H, W, D]`` each → ``[B, H, W, C]``."""
+        """Attention on gathered windows: ``[B, h, H, W, D]`` each → ``[B, H, W, C]``.
+
+        Runs on slabs of whole block rows, about :data:`SLAB_TOKENS` queries each, so that a
+        slab's windows are still in cache when attention reads them (at 128×128, one pass over
+        all windows took 1.7× the time).
+        """
+        B, _, H, W, _ = q.shape
+        b, h = self.block, self.halo
+        kv = F.pad(torch.cat([k, v], dim=-1), (0, 0, h, h, h, h))  # [B, h, H+2h, W+2h, 2D]
+        rows = max(1, SLAB_TOKENS // (B * W * b))  # block rows per slab
+        slabs = [self._slab(q, kv, i, min(i + rows, H // b)) for i in range(0, H // b, rows)]
+        return torch.cat(slabs, dim=1)
+
+    def _slab(self, q: Tensor, kv: Tensor, i0: int, i1: int) -> Tensor:
+        """Block rows ``i0 .. i1 - 1``: queries ``q [B, h, H, W, D]``, padded ``kv [B, h, H+2h, W+2h, 2D]`` → ``[B, rows, W, C]``."""
         B, _, H, W, D = q.shape
         b, h = self.block, self.halo
         w = b + 2 * h
-        kv = F.pad(torch.cat([k, v], dim=-1), (0, 0, h, h, h, h)).unfold(2, w, b).unfold(3, w, b)  # [B, h, H/b, W/b, 2D, w, w]
+        kv = kv[:, :, i0 * b : i1 * b + 2 * h].unfold(2, w, b).unfold(3, w, b)  # [B, h, i1-i0, W/b, 2D, w, w]
         k, v = rearrange(kv, "b h i j e u v -> (b i j) h (u v) e").split(D, dim=-1)  # [N, h, w², D] each, N = B·blocks
-        q = rearrange(q, "b h (i y) (j x) d -> (b i j) h y x d", y=b, x=b)  # [N, h, b, b, D]
+        q = rearrange(q[:, :, i0 * b : i1 * b], "b h (i y) (j x) d -> (b i j) h y x d", y=b, x=b)  # [N, h, b, b, D]
         u, y = torch.arange(w, device=q.device), torch.arange(b, device=q.device)
         offset = u[None, :] - (y[:, None] + h) + b + h - 1  # [b, w] window row u minus query row y, shifted to >= 0
         query_bias = self._relative_logits(q, offset, offset)  # [N, h, b², 2w]
@@ -151,11 +166,12 @@ class HaloAttention(nn.Module):
         mask = None
         if self.pad_mode == "mask":
             ys, xs = (torch.arange(-h, n + h, device=q.device).unfold(0, w, b) for n in (H, W))  # [blocks per axis, w]
-            inside = ((ys >= 0) & (ys < H))[:, None, :, None] & ((xs >= 0) & (xs < W))[None, :, None, :]  # [H/b, W/b, w, w]
+            ys = ys[i0:i1]
+            inside = ((ys >= 0) & (ys < H))[:, None, :, None] & ((xs >= 0) & (xs < W))[None, :, None, :]  # [i1-i0, W/b, w, w]
             mask = inside.flatten(2, 3).flatten(0, 1)[:, None, None, :].repeat(B, 1, 1, 1)  # [N, 1, 1, w²]
         v = F.pad(v, (0, q.shape[-1] - D))  # one head dim for q, k, v lets SDPA use its fused CPU kernel (2x here)
         out = attend(q, k, v, mask=mask, scale=1.0, backend=self.backend, site=self.site)[..., :D]  # [N, h, b², D]
-        return rearrange(out, "(b i j) h (y x) d -> b (i y) (j x) (h d)", b=B, i=H // b, y=b)
+        return rearrange(out, "(b i j) h (y x) d -> b (i y) (j x) (h d)", b=B, i=i1 - i0, y=b)
 
     def _grid(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention on the whole token grid with ``blocks_with_halo``: ``[B, h, H, W, D]`` each → ``[B, H, W, C]``."""
