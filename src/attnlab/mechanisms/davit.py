@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -85,6 +87,21 @@ class ChannelGroupAttention(nn.Module):
         return self.proj(out.reshape(B, C, H * W).transpose(1, 2)).view(B, H, W, C)
 
 
+@functools.lru_cache(maxsize=16)
+def _padding_bias(B: int, H: int, W: int, w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[B·windows, 1, w², w²]``: 0 between tokens of the image, -inf where the query or the key is padding.
+
+    Depends on shapes only, so it is built once. A float bias rather than a boolean mask: SDPA
+    turns a boolean mask into one on every call (at 128×128, 15% of the attention's time).
+    """
+    pad = (0, 0, 0, -W % w, 0, -H % w)
+    real = rearrange(
+        F.pad(torch.ones(1, H, W, 1, dtype=torch.bool, device=device), pad), "b (ny wy) (nx wx) c -> (b ny nx) c (wy wx)", wy=w, wx=w
+    )
+    allowed = (real[..., :, None] & real[..., None, :]).repeat(B, 1, 1, 1)  # [B·nW, 1, w², w²]
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+
+
 @register("davit_window", paper="17", layout="[B, H, W, C]", time="O(T·window²)", memory="O(T·window²)")
 class WindowAttention(nn.Module):
     """Softmax attention inside non-overlapping ``window × window`` windows.
@@ -125,14 +142,10 @@ class WindowAttention(nn.Module):
         # nor queries (their rows are empty).
         xw = rearrange(F.pad(x, pad) if any(pad) else x, "b (ny wy) (nx wx) c -> (b ny nx) (wy wx) c", wy=w, wx=w)  # [B·nW, w², C]
         q, k, v = rearrange(self.qkv(xw), "n t (three h d) -> three n h t d", three=3, h=self.heads)  # [B·nW, h, w², d] each
-        mask = None
-        if any(pad):
-            real = rearrange(F.pad(x.new_ones(1, H, W, 1, dtype=torch.bool), pad), "b (ny wy) (nx wx) c -> (b ny nx) c (wy wx)", wy=w, wx=w)
-            mask = (real[..., :, None] & real[..., None, :]).repeat(B, 1, 1, 1)  # [B·nW, 1, w², w²]
-        out = attend(q, k, v, mask=mask, backend=self.backend, site=self.site)  # [B·nW, h, w², d]
-        out = self.proj(rearrange(out, "n h t d -> n t (h d)"))  # [B·nW, w², C]
-        out = rearrange(out, "(b ny nx) (wy wx) c -> b (ny wy) (nx wx) c", b=B, ny=ny, wy=w)  # [B, Hp, Wp, C]
-        return out[:, :H, :W]
+        bias = _padding_bias(B, H, W, w, x.dtype, x.device) if any(pad) else None  # [B·nW, 1, w², w²]
+        out = attend(q, k, v, bias=bias, backend=self.backend, site=self.site)  # [B·nW, h, w², d]
+        out = rearrange(out, "(b ny nx) h (wy wx) d -> b (ny wy) (nx wx) (h d)", b=B, ny=ny, wy=w)  # [B, Hp, Wp, C]
+        return self.proj(out[:, :H, :W])  # padded tokens are dropped before the projection, not after
 
 
 class _ConvPosEnc(nn.Module):
