@@ -55,14 +55,17 @@ def test_gpsa_locality_strength_sharpens_the_peak():
     assert peak[1] > peak[0]
 
 
-def test_gpsa_matches_explicit_mixed_attention():
+@pytest.mark.parametrize("grad", [True, False])  # the positional attention's zeros differ in width
+def test_gpsa_matches_explicit_mixed_attention(grad):
     torch.manual_seed(0)
     m = GPSA(16, 4)
     with torch.no_grad():
         m.gate.copy_(torch.tensor([-1.0, 0.0, 0.5, 2.0]))
         m.v.weight.normal_()
     x = torch.randn(2, 3, 4, 16)
-    torch.testing.assert_close(m(x), _reference(m, x), atol=1e-5, rtol=1e-5)
+    with torch.set_grad_enabled(grad):
+        out = m(x)
+    torch.testing.assert_close(out, _reference(m, x), atol=1e-5, rtol=1e-5)
 
 
 def test_gpsa_gate_zero_is_content_attention():

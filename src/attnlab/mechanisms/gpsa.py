@@ -161,7 +161,10 @@ class GPSA(nn.Module):
         q, k, v = self._qkv(x)
         content = attend(q, k, v, backend=self.backend, site=self.site)  # [B, H, T, D]
         bias = self.positional_logits(Hg, Wg).to(q.dtype).unsqueeze(0)  # [1, H, T, T]
-        zeros = q.new_zeros(B, self.heads, Hg * Wg, 1)  # q·k = 0: the logits are the positional bias alone
+        # q·k = 0: the logits are the positional bias alone. Without gradients, zeros as wide as v
+        # let SDPA use its fused CPU kernel (3.5x faster at 32×32 than width 1); a bias that needs
+        # gradients sends SDPA to its unfused path anyway, where width 1 costs the least.
+        zeros = q.new_zeros(B, self.heads, Hg * Wg, 1 if torch.is_grad_enabled() else v.shape[-1])
         positional = attend(zeros, zeros, v, bias=bias, scale=1.0, backend=self.backend, site=self.positional_site)  # [B, H, T, D]
         g = torch.sigmoid(self.gate).to(q.dtype).view(1, -1, 1, 1)  # [1, H, 1, 1]
         out = rearrange((1 - g) * content + g * positional, "b h (y x) d -> b y x (h d)", y=Hg)  # [B, Hg, Wg, C]
