@@ -175,6 +175,28 @@ def test_routing_is_a_site():
     assert ent.result()["routing"]["entropy"].shape == (2,)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("T", "window"), [(50, 8), (64, 8), (17, 4)])
+def test_routing_local_blocks_equal_the_observed_sliding_window(causal, T, window):
+    """Unobserved, local heads run by blocks of ``window`` with a band bias; observed, on the whole
+    sequence with the sliding-window mask. Same outputs and gradients, and the rows of a probe
+    at ``routing.local`` are one per token."""
+    torch.manual_seed(3)
+    m = RoutingAttention(dim=16, heads=4, local_heads=4, window=window, is_causal=causal, layout="clusters").eval()
+    x = torch.randn(2, T, 16)
+    runs = []
+    for observe in (False, True):
+        xi = x.clone().requires_grad_()
+        ent = Entropy()
+        with attnlab.attach(probes=[ent] if observe else []):
+            out = m(xi)
+        out.square().sum().backward()
+        runs.append((out, xi.grad))
+    torch.testing.assert_close(runs[0][0], runs[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-5, rtol=1e-5)
+    assert ent.result()["routing.local"]["rows"].tolist() == [2 * T] * 4
+
+
 def test_routing_clusters_layout_has_a_local_and_a_per_cluster_site():
     m = RoutingAttention(dim=16, heads=4, clusters=3, layout="clusters").eval()
     ent = Entropy()

@@ -22,8 +22,10 @@ Two exact layouts compute the same output (``layout=``):
 - ``"dense"``: all heads in one :func:`attnlab.core.attend` call at site ``routing`` with a
   ``[B, H, T, T]`` boolean mask (window band for local heads, "same cluster id" for routing
   heads). O(T²), but probes and edits see the familiar ``[B, H, T, T]`` attention.
-- ``"clusters"``: local heads run at site ``routing.local`` with a sliding-window mask (blocked
-  backend, O(T·window)); each routing head's tokens are sorted by cluster and packed into
+- ``"clusters"``: local heads run at site ``routing.local`` with a sliding-window mask,
+  O(T·window) (when no probe or edit is attached, as blocks of ``window`` queries against the
+  ``3·window`` keys around them with a band bias: the same numbers, faster); each routing
+  head's tokens are sorted by cluster and packed into
   ``K`` blocks of ``C`` (the largest cluster) slots, so site ``routing.clusters`` sees
   ``[B, Hr·K, C, D]``: one "head" per (routing head, cluster), padded slots masked. Cost
   O(K·C²), which is O(T·sqrt(T)) for balanced clusters, without the paper's balanced top-w
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnlab.core import Site, attend
+from attnlab.core import Site, attached, attend
 from attnlab.core import masks as M
 from attnlab.mechanisms import register
 
@@ -110,6 +112,19 @@ def _kmeans_pp(xn: Tensor, K: int) -> Tensor:
 def _local_window(window: int, is_causal: bool) -> M.Mask:
     """The local heads' sliding window: one mask object per setting, so that its tile plans are cached."""
     return M.sliding_window(window, 0 if is_causal else window)
+
+
+@functools.lru_cache(maxsize=16)
+def _band_bias(T: int, w: int, after: int, device: str) -> Tensor:
+    """``[n, 1, w, 2w + after]``: 0 where block ``b``'s query ``i`` may see key slot ``j`` (key ``b·w - w + j``), else -inf.
+
+    A query sees the keys at most ``w`` before it and ``after`` (0 or ``w``) after it, inside ``0 .. T-1``.
+    """
+    n = -(-T // w)
+    q = torch.arange(n)[:, None, None] * w + torch.arange(w)[:, None]  # [n, w, 1] query positions
+    key = torch.arange(n)[:, None, None] * w - w + torch.arange(2 * w + after)  # [n, 1, 2w + after] key positions
+    ok = (key >= q - w) & (key <= q + after) & (key >= 0) & (key < T)
+    return torch.zeros(ok.shape).masked_fill_(~ok, float("-inf"))[:, None].to(device)  # [n, 1, w, 2w + after]
 
 
 @register("routing", paper="23", time="O(T·sqrt(T)) balanced clusters, O(T²) worst", memory="O(T·sqrt(T)), O(T²) worst")
@@ -199,11 +214,34 @@ class RoutingAttention(nn.Module):
         else:
             out = self._per_cluster(routed, v[:, self.local_heads :], ids, counts, C)  # [B, Hr, T, D]
             if self.local_heads:
-                loc = qk[:, : self.local_heads]  # [B, Hl, T, D]
-                window = _local_window(self.window, self.is_causal)
-                out_local = attend(loc, loc, v[:, : self.local_heads], mask=window, backend=self.backend, site=self.local_site)
-                out = torch.cat([out_local, out], dim=1)  # [B, H, T, D]
+                out = torch.cat([self._local(qk[:, : self.local_heads], v[:, : self.local_heads]), out], dim=1)  # [B, H, T, D]
         return self.proj(rearrange(out, "b h t d -> b t (h d)"))  # [B, T, C]
+
+    def _local(self, qk: Tensor, v: Tensor) -> Tensor:
+        """The local heads: ``qk, v [B, Hl, T, D]`` -> ``[B, Hl, T, D]``.
+
+        Probes and edits see ``[B, Hl, T, T]`` with the sliding-window mask. When nothing is
+        attached, queries go in blocks of ``window`` against their block and the one before (and
+        after, unless causal), with a fixed band bias: SDPA's fused kernel on ``[B·T/w, Hl, w, 3w]``
+        instead of the tiled kernel on the band (at T=2048, w=64: forward 5x, forward+backward
+        2.7x faster).
+        """
+        B, _, T, _ = qk.shape
+        w = self.window
+        if any(attached()) or 4 * w >= T:
+            return attend(qk, qk, v, mask=_local_window(w, self.is_causal), backend=self.backend, site=self.local_site)
+        after = 0 if self.is_causal else w  # keys after the query block
+        n = -(-T // w)  # query blocks
+
+        def blocks(t: Tensor, left: int, right: int, span: int) -> Tensor:  # [B, Hl, T, D] -> [B·n, Hl, span, D]
+            t = F.pad(t, (0, 0, left, n * w - T + right)).unfold(2, span, w)  # [B, Hl, n, D, span]
+            return rearrange(t, "b h n d s -> (b n) h s d")
+
+        q = blocks(qk, 0, 0, w)  # [B·n, Hl, w, D]
+        k, vv = (blocks(t, w, after, 2 * w + after) for t in (qk, v))  # [B·n, Hl, 2w + after, D]
+        bias = _band_bias(T, w, after, str(qk.device)).to(qk.dtype).repeat(B, 1, 1, 1)  # [B·n, 1, w, 2w + after]
+        out = attend(q, k, vv, bias=bias, backend=self.backend, site=self.local_site)  # [B·n, Hl, w, D]
+        return rearrange(out, "(b n) h s d -> b h (n s) d", b=B)[:, :, :T]
 
     def _per_cluster(self, qk: Tensor, v: Tensor, ids: Tensor, counts: Tensor, C: int) -> Tensor:
         """Routing heads packed by cluster: ``qk, v [B, Hr, T, D]``, ``ids [B, Hr, T]``, ``counts [B, Hr, K]`` -> ``[B, Hr, T, D]``."""
