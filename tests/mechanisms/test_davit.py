@@ -39,6 +39,25 @@ def test_channel_attention_equals_einsum_reference(H, W, qkv_bias):
     torch.testing.assert_close(m(x), _channel_reference(m, x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype, spread", [(torch.float32, 1.0), (torch.float64, 30.0)])  # 30: probabilities underflow
+def test_channel_attention_matmul_path_equals_the_attend_path_with_gradients(dtype, spread):
+    """Unobserved, the channel attention runs as matmuls; forced through ``attend`` it must agree."""
+    torch.manual_seed(7)
+    fast = ChannelGroupAttention(16, 4).to(dtype)
+    slow = ChannelGroupAttention(16, 4, backend="sdpa").to(dtype)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 6, 5, 16, dtype=dtype) * spread
+    runs = []
+    for m in (fast, slow):
+        xi = x.clone().requires_grad_()
+        out = m(xi)
+        out.square().sum().backward()
+        runs.append((out, xi.grad, m.qkv.weight.grad))
+    for a, b in zip(*runs):
+        assert a.isfinite().all()
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_channel_attention_is_equivariant_to_token_permutation():
     torch.manual_seed(1)
     m = ChannelGroupAttention(16, 2)
@@ -92,11 +111,15 @@ def test_probes_see_the_channel_maps_and_the_windows():
     assert res["davit.window"]["rows"].tolist() == [5 * 4] * 2  # one row per token: padded window slots are empty rows
 
 
-@pytest.mark.parametrize("cls", [ChannelGroupAttention, WindowAttention, DualAttention])
-def test_davit_gradcheck(cls):
+@pytest.mark.parametrize(
+    "cls, backend",
+    [(ChannelGroupAttention, "reference"), (ChannelGroupAttention, "auto"), (WindowAttention, "reference"), (DualAttention, "reference")],
+)
+def test_davit_gradcheck(cls, backend):
+    """``auto`` with nothing attached checks the channel attention's own backward (``_ChannelSoftmax``)."""
     torch.manual_seed(5)
     kwargs = {} if cls is ChannelGroupAttention else {"window": 2}
-    m = cls(4, 2, backend="reference", **kwargs).double()
+    m = cls(4, 2, backend=backend, **kwargs).double()
     x = torch.randn(1, 3, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-5, fast_mode=cls is DualAttention)  # the block's parts are checked in full
 
