@@ -53,7 +53,7 @@ from torch import nn
 
 from attnlab import mechanisms
 from attnlab.core import masks as M
-from harness import SKIP_NOTE, TOKENS, Case, claimed_exponent, peer_checks, report, run_cases, scaling_checks
+from harness import MAX_REPEATS, MIN_TOTAL_S, SKIP_NOTE, TOKENS, Case, claimed_exponent, peer_checks, report, run_cases, scaling_checks
 
 B, DIM, HEADS = 1, 256, 8
 SIZES = (512, 2048, 8192)
@@ -293,8 +293,8 @@ def main(argv=None):
         "dtype": "float32",
         "quick": args.quick,
         "repeats": reps,
-        "min_total_s": 0.5,
-        "max_repeats": 50,
+        "min_total_s": MIN_TOTAL_S,
+        "max_repeats": MAX_REPEATS,
         "window": WINDOW,
     }
     report(

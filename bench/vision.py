@@ -72,7 +72,19 @@ from torch import nn
 
 import attnlab
 from attnlab import mechanisms
-from harness import SIDE, SKIP_NOTE, Case, claimed_exponent, peer_checks, ratio_check, report, run_cases, scaling_checks
+from harness import (
+    MAX_REPEATS,
+    MIN_TOTAL_S,
+    SIDE,
+    SKIP_NOTE,
+    Case,
+    claimed_exponent,
+    peer_checks,
+    ratio_check,
+    report,
+    run_cases,
+    scaling_checks,
+)
 
 B, DIM, HEADS = 1, 128, 4
 SIDES = (32, 64, 128)
@@ -606,8 +618,8 @@ def main(argv=None):
         "sides": sides,
         "quick": args.quick,
         "repeats": reps,
-        "min_total_s": 0.5,
-        "max_repeats": 50,
+        "min_total_s": MIN_TOTAL_S,
+        "max_repeats": MAX_REPEATS,
     }
     settings |= {"kernel": KERNEL, "timm": timm_version, "torchvision": torchvision}
     report(console, "vision-quick" if args.quick else "vision", "vision mechanisms (CPU)", rows, SIDE, settings=settings, notes=notes)
