@@ -118,9 +118,11 @@ class ChannelGroupAttention(nn.Module):
         _check_input(x, self.dim)
         B, H, W, C = x.shape
         # Project channels-first, so that each channel's T values are contiguous for the T-long dot products.
-        qkv = torch.einsum("oc,btc->bot", self.qkv.weight, x.reshape(B, H * W, C))  # [B, 3C, T]
-        if self.qkv.bias is not None:
-            qkv = qkv + self.qkv.bias[:, None]
+        xt = x.reshape(B, H * W, C).transpose(1, 2)  # [B, C, T]
+        if self.qkv.bias is None:
+            qkv = torch.matmul(self.qkv.weight, xt)  # [B, 3C, T]
+        else:  # the bias added inside the matmul: no second pass over (and copy of) [B, 3C, T]
+            qkv = torch.baddbmm(self.qkv.bias[None, :, None], self.qkv.weight.expand(B, -1, -1), xt)
         q, k, v = qkv.view(B, 3, self.heads, C // self.heads, H * W).unbind(1)  # [B, h, d, T] each
         # Channel i of K attends to channel j of V over the tokens; the map mixes the channels of Q.
         if self.backend == "auto" and not any(attached()):
