@@ -54,13 +54,17 @@ def test_biformer_all_regions_without_lce_equals_full_attention(H, W, S):
     torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("slab", [None, 1, 3])  # regions per slab (None: all in one)
 @pytest.mark.parametrize("H, W, S", SIZES)
 @pytest.mark.parametrize("topk", [1, 2, "all but one"])
-def test_biformer_topk_equals_full_attention_masked_to_routed_regions(H, W, S, topk):
+def test_biformer_topk_equals_full_attention_masked_to_routed_regions(H, W, S, topk, slab, monkeypatch):
     torch.manual_seed(1)
     topk = S * S - 1 if topk == "all but one" else topk
     m = BiLevelRoutingAttention(16, 2, n_win=S, topk=topk, lce_kernel=0)
     x = torch.randn(2, H, W, 16)
+    if slab:
+        w2 = (-(-H // S)) * (-(-W // S))  # tokens per region
+        monkeypatch.setattr("attnlab.mechanisms.biformer.SLAB_KEYS", slab * 2 * topk * w2)
     q, k, v = _qkv(m, x)
     region = _region_of(H, W, S)
     routes = _routes(q, k, region, S, topk)  # [B, S², topk]
@@ -118,8 +122,10 @@ def test_biformer_probes_see_one_row_per_token():
     assert ent.result()["biformer"]["rows"].tolist() == [2 * 5 * 7] * 2
 
 
-def test_biformer_gradcheck():
+@pytest.mark.parametrize("slab_keys", [2**14, 1])  # all regions in one slab, or one region per slab
+def test_biformer_gradcheck(slab_keys, monkeypatch):
     torch.manual_seed(4)
+    monkeypatch.setattr("attnlab.mechanisms.biformer.SLAB_KEYS", slab_keys)
     m = BiLevelRoutingAttention(4, 2, n_win=2, topk=2, lce_kernel=3, backend="reference").double()
     x = torch.randn(1, 4, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-5)
