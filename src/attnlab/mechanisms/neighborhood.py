@@ -94,6 +94,12 @@ def _rpb_index(kernel: tuple, dilation: tuple, causal: tuple, shape: tuple) -> t
     return tuple(index), slot
 
 
+@functools.lru_cache(maxsize=16)
+def _one_hot(slot: Tensor, K: int, device: str) -> Tensor:
+    """Every key's slot one-hot, ``[T, K]`` float32 (cached with its ``slot`` from :func:`_rpb_index`)."""
+    return nn.functional.one_hot(slot.to(device), K).float()
+
+
 @register("neighborhood", paper="42", layout="[B, H, W, C]", time="O(T·k^ndim)", memory="O(T)")
 class NeighborhoodAttention(nn.Module):
     """Neighborhood attention: each token attends to its ``kernel_size**ndim`` nearest tokens.
@@ -172,7 +178,7 @@ class NeighborhoodAttention(nn.Module):
             index, slot = _rpb_index(*config)
             table = self.rpb[(slice(None), *(i.to(x.device) for i in index))]  # [H, *grid, *kernel]
             K = math.prod(self.kernel_size)
-            key_code = nn.functional.one_hot(slot.to(x.device), K)  # [T, K]
+            key_code = _one_hot(slot, K, str(x.device))  # [T, K] float
             q, k = fold_bias(q, k, table.reshape(1, self.heads, -1, K), key_code, scale)  # [B, H, T, D + K]
             scale = 1.0
         out = attend(q, k, v, mask=_mask(*config), scale=scale, backend=self.backend, site=self.site)  # [B, H, T, D]
