@@ -2,7 +2,7 @@
 
 Shapes (issue "core"): full, causal and causal sliding-window-256 attention at L = 1024, 4096,
 8192 (B1 H8 D64 fp32), and 2-D neighborhood 7x7 attention on 32x32 and 64x64 tokens. For each
-implementation: forward and forward+backward median time and peak memory, and the largest
+implementation: forward and forward+backward time (fastest run) and peak memory, and the largest
 difference from the blocked backend's output (every implementation computes the same mask,
 except where the notes say otherwise).
 
@@ -27,7 +27,7 @@ from rich.table import Table
 
 from attnlab.core import attend
 from attnlab.core import masks as M
-from harness import fmt_bytes, fmt_seconds, median_time, peak_memory, write
+from harness import best_time, fmt_bytes, fmt_seconds, peak_memory, write
 
 B, H, D = 1, 8, 64
 REFERENCE_MAX_BYTES = 6 * 2**30  # the reference materialises a few [B, H, L, L] float32 matrices
@@ -118,7 +118,7 @@ def measure(cfg, name, fn, has_backward, quick):
     row["first_call_s"] = round(time.perf_counter() - t0, 3)
     reps = 2 if quick else 3
     with torch.no_grad():
-        row["fwd_s"] = median_time(lambda: fn(q, k, v), repeats=reps, warmup=0)
+        row["fwd_s"] = best_time(lambda: fn(q, k, v), repeats=reps, warmup=0)
         row["fwd_bytes"] = peak_memory(lambda: fn(q, k, v))
     if has_backward:
         qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
@@ -126,7 +126,7 @@ def measure(cfg, name, fn, has_backward, quick):
         def step():
             fn(qg, kg, vg).sum().backward()
 
-        row["fwd_bwd_s"] = median_time(step, repeats=reps)
+        row["fwd_bwd_s"] = best_time(step, repeats=reps)
         row["fwd_bwd_bytes"] = peak_memory(step)
     return row, out
 

@@ -13,8 +13,8 @@ the same shape sit under the mechanism they are compared with:
 - routing-transformer ``SelfAttention`` (4 local and 4 k-means heads, shared QK, no relative
   positions) vs our ``routing`` with the same window and cluster size.
 
-How (``bench/harness.py``, shared with ``bench/vision.py``): medians of repeated runs after a
-warm-up, peak memory from the resident set's high-water mark. Each size's cost is predicted
+How (``bench/harness.py``, shared with ``bench/vision.py``): the fastest of repeated runs
+after a warm-up, peak memory from the resident set's high-water mark. Each size's cost is predicted
 before it runs, from the size before it (the first from a probe at a quarter of it), scaled as
 ``T^p`` with ``p`` = max(2, the power of ``T`` in the registry's time string); a size predicted
 to take more than 60 s per forward+backward call or more than 6 GiB is skipped, with the

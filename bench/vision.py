@@ -22,7 +22,7 @@ Each peer pair is also checked for agreement: the peer gets our module's weights
 and both run on one input (32×32, 28×28 for the DaViT windows); the largest difference is in
 the table. Where the two layers differ in meaning, the note column says how.
 
-How (``bench/harness.py``, shared with ``bench/mechanisms.py``): medians of repeated runs
+How (``bench/harness.py``, shared with ``bench/mechanisms.py``): the fastest of repeated runs
 after a warm-up, peak memory from the resident set's high-water mark. Each size's cost is
 predicted before it runs, from the size before it (the first from a probe at a quarter of the
 tokens), scaled as ``T^p`` with ``p`` = max(2, the power of ``T`` in the registry's time
