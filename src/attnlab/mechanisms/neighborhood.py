@@ -68,7 +68,7 @@ def _mask(kernel: tuple, dilation: tuple, causal: tuple, shape: tuple) -> M.Mask
 
 @functools.lru_cache(maxsize=16)
 def _rpb_index(kernel: tuple, dilation: tuple, causal: tuple, shape: tuple) -> tuple[tuple[Tensor, ...], Tensor]:
-    """rpb positions of each query's window slots per axis, and every key's slot ``[T]``.
+    """rpb positions of each query's window slots per axis, and every key's slot one-hot ``[T, K]`` (float32).
 
     A window holds ``k`` consecutive members of the query's dilation group, so a key's slot
     ``(c // d) % k`` is unique in it; the slot's rpb position is the key's offset from the query
@@ -91,13 +91,7 @@ def _rpb_index(kernel: tuple, dilation: tuple, causal: tuple, shape: tuple) -> t
         view[a], view[nd + a] = n, k
         index.append((ik - iq[:, None] + k - 1).view(view))
         slot = (slot[..., None] * k + (c // d) % k).flatten()  # row-major joint slot of every key
-    return tuple(index), slot
-
-
-@functools.lru_cache(maxsize=16)
-def _one_hot(slot: Tensor, K: int, device: str) -> Tensor:
-    """Every key's slot one-hot, ``[T, K]`` float32 (cached with its ``slot`` from :func:`_rpb_index`)."""
-    return nn.functional.one_hot(slot.to(device), K).float()
+    return tuple(index), nn.functional.one_hot(slot, math.prod(kernel)).float()
 
 
 @register("neighborhood", paper="42", layout="[B, H, W, C]", time="O(T·k^ndim)", memory="O(T)")
@@ -175,11 +169,9 @@ class NeighborhoodAttention(nn.Module):
         config = (self.kernel_size, self.dilation, self.is_causal, grid)
         scale = self.head_dim**-0.5
         if self.rpb is not None:
-            index, slot = _rpb_index(*config)
+            index, key_code = _rpb_index(*config)  # key_code [T, K]
             table = self.rpb[(slice(None), *(i.to(x.device) for i in index))]  # [H, *grid, *kernel]
-            K = math.prod(self.kernel_size)
-            key_code = _one_hot(slot, K, str(x.device))  # [T, K] float
-            q, k = fold_bias(q, k, table.reshape(1, self.heads, -1, K), key_code, scale)  # [B, H, T, D + K]
+            q, k = fold_bias(q, k, table.reshape(1, self.heads, -1, key_code.shape[1]), key_code, scale)  # [B, H, T, D + K]
             scale = 1.0
         out = attend(q, k, v, mask=_mask(*config), scale=scale, backend=self.backend, site=self.site)  # [B, H, T, D]
         out = rearrange(out, "b h t d -> b t (h d)")

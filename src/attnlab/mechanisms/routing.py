@@ -239,7 +239,8 @@ class RoutingAttention(nn.Module):
 
         q = blocks(qk, 0, 0, w)  # [B·n, Hl, w, D]
         k, vv = (blocks(t, w, after, 2 * w + after) for t in (qk, v))  # [B·n, Hl, 2w + after, D]
-        bias = _band_bias(T, w, after, str(qk.device)).to(qk.dtype).repeat(B, 1, 1, 1)  # [B·n, 1, w, 2w + after]
+        bias = _band_bias(T, w, after, str(qk.device)).to(qk.dtype)  # [n, 1, w, 2w + after]
+        bias = bias.expand(B, *bias.shape).flatten(0, 1)  # [B·n, 1, w, 2w + after] (a view when B = 1)
         out = attend(q, k, vv, bias=bias, backend=self.backend, site=self.local_site)  # [B·n, Hl, w, D]
         return rearrange(out, "(b n) h s d -> b h (n s) d", b=B)[:, :, :T]
 
