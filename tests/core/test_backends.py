@@ -67,13 +67,25 @@ def test_fully_masked_rows_give_zero_output_and_gradient(backend, c, data):
     assert (gq[:, :, empty] == 0).all()
 
 
+def _nan_math_path(q, k, v, attn_mask=None, scale=None, **_):
+    """A math path that gives NaN on rows whose bias is -inf throughout."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.softmax(q @ k.transpose(-1, -2) * scale + attn_mask, dim=-1) @ v
+
+
+def test_sdpa_empty_row_probe_tells_nan_kernels_from_zeroing_ones(monkeypatch):
+    from attnlab.core.backends.sdpa import empty_bias_rows_give_zero
+
+    if torch.__version__ >= "2.13":  # measured: both CPU kernels give 0
+        assert empty_bias_rows_give_zero.__wrapped__("cpu") is True
+    monkeypatch.setattr("attnlab.core.backends.sdpa.F.scaled_dot_product_attention", _nan_math_path)
+    assert empty_bias_rows_give_zero.__wrapped__("cpu") is False
+
+
 def test_sdpa_zeroes_empty_bias_rows_where_the_kernel_gives_nan(monkeypatch):
-    """SDPA's math path gives NaN on rows whose bias is all -inf: they become 0; other NaNs stay."""
-
-    def math_path(q, k, v, attn_mask=None, scale=None, **_):
-        return torch.softmax(q @ k.transpose(-1, -2) * scale + attn_mask, dim=-1) @ v  # NaN on empty rows
-
-    monkeypatch.setattr("attnlab.core.backends.sdpa.F.scaled_dot_product_attention", math_path)
+    """On a kernel that gives NaN on rows whose bias is all -inf, they become 0; other NaNs stay."""
+    monkeypatch.setattr("attnlab.core.backends.sdpa.F.scaled_dot_product_attention", _nan_math_path)
+    monkeypatch.setattr("attnlab.core.backends.sdpa.empty_bias_rows_give_zero", lambda device_type: False)
     q, k, v = (torch.randn(1, 2, 4, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
     bias = torch.zeros(1, 2, 4, 4)
     bias[0, 0, 1] = float("-inf")  # row 1 of head 0 sees nothing

@@ -111,6 +111,15 @@ def test_probes_see_the_channel_maps_and_the_windows():
     assert res["davit.window"]["rows"].tolist() == [5 * 4] * 2  # one row per token: padded window slots are empty rows
 
 
+def test_window_attention_observed_or_not_gives_the_same_output():
+    """Unobserved, padded queries attend (a bias on keys only) and are dropped; observed, they are empty rows."""
+    torch.manual_seed(4)
+    m, x = WindowAttention(16, 2, window=3), torch.randn(2, 5, 4, 16)
+    with attnlab.attach(probes=[Entropy()]):
+        observed = m(x)
+    torch.testing.assert_close(m(x), observed, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "cls, backend",
     [(ChannelGroupAttention, "reference"), (ChannelGroupAttention, "auto"), (WindowAttention, "reference"), (DualAttention, "reference")],

@@ -6,14 +6,40 @@ run inside the fused kernel; :func:`attnlab.core.attend` never sends them here.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnlab.core import masks as M
 from attnlab.core.backends.base import Inputs
 
 __all__ = ["Sdpa"]
+
+
+@functools.cache
+def empty_bias_rows_give_zero(device_type: str) -> bool:
+    """Whether every SDPA kernel on this kind of device gives 0 on a row whose bias is -inf throughout.
+
+    Tried once per process and device type on a tiny input, forward and backward, with each
+    kernel PyTorch has there. PyTorch 2.13's CPU kernels do (flash and math alike). Where one
+    gives NaN, :class:`Sdpa` finds and zeroes such rows after each call.
+    """
+    q = torch.ones(1, 1, 2, 8, device=device_type, requires_grad=True)
+    bias = torch.zeros(1, 1, 2, 2, device=device_type)
+    bias[..., 0, :] = float("-inf")  # row 0 sees nothing
+    for kernel in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        try:
+            with sdpa_kernel(kernel):
+                out = F.scaled_dot_product_attention(q, q, q, attn_mask=bias)
+                (grad,) = torch.autograd.grad(out.sum(), q)
+        except RuntimeError:  # this kernel does not exist on this device, or refuses the input
+            continue
+        if not (out[..., 0, :] == 0).all() or grad.isnan().any():
+            return False
+    return True
 
 
 class Sdpa:
@@ -33,11 +59,10 @@ class Sdpa:
         out = F.scaled_dot_product_attention(
             x.q, x.k, x.v, attn_mask=attn_mask, is_causal=is_causal, scale=x.scale, enable_gqa=x.k.shape[1] != x.q.shape[1]
         )
-        # A row whose bias is -inf everywhere is empty too: the flash kernel gives 0 there, the math
-        # path NaN in the whole row. So only rows whose first output is NaN are candidates, and the
-        # bias is scanned only when there is one (a scan of the whole bias cost 7% of a forward of
-        # the aggregated mechanism; a sum over the whole output, 10-30% of a small SDPA call).
-        if x.bias is not None:
+        # A row whose bias is -inf everywhere is empty: where a kernel gives NaN there (the whole
+        # row), find such rows from the NaNs of each row's first output, and scan the bias only
+        # if there is one. Skipped where the kernels give 0: even this cost 5% of a small call.
+        if x.bias is not None and not empty_bias_rows_give_zero(out.device.type):
             nan = out[..., :1].isnan()  # [B, H, Lq, 1]
             if bool(nan.any()):
                 out = out.masked_fill(nan & torch.isneginf(attn_mask).all(-1, keepdim=True), 0.0)
