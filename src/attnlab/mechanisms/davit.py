@@ -191,7 +191,7 @@ class WindowAttention(nn.Module):
         xw = rearrange(F.pad(x, pad) if any(pad) else x, "b (ny wy) (nx wx) c -> (b ny nx) (wy wx) c", wy=w, wx=w)  # [B·nW, w², C]
         q, k, v = rearrange(self.qkv(xw), "n t (three h d) -> three n h t d", three=3, h=self.heads)  # [B·nW, h, w², d] each
         # Observed, padded queries are empty rows, so that probes see the image's tokens only;
-        # otherwise their outputs are dropped below, and a bias on keys only is a quarter faster.
+        # otherwise their outputs are dropped below, and a bias on keys only is w² times smaller.
         bias = _padding_bias(B, H, W, w, any(attached()), x.dtype, x.device) if any(pad) else None  # [B·nW, 1, w²|1, w²]
         out = attend(q, k, v, bias=bias, backend=self.backend, site=self.site)  # [B·nW, h, w², d]
         out = rearrange(out, "(b ny nx) h (wy wx) d -> b (ny wy) (nx wx) (h d)", b=B, ny=ny, wy=w)  # [B, Hp, Wp, C]
