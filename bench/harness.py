@@ -9,6 +9,7 @@ The second half is the harness of the two mechanism benchmarks, ``bench/mechanis
 grid, T = side², :data:`SIDE`): a :class:`Case` per row group; :func:`run_cases` measures
 each case's sizes in turn, predicting every size's cost from the one before (the first from a
 probe at a quarter of its tokens) and skipping those over ``MAX_SECONDS`` or ``MAX_BYTES``;
+a peer's rows are followed by :func:`paired` timings of it and our row in alternation;
 :func:`scaling_checks` and :func:`peer_checks` fill the check column; :func:`report` prints
 and writes the table.
 """
@@ -19,6 +20,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import math
 import platform
 import re
 import sys
@@ -185,6 +187,12 @@ MAX_SECONDS = 60.0  # per call: forward+backward, or forward where there is no b
 MAX_BYTES = 6 * 2**30  # predicted peak memory plus the inputs
 SLACK = 1.15  # a claimed T^p may grow by 4^p · 1.15 when T grows 4×
 TIE = 1.05  # ours/peer up to 5% over 1 is reported as a tie (timing noise), not as met
+PAIRED_ROUNDS = 5  # a peer and our row are timed in this many alternating rounds
+
+PAIRED_NOTE = (
+    "Peer checks compare times taken in alternation: after a peer's rows, it and our row are timed again at each size, "
+    f"in {PAIRED_ROUNDS} rounds that take them in turn (the fastest run of each side); the table's own times were taken minutes apart."
+)
 
 SKIP_NOTE = (
     "A size is skipped when its call (forward+backward, or forward where there is no backward) is predicted"
@@ -370,12 +378,74 @@ def run_case(case: Case, axis: Axis, sizes: tuple[int, ...], reps: int, console:
     return rows
 
 
+def _alternate(fns: list[Callable[[], object]], rounds: int) -> list[float]:
+    """The fastest run of each of ``fns``, timed in ``rounds`` rounds that take them in turn.
+
+    Each round gives each function runs adding up to ``MIN_TOTAL_S / rounds`` (at least one), so
+    a function gets the time :func:`best_time` gives a row, spread over the rounds.
+    """
+    best = [math.inf] * len(fns)
+    for r in range(rounds):
+        for i, fn in enumerate(fns):
+            t = best_time(fn, repeats=1, warmup=int(r == 0), budget_s=MAX_SECONDS, min_total_s=MIN_TOTAL_S / rounds)
+            best[i] = min(best[i], t)
+    return best
+
+
+def paired(ours: Case, peer: Case, size: int, *, backward: bool, rounds: int = PAIRED_ROUNDS) -> dict:
+    """Our case and its peer at ``size`` timed in alternation: forward, then forward+backward if ``backward``.
+
+    The rows of a table are measured minutes apart, and on a shared machine the load changes in
+    between: the same pair's ratio moved from 1.06 to 1.35 between two runs. Timed in turn,
+    round after round, both sides see the same load. Returns ``{ours,peer}_fwd_s``,
+    ``{ours,peer}_fwd_bwd_s`` (with ``backward``) and ``rounds``.
+    """
+    built = []
+    for case in (ours, peer):
+        torch.manual_seed(0)
+        args = case.inputs(size, torch.Generator().manual_seed(0))
+        built.append((case.build(size), args, case.grad_inputs))
+    out: dict = {"rounds": rounds}
+    for module, _, _ in built:
+        module.eval()
+    with torch.no_grad():
+        out["ours_fwd_s"], out["peer_fwd_s"] = _alternate([lambda m=m, a=a: m(*a) for m, a, _ in built], rounds)
+    if backward:
+        for module, _, _ in built:
+            module.train()
+        out["ours_fwd_bwd_s"], out["peer_fwd_bwd_s"] = _alternate([forward_backward(m, a, g) for m, a, g in built], rounds)
+    return out
+
+
+def _add_paired(ours: Case, peer: Case, axis: Axis, peer_rows: list[dict], rows: list[dict], console: Console) -> None:
+    """:func:`paired` timings into each peer row whose size our row measured too (``paired``, or ``paired_error``)."""
+    our_rows = {r[axis.field]: r for r in rows if r["mechanism"] == ours.label and "fwd_s" in r}
+    for row in (r for r in peer_rows if "fwd_s" in r and r[axis.field] in our_rows):
+        backward = "fwd_bwd_s" in row and "fwd_bwd_s" in our_rows[row[axis.field]]
+        try:
+            row["paired"] = paired(ours, peer, row[axis.field], backward=backward)
+        except Exception as e:  # the rows stand; the check falls back to them
+            row["paired_error"] = f"{type(e).__name__}: {e}"
+            continue
+        fwd, both = pair_ratios(row, our_rows[row[axis.field]])
+        text = f"{peer.label} and {ours.label} {axis.text(row[axis.field])} in alternation: ours ÷ peer {_ratio_text(fwd, both)}"
+        console.print(text, highlight=False)
+        gc.collect()
+
+
 def run_cases(cases: list[Case], axis: Axis, sizes: tuple[int, ...], *, quick: bool, reps: int, console: Console) -> list[dict]:
-    """The rows of every case at its own sizes, or at ``sizes``; ``quick`` leaves out the largest."""
+    """The rows of every case at its own sizes, or at ``sizes``; ``quick`` leaves out the largest.
+
+    A peer's rows (its case after our case's) are then timed again, with our row, in alternation (:func:`paired`).
+    """
+    by_label = {c.label: c for c in cases}
     rows = []
     for case in cases:
         own = case.sizes or sizes
-        rows += run_case(case, axis, own[:-1] if quick else own, reps, console)
+        case_rows = run_case(case, axis, own[:-1] if quick else own, reps, console)
+        if case.peer_of in by_label:
+            _add_paired(by_label[case.peer_of], case, axis, case_rows, rows, console)
+        rows += case_rows
     return rows
 
 
@@ -392,6 +462,16 @@ def _ratios(num: dict, den: dict) -> tuple[float, float | None]:
     """Forward and forward+backward time of row ``num`` over row ``den`` (the second None without both backwards)."""
     both = num["fwd_bwd_s"] / den["fwd_bwd_s"] if "fwd_bwd_s" in num and "fwd_bwd_s" in den else None
     return num["fwd_s"] / den["fwd_s"], both
+
+
+def pair_ratios(row: dict, ours: dict) -> tuple[float, float | None]:
+    """Our time over the peer ``row``'s, forward and forward+backward: from their :func:`paired` timing
+    where there is one, else from the two rows."""
+    p = row.get("paired")
+    if p is None:
+        return _ratios(ours, row)
+    both = p["ours_fwd_bwd_s"] / p["peer_fwd_bwd_s"] if "ours_fwd_bwd_s" in p else None
+    return p["ours_fwd_s"] / p["peer_fwd_s"], both
 
 
 def _ratio_text(fwd: float, both: float | None) -> str:
@@ -426,12 +506,14 @@ def scaling_checks(cases: list[Case], rows: list[dict], axis: Axis) -> list[str]
 
 
 def ratio_check(case: Case, row: dict, ours: dict) -> str:
-    """The peer ``row``'s check: ours ÷ peer time ≤ 1 (up to ``TIE``: a tie); sets its ``ours_over_peer_*``."""
-    fwd, both = _ratios(ours, row)
+    """The peer ``row``'s check: ours ÷ peer time ≤ 1 (up to ``TIE``: a tie), timed in alternation where they were
+    (:func:`pair_ratios`); sets its ``ours_over_peer_*``."""
+    fwd, both = pair_ratios(row, ours)
     row["ours_over_peer_fwd"], row["ours_over_peer_fwd_bwd"] = round(fwd, 3), None if both is None else round(both, 3)
     worst = max(fwd, both or 0)
     verdict = "met" if worst <= 1 else f"tie, within {TIE - 1:.0%}" if worst <= TIE else "NOT met"
-    return f"ours ({case.peer_of}) ÷ this: {_ratio_text(fwd, both)} (target ≤ 1: {verdict})"
+    how = " (timed in alternation)" if "paired" in row else ""
+    return f"ours ({case.peer_of}) ÷ this{how}: {_ratio_text(fwd, both)} (target ≤ 1: {verdict})"
 
 
 def peer_checks(cases: list[Case], rows: list[dict], axis: Axis, check: Callable[[Case, dict, dict], str] = ratio_check) -> list[str]:

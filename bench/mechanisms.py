@@ -53,7 +53,20 @@ from torch import nn
 
 from attnlab import mechanisms
 from attnlab.core import masks as M
-from harness import MAX_REPEATS, MIN_TOTAL_S, SKIP_NOTE, TOKENS, Case, claimed_exponent, peer_checks, report, run_cases, scaling_checks
+from harness import (
+    MAX_REPEATS,
+    MIN_TOTAL_S,
+    PAIRED_NOTE,
+    PAIRED_ROUNDS,
+    SKIP_NOTE,
+    TOKENS,
+    Case,
+    claimed_exponent,
+    peer_checks,
+    report,
+    run_cases,
+    scaling_checks,
+)
 
 B, DIM, HEADS = 1, 256, 8
 SIZES = (512, 2048, 8192)
@@ -284,6 +297,7 @@ def main(argv=None):
     notes += [
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, output.sum().backward() into the parameters and the first input.",
         SKIP_NOTE,
+        PAIRED_NOTE,
         "Vision mechanisms ([B, H, W, C]) are not in this benchmark.",
     ]
     settings = {
@@ -295,6 +309,7 @@ def main(argv=None):
         "repeats": reps,
         "min_total_s": MIN_TOTAL_S,
         "max_repeats": MAX_REPEATS,
+        "paired_rounds": PAIRED_ROUNDS,
         "window": WINDOW,
     }
     report(

@@ -215,10 +215,10 @@ def _as_4d(t: Tensor, name: str, B: int, H: int, Tq: int, Tk: int, device) -> Te
         raise ValueError(f"{name} is on {t.device} but q is on {device}: move it with .to(q.device)")
     if t.dim() > 4:
         raise ValueError(f"{name} must have at most 4 dims [batch, heads, q_len, k_len], got shape {tuple(t.shape)}")
-    t4 = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+    t4 = t if t.dim() == 4 else t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
     if not all(s in (1, n) for s, n in zip(t4.shape, (B, H, Tq, Tk))):
         raise ValueError(
             f"{name} of shape {tuple(t.shape)} is not broadcastable to [B, H, Tq, Tk] = {[B, H, Tq, Tk]}: each dim must be 1 or match"
         )
     q_len = Tq if t4.dtype == torch.bool else t4.shape[2]  # a bias may stay [.., 1, Tk]; masks are per query
-    return t4.expand(t4.shape[0], t4.shape[1], q_len, Tk)
+    return t4 if t4.shape[2:] == (q_len, Tk) else t4.expand(t4.shape[0], t4.shape[1], q_len, Tk)

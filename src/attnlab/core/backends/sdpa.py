@@ -54,7 +54,7 @@ class Sdpa:
         allowed = None if is_causal else x.allowed()
         attn_mask = allowed
         if x.bias is not None:
-            bias = x.bias.to(x.q.dtype)
+            bias = x.bias if x.bias.dtype == x.q.dtype else x.bias.to(x.q.dtype)
             attn_mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
         out = F.scaled_dot_product_attention(
             x.q, x.k, x.v, attn_mask=attn_mask, is_causal=is_causal, scale=x.scale, enable_gqa=x.k.shape[1] != x.q.shape[1]
