@@ -9,7 +9,7 @@ The second half is the harness of the two mechanism benchmarks, ``bench/mechanis
 grid, T = side², :data:`SIDE`): a :class:`Case` per row group; :func:`run_cases` measures
 each case's sizes in turn, predicting every size's cost from the one before (the first from a
 probe at a quarter of its tokens) and skipping those over ``MAX_SECONDS`` or ``MAX_BYTES``;
-a peer's rows are followed by :func:`paired` timings of it and our row in alternation;
+the ratios the checks read are then timed again in turn (:func:`in_turn`);
 :func:`scaling_checks` and :func:`peer_checks` fill the check column; :func:`report` prints
 and writes the table.
 """
@@ -187,11 +187,12 @@ MAX_SECONDS = 60.0  # per call: forward+backward, or forward where there is no b
 MAX_BYTES = 6 * 2**30  # predicted peak memory plus the inputs
 SLACK = 1.15  # a claimed T^p may grow by 4^p · 1.15 when T grows 4×
 TIE = 1.05  # ours/peer up to 5% over 1 is reported as a tie (timing noise), not as met
-PAIRED_ROUNDS = 5  # a peer and our row are timed in this many alternating rounds
+TURN_ROUNDS = 5  # a peer and our row are timed in this many alternating rounds
 
-PAIRED_NOTE = (
-    "Peer checks compare times taken in alternation: after a peer's rows, it and our row are timed again at each size, "
-    f"in {PAIRED_ROUNDS} rounds that take them in turn (the fastest run of each side); the table's own times were taken minutes apart."
+TURN_NOTE = (
+    "Checks compare times taken in turn: after a case's rows, the two rows of each ratio a check reads (a peer's and ours at one size; "
+    f"a scaling claim's two largest sizes) are timed again in {TURN_ROUNDS} rounds that alternate between them, the fastest run of each kept. "
+    "The table's own times were taken up to minutes apart."
 )
 
 SKIP_NOTE = (
@@ -392,16 +393,17 @@ def _alternate(fns: list[Callable[[], object]], rounds: int) -> list[float]:
     return best
 
 
-def paired(ours: Case, peer: Case, size: int, *, backward: bool, rounds: int = PAIRED_ROUNDS) -> dict:
-    """Our case and its peer at ``size`` timed in alternation: forward, then forward+backward if ``backward``.
+def in_turn(runs: list[tuple[Case, int]], *, backward: bool, rounds: int = TURN_ROUNDS) -> dict:
+    """Each ``(case, size)`` of ``runs`` timed in alternation: forward, then forward+backward if ``backward``.
 
-    The rows of a table are measured minutes apart, and on a shared machine the load changes in
-    between: the same pair's ratio moved from 1.06 to 1.35 between two runs. Timed in turn,
-    round after round, both sides see the same load. Returns ``{ours,peer}_fwd_s``,
-    ``{ours,peer}_fwd_bwd_s`` (with ``backward``) and ``rounds``.
+    The rows of a table are measured seconds to minutes apart, and on a shared machine the load
+    changes in between: one peer pair's ratio moved from 1.06 to 1.35 between two bench runs, and
+    a 64×64 row's time by 16% between three measurements a minute apart. Timed in turn, round
+    after round, the runs of a ratio see the same load. Returns ``fwd_s`` and (with
+    ``backward``) ``fwd_bwd_s``, each a list in the order of ``runs``, and ``rounds``.
     """
     built = []
-    for case in (ours, peer):
+    for case, size in runs:
         torch.manual_seed(0)
         args = case.inputs(size, torch.Generator().manual_seed(0))
         built.append((case.build(size), args, case.grad_inputs))
@@ -409,42 +411,56 @@ def paired(ours: Case, peer: Case, size: int, *, backward: bool, rounds: int = P
     for module, _, _ in built:
         module.eval()
     with torch.no_grad():
-        out["ours_fwd_s"], out["peer_fwd_s"] = _alternate([lambda m=m, a=a: m(*a) for m, a, _ in built], rounds)
+        out["fwd_s"] = _alternate([lambda m=m, a=a: m(*a) for m, a, _ in built], rounds)
     if backward:
         for module, _, _ in built:
             module.train()
-        out["ours_fwd_bwd_s"], out["peer_fwd_bwd_s"] = _alternate([forward_backward(m, a, g) for m, a, g in built], rounds)
+        out["fwd_bwd_s"] = _alternate([forward_backward(m, a, g) for m, a, g in built], rounds)
     return out
 
 
-def _add_paired(ours: Case, peer: Case, axis: Axis, peer_rows: list[dict], rows: list[dict], console: Console) -> None:
-    """:func:`paired` timings into each peer row whose size our row measured too (``paired``, or ``paired_error``)."""
-    our_rows = {r[axis.field]: r for r in rows if r["mechanism"] == ours.label and "fwd_s" in r}
-    for row in (r for r in peer_rows if "fwd_s" in r and r[axis.field] in our_rows):
-        backward = "fwd_bwd_s" in row and "fwd_bwd_s" in our_rows[row[axis.field]]
-        try:
-            row["paired"] = paired(ours, peer, row[axis.field], backward=backward)
-        except Exception as e:  # the rows stand; the check falls back to them
-            row["paired_error"] = f"{type(e).__name__}: {e}"
-            continue
-        fwd, both = pair_ratios(row, our_rows[row[axis.field]])
-        text = f"{peer.label} and {ours.label} {axis.text(row[axis.field])} in alternation: ours ÷ peer {_ratio_text(fwd, both)}"
-        console.print(text, highlight=False)
-        gc.collect()
+def _retime(row: dict, runs: list[tuple[Case, int]], backward: bool, what: str, console: Console) -> None:
+    """``row["in_turn"]``: :func:`in_turn` of ``runs`` (numerator first), or ``row["in_turn_error"]``; logged as ``what``."""
+    try:
+        row["in_turn"] = in_turn(runs, backward=backward)
+    except Exception as e:  # the rows stand; the check falls back to them
+        row["in_turn_error"] = f"{type(e).__name__}: {e}"
+        return
+    console.print(f"{what}, timed in turn: {_ratio_text(*turn_ratios(row['in_turn']))}", highlight=False)
+    gc.collect()
+
+
+def _retime_pairs(case: Case, case_rows: list[dict], rows: list[dict], by_label: dict[str, Case], axis: Axis, console: Console) -> None:
+    """Time the ratios a check reads in turn: a peer's rows with our row of each size (ours first),
+    and a sub-quadratic claim's two largest sizes if 4× apart (the larger first)."""
+    measured = [r for r in case_rows if "fwd_s" in r]
+    if case.peer_of in by_label:
+        ours = {r[axis.field]: r for r in rows if r["mechanism"] == case.peer_of and "fwd_s" in r}
+        for row in (r for r in measured if r[axis.field] in ours):
+            size = row[axis.field]
+            backward = "fwd_bwd_s" in row and "fwd_bwd_s" in ours[size]
+            what = f"{case.peer_of} ÷ {case.label} at {axis.text(size)}"
+            _retime(row, [(by_label[case.peer_of], size), (case, size)], backward, what, console)
+    elif target_ratio(case.exponent) is not None and len(measured) >= 2:
+        small, big = measured[-2:]
+        if axis.tokens(big[axis.field]) == 4 * axis.tokens(small[axis.field]):
+            backward = "fwd_bwd_s" in big and "fwd_bwd_s" in small
+            what = f"{case.label} t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})"
+            _retime(big, [(case, big[axis.field]), (case, small[axis.field])], backward, what, console)
 
 
 def run_cases(cases: list[Case], axis: Axis, sizes: tuple[int, ...], *, quick: bool, reps: int, console: Console) -> list[dict]:
     """The rows of every case at its own sizes, or at ``sizes``; ``quick`` leaves out the largest.
 
-    A peer's rows (its case after our case's) are then timed again, with our row, in alternation (:func:`paired`).
+    After a case's rows, the ratios its checks read are timed again, in turn (:func:`in_turn`):
+    a peer's against our row (its case comes after ours), a scaling claim's two largest sizes.
     """
     by_label = {c.label: c for c in cases}
     rows = []
     for case in cases:
         own = case.sizes or sizes
         case_rows = run_case(case, axis, own[:-1] if quick else own, reps, console)
-        if case.peer_of in by_label:
-            _add_paired(by_label[case.peer_of], case, axis, case_rows, rows, console)
+        _retime_pairs(case, case_rows, rows, by_label, axis, console)
         rows += case_rows
     return rows
 
@@ -464,14 +480,16 @@ def _ratios(num: dict, den: dict) -> tuple[float, float | None]:
     return num["fwd_s"] / den["fwd_s"], both
 
 
+def turn_ratios(t: dict) -> tuple[float, float | None]:
+    """The first run's time over the second's in an :func:`in_turn` result: forward, forward+backward (None without)."""
+    both = t["fwd_bwd_s"][0] / t["fwd_bwd_s"][1] if "fwd_bwd_s" in t else None
+    return t["fwd_s"][0] / t["fwd_s"][1], both
+
+
 def pair_ratios(row: dict, ours: dict) -> tuple[float, float | None]:
-    """Our time over the peer ``row``'s, forward and forward+backward: from their :func:`paired` timing
-    where there is one, else from the two rows."""
-    p = row.get("paired")
-    if p is None:
-        return _ratios(ours, row)
-    both = p["ours_fwd_bwd_s"] / p["peer_fwd_bwd_s"] if "ours_fwd_bwd_s" in p else None
-    return p["ours_fwd_s"] / p["peer_fwd_s"], both
+    """Our time over the peer ``row``'s, forward and forward+backward: timed in turn where they
+    were (:func:`in_turn`), else from the two rows."""
+    return turn_ratios(row["in_turn"]) if "in_turn" in row else _ratios(ours, row)
 
 
 def _ratio_text(fwd: float, both: float | None) -> str:
@@ -491,9 +509,9 @@ def scaling_checks(cases: list[Case], rows: list[dict], axis: Axis) -> list[str]
             notes.append(f"Scaling of {case.label}: not checked (fewer than two measured sizes 4× apart).")
             continue
         small, big = measured[-2:]
-        fwd, both = _ratios(big, small)
+        fwd, both = turn_ratios(big["in_turn"]) if "in_turn" in big else _ratios(big, small)
         verdict = "met" if max(fwd, both or 0) <= target else "NOT met"
-        sizes = f"t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})"
+        sizes = f"t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})" + (" (timed in turn)" if "in_turn" in big else "")
         text = f"{sizes} {_ratio_text(fwd, both)} (target ≤ {target:.1f}: {verdict})"
         big["check"] = text
         big["ratio_fwd"], big["ratio_fwd_bwd"], big["ratio_target"] = (
@@ -512,7 +530,7 @@ def ratio_check(case: Case, row: dict, ours: dict) -> str:
     row["ours_over_peer_fwd"], row["ours_over_peer_fwd_bwd"] = round(fwd, 3), None if both is None else round(both, 3)
     worst = max(fwd, both or 0)
     verdict = "met" if worst <= 1 else f"tie, within {TIE - 1:.0%}" if worst <= TIE else "NOT met"
-    how = " (timed in alternation)" if "paired" in row else ""
+    how = " (timed in turn)" if "in_turn" in row else ""
     return f"ours ({case.peer_of}) ÷ this{how}: {_ratio_text(fwd, both)} (target ≤ 1: {verdict})"
 
 

@@ -56,10 +56,10 @@ from attnlab.core import masks as M
 from harness import (
     MAX_REPEATS,
     MIN_TOTAL_S,
-    PAIRED_NOTE,
-    PAIRED_ROUNDS,
     SKIP_NOTE,
     TOKENS,
+    TURN_NOTE,
+    TURN_ROUNDS,
     Case,
     claimed_exponent,
     peer_checks,
@@ -297,7 +297,7 @@ def main(argv=None):
     notes += [
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, output.sum().backward() into the parameters and the first input.",
         SKIP_NOTE,
-        PAIRED_NOTE,
+        TURN_NOTE,
         "Vision mechanisms ([B, H, W, C]) are not in this benchmark.",
     ]
     settings = {
@@ -309,7 +309,7 @@ def main(argv=None):
         "repeats": reps,
         "min_total_s": MIN_TOTAL_S,
         "max_repeats": MAX_REPEATS,
-        "paired_rounds": PAIRED_ROUNDS,
+        "in_turn_rounds": TURN_ROUNDS,
         "window": WINDOW,
     }
     report(

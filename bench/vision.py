@@ -75,10 +75,10 @@ from attnlab import mechanisms
 from harness import (
     MAX_REPEATS,
     MIN_TOTAL_S,
-    PAIRED_NOTE,
-    PAIRED_ROUNDS,
     SIDE,
     SKIP_NOTE,
+    TURN_NOTE,
+    TURN_ROUNDS,
     Case,
     claimed_exponent,
     pair_ratios,
@@ -549,7 +549,7 @@ def _natten_check(case: Case, row: dict, ours: dict) -> str:
     row["peer_over_ours_fwd"] = round(speedup, 3)
     verdict = "met" if speedup >= NATTEN_SPEEDUP else "NOT met"
     backward = "works" if "fwd_bwd_s" in ours else f"FAILS ({ours.get('no_backward')})"
-    how = " (timed in alternation)" if "paired" in row else ""
+    how = " (timed in turn)" if "in_turn" in row else ""
     return f"ours ({case.peer_of}) forward {speedup:.1f}× faster{how} (target ≥ {NATTEN_SPEEDUP:g}: {verdict}); our backward {backward}"
 
 
@@ -609,7 +609,7 @@ def main(argv=None):
     notes += [
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, the sum of the outputs backpropagated into the parameters and the first input (q, k and v for the kernel rows).",
         SKIP_NOTE,
-        PAIRED_NOTE,
+        TURN_NOTE,
         f"Scaling is checked where the registry's time string claims less than T² (hilo's and biformer's claim T²: checked on the variants that grow p and S with the image); "
         f"the ratio is between the two largest sizes ({'64×64 / 32×32 in --quick' if args.quick else '128×128 / 64×64'}), 4× the tokens.",
         f"timm {timm_version}; torchvision: {torchvision}." + (STAND_IN_NOTE if torchvision.startswith("stand-in") else ""),
@@ -625,7 +625,7 @@ def main(argv=None):
         "repeats": reps,
         "min_total_s": MIN_TOTAL_S,
         "max_repeats": MAX_REPEATS,
-        "paired_rounds": PAIRED_ROUNDS,
+        "in_turn_rounds": TURN_ROUNDS,
     }
     settings |= {"kernel": KERNEL, "timm": timm_version, "torchvision": torchvision}
     report(console, "vision-quick" if args.quick else "vision", "vision mechanisms (CPU)", rows, SIDE, settings=settings, notes=notes)
