@@ -66,6 +66,32 @@ def peak_memory(fn: Callable[[], object]) -> int | None:
     return max(0, _status("VmHWM") - before)
 
 
+MMAP_THRESHOLD = 32 * 2**20  # glibc's largest: allocations up to this come from the heap, and are reused
+TRIM_THRESHOLD = 2**30  # free heap memory kept, not returned to the system after each call
+
+
+def steady_allocator() -> dict[str, int]:
+    """Fix glibc malloc's mmap and trim thresholds for the rest of the process; what was set (empty where it could not be).
+
+    By default glibc serves a large allocation with a fresh mmap (a page fault per 4 KiB on first
+    touch) until a freed mmap raises the threshold to its size, so whether a layer's 8 MiB tensors
+    cost those faults on every call depended on what ran before it. The same 128×128 layer, timed
+    in turn with its 64×64 row, took 48-51 ms or 58-60 ms from one measurement to the next; with
+    fixed thresholds (what ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set), 48-51 ms.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, MMAP_THRESHOLD) and libc.mallopt(-1, TRIM_THRESHOLD)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        return {}
+    return {"malloc_mmap_threshold": MMAP_THRESHOLD, "malloc_trim_threshold": TRIM_THRESHOLD} if ok else {}
+
+
+ALLOCATOR_NOTE = (
+    f"glibc malloc's thresholds are fixed for the run (mmap {MMAP_THRESHOLD // 2**20} MiB, trim {TRIM_THRESHOLD // 2**30} GiB: settings malloc_*). "
+    "With its adaptive default, a large tensor was fresh, page-faulted memory in some measurements and reused memory in others."
+)
+
 MIN_TOTAL_S = 0.5  # runs are repeated until they add up to at least this ...
 MAX_REPEATS = 400  # ... or this many
 

@@ -14,7 +14,9 @@ the same shape sit under the mechanism they are compared with:
   positions) vs our ``routing`` with the same window and cluster size.
 
 How (``bench/harness.py``, shared with ``bench/vision.py``): the fastest of repeated runs
-after a warm-up, peak memory from the resident set's high-water mark. Each size's cost is predicted
+after a warm-up, peak memory from the resident set's high-water mark; the two times of every
+ratio a check reads (ours and a peer's, a claim's two largest sizes) are taken again in turn,
+in alternating rounds, so that both see the same load; glibc malloc's thresholds are fixed. Each size's cost is predicted
 before it runs, from the size before it (the first from a probe at a quarter of it), scaled as
 ``T^p`` with ``p`` = max(2, the power of ``T`` in the registry's time string); a size predicted
 to take more than 60 s per forward+backward call or more than 6 GiB is skipped, with the
@@ -54,6 +56,7 @@ from torch import nn
 from attnlab import mechanisms
 from attnlab.core import masks as M
 from harness import (
+    ALLOCATOR_NOTE,
     MAX_REPEATS,
     MIN_TOTAL_S,
     SKIP_NOTE,
@@ -66,6 +69,7 @@ from harness import (
     report,
     run_cases,
     scaling_checks,
+    steady_allocator,
 )
 
 B, DIM, HEADS = 1, 256, 8
@@ -290,6 +294,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="the two smaller sizes of every mechanism, 2 repeats (a few minutes)")
     args = ap.parse_args(argv)
     console = Console(width=200)
+    allocator = steady_allocator()
     reps = 2 if args.quick else 3
     cases = all_cases()
     rows = run_cases(cases, TOKENS, SIZES, quick=args.quick, reps=reps, console=console)
@@ -298,9 +303,10 @@ def main(argv=None):
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, output.sum().backward() into the parameters and the first input.",
         SKIP_NOTE,
         TURN_NOTE,
+        *([ALLOCATOR_NOTE] if allocator else []),
         "Vision mechanisms ([B, H, W, C]) are not in this benchmark.",
     ]
-    settings = {
+    settings = allocator | {
         "B": B,
         "dim": DIM,
         "heads": HEADS,

@@ -23,7 +23,9 @@ and both run on one input (32×32, 28×28 for the DaViT windows); the largest di
 the table. Where the two layers differ in meaning, the note column says how.
 
 How (``bench/harness.py``, shared with ``bench/mechanisms.py``): the fastest of repeated runs
-after a warm-up, peak memory from the resident set's high-water mark. Each size's cost is
+after a warm-up, peak memory from the resident set's high-water mark; the two times of every
+ratio a check reads (ours and a peer's, a claim's two largest sizes) are taken again in turn,
+in alternating rounds, so that both see the same load; glibc malloc's thresholds are fixed. Each size's cost is
 predicted before it runs, from the size before it (the first from a probe at a quarter of the
 tokens), scaled as ``T^p`` with ``p`` = max(2, the power of ``T`` in the registry's time
 string); a size predicted to take more than 60 s per call or more than 6 GiB is skipped, with
@@ -73,6 +75,7 @@ from torch import nn
 import attnlab
 from attnlab import mechanisms
 from harness import (
+    ALLOCATOR_NOTE,
     MAX_REPEATS,
     MIN_TOTAL_S,
     SIDE,
@@ -87,6 +90,7 @@ from harness import (
     report,
     run_cases,
     scaling_checks,
+    steady_allocator,
 )
 
 B, DIM, HEADS = 1, 128, 4
@@ -594,6 +598,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
     warnings.filterwarnings("ignore", message="return_lse is deprecated")
     console = Console(width=220)
+    allocator = steady_allocator()
     reps = 2 if args.quick else 3
     sides = SIDES[:-1] if args.quick else SIDES
     cases, torchvision = all_cases()
@@ -610,12 +615,13 @@ def main(argv=None):
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, the sum of the outputs backpropagated into the parameters and the first input (q, k and v for the kernel rows).",
         SKIP_NOTE,
         TURN_NOTE,
+        *([ALLOCATOR_NOTE] if allocator else []),
         f"Scaling is checked where the registry's time string claims less than T² (hilo's and biformer's claim T²: checked on the variants that grow p and S with the image); "
         f"the ratio is between the two largest sizes ({'64×64 / 32×32 in --quick' if args.quick else '128×128 / 64×64'}), 4× the tokens.",
         f"timm {timm_version}; torchvision: {torchvision}." + (STAND_IN_NOTE if torchvision.startswith("stand-in") else ""),
         "dcal (paper 22) is registered with layout [B, T, C]: it is in bench/mechanisms.py, not here.",
     ]
-    settings = {
+    settings = allocator | {
         "B": B,
         "dim": DIM,
         "heads": HEADS,
