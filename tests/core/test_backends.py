@@ -80,6 +80,10 @@ def test_sdpa_empty_row_probe_tells_nan_kernels_from_zeroing_ones(monkeypatch):
         assert empty_bias_rows_give_zero.__wrapped__("cpu") is True
     monkeypatch.setattr("attnlab.core.backends.sdpa.F.scaled_dot_product_attention", _nan_math_path)
     assert empty_bias_rows_give_zero.__wrapped__("cpu") is False
+    with torch.no_grad():  # the first attend of a process may run without gradients
+        assert empty_bias_rows_give_zero.__wrapped__("cpu") is False
+    with torch.inference_mode():
+        assert empty_bias_rows_give_zero.__wrapped__("cpu") is False
 
 
 def test_sdpa_zeroes_empty_bias_rows_where_the_kernel_gives_nan(monkeypatch):

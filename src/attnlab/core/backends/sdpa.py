@@ -27,18 +27,19 @@ def empty_bias_rows_give_zero(device_type: str) -> bool:
     kernel PyTorch has there. PyTorch 2.13's CPU kernels do (flash and math alike). Where one
     gives NaN, :class:`Sdpa` finds and zeroes such rows after each call.
     """
-    q = torch.ones(1, 1, 2, 8, device=device_type, requires_grad=True)
-    bias = torch.zeros(1, 1, 2, 2, device=device_type)
-    bias[..., 0, :] = float("-inf")  # row 0 sees nothing
-    for kernel in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
-        try:
-            with sdpa_kernel(kernel):
-                out = F.scaled_dot_product_attention(q, q, q, attn_mask=bias)
-                (grad,) = torch.autograd.grad(out.sum(), q)
-        except RuntimeError:  # this kernel does not exist on this device, or refuses the input
-            continue
-        if not (out[..., 0, :] == 0).all() or grad.isnan().any():
-            return False
+    with torch.inference_mode(False), torch.enable_grad():  # the first call may come from inference code
+        q = torch.ones(1, 1, 2, 8, device=device_type, requires_grad=True)
+        bias = torch.zeros(1, 1, 2, 2, device=device_type)
+        bias[..., 0, :] = float("-inf")  # row 0 sees nothing
+        for kernel in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            try:
+                with sdpa_kernel(kernel):
+                    out = F.scaled_dot_product_attention(q, q, q, attn_mask=bias)
+            except RuntimeError:  # this kernel does not exist on this device, or refuses the input
+                continue
+            (grad,) = torch.autograd.grad(out.sum(), q)
+            if not (out[..., 0, :] == 0).all() or grad.isnan().any():
+                return False
     return True
 
 
