@@ -20,9 +20,9 @@ import contextlib
 import ctypes
 import gc
 import json
-import math
 import platform
 import re
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -213,11 +213,13 @@ MAX_SECONDS = 60.0  # per call: forward+backward, or forward where there is no b
 MAX_BYTES = 6 * 2**30  # predicted peak memory plus the inputs
 SLACK = 1.15  # a claimed T^p may grow by 4^p · 1.15 when T grows 4×
 TIE = 1.05  # ours/peer up to 5% over 1 is reported as a tie (timing noise), not as met
-TURN_ROUNDS = 5  # a peer and our row are timed in this many alternating rounds
+TURN_ROUNDS = 7  # the two rows of a ratio are timed in this many alternating rounds ...
+TURN_ROUND_S = 0.1  # ... each run repeated until it adds up to this in a round
 
 TURN_NOTE = (
     "Checks compare times taken in turn: after a case's rows, the two rows of each ratio a check reads (a peer's and ours at one size; "
-    f"a scaling claim's two largest sizes) are timed again in {TURN_ROUNDS} rounds that alternate between them, the fastest run of each kept. "
+    f"a scaling claim's two largest sizes) are timed again in {TURN_ROUNDS} rounds that alternate between them (each side's runs adding up to "
+    f"{TURN_ROUND_S} s per round); a check reads the median over the rounds of the ratio of the two sides' fastest runs in a round. "
     "The table's own times were taken up to minutes apart."
 )
 
@@ -405,18 +407,16 @@ def run_case(case: Case, axis: Axis, sizes: tuple[int, ...], reps: int, console:
     return rows
 
 
-def _alternate(fns: list[Callable[[], object]], rounds: int) -> list[float]:
-    """The fastest run of each of ``fns``, timed in ``rounds`` rounds that take them in turn.
+def _alternate(fns: list[Callable[[], object]], rounds: int) -> list[list[float]]:
+    """Per function of ``fns``, its fastest run in each of ``rounds`` rounds that take them in turn.
 
-    Each round gives each function runs adding up to ``MIN_TOTAL_S / rounds`` (at least one), so
-    a function gets the time :func:`best_time` gives a row, spread over the rounds.
+    Each round gives each function runs adding up to ``TURN_ROUND_S`` (at least one).
     """
-    best = [math.inf] * len(fns)
+    times: list[list[float]] = [[] for _ in fns]
     for r in range(rounds):
         for i, fn in enumerate(fns):
-            t = best_time(fn, repeats=1, warmup=int(r == 0), budget_s=MAX_SECONDS, min_total_s=MIN_TOTAL_S / rounds)
-            best[i] = min(best[i], t)
-    return best
+            times[i].append(best_time(fn, repeats=1, warmup=int(r == 0), budget_s=MAX_SECONDS, min_total_s=TURN_ROUND_S))
+    return times
 
 
 def in_turn(runs: list[tuple[Case, int]], *, backward: bool, rounds: int = TURN_ROUNDS) -> dict:
@@ -426,7 +426,8 @@ def in_turn(runs: list[tuple[Case, int]], *, backward: bool, rounds: int = TURN_
     changes in between: one peer pair's ratio moved from 1.06 to 1.35 between two bench runs, and
     a 64×64 row's time by 16% between three measurements a minute apart. Timed in turn, round
     after round, the runs of a ratio see the same load. Returns ``fwd_s`` and (with
-    ``backward``) ``fwd_bwd_s``, each a list in the order of ``runs``, and ``rounds``.
+    ``backward``) ``fwd_bwd_s``: per run (in the order of ``runs``), its fastest time in each
+    round; and ``rounds``.
     """
     built = []
     for case, size in runs:
@@ -507,9 +508,19 @@ def _ratios(num: dict, den: dict) -> tuple[float, float | None]:
 
 
 def turn_ratios(t: dict) -> tuple[float, float | None]:
-    """The first run's time over the second's in an :func:`in_turn` result: forward, forward+backward (None without)."""
-    both = t["fwd_bwd_s"][0] / t["fwd_bwd_s"][1] if "fwd_bwd_s" in t else None
-    return t["fwd_s"][0] / t["fwd_s"][1], both
+    """The first run's time over the second's in an :func:`in_turn` result, forward and forward+backward
+    (None without): the median over the rounds of the ratio within a round.
+
+    Within a round the two times are seconds apart; a ratio of each side's fastest over all
+    rounds would pair runs from different rounds (a 2048-token row's fastest moved from 26 to
+    36 ms between consecutive measurements).
+    """
+
+    def ratio(key: str) -> float:
+        first, second = t[key]
+        return statistics.median(a / b for a, b in zip(first, second))
+
+    return ratio("fwd_s"), ratio("fwd_bwd_s") if "fwd_bwd_s" in t else None
 
 
 def pair_ratios(row: dict, ours: dict) -> tuple[float, float | None]:
