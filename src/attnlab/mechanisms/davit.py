@@ -185,7 +185,8 @@ class WindowAttention(nn.Module):
         w, h = self.window, self.heads
         ny, nx = -(-H // w), -(-W // w)
         n, d = B * ny * nx, C // h  # windows, head dim
-        if H % w or W % w:
+        padded = bool(H % w or W % w)
+        if padded:
             x = F.pad(x, (0, 0, 0, nx * w - W, 0, ny * w - H))  # [B, Hp, Wp, C]
         # Cut x (C channels, not 3C) into windows with one copy; q, k and v are then views of the
         # projection, laid out as SDPA's CPU kernel reads them. Plain views and permutes (no
@@ -194,7 +195,7 @@ class WindowAttention(nn.Module):
         q, k, v = self.qkv(xw).view(n, w * w, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B·nW, h, w², d] each
         # Observed, padded queries are empty rows, so that probes see the image's tokens only;
         # otherwise their outputs are dropped below, and a bias on keys only is w² times smaller.
-        bias = _padding_bias(B, H, W, w, any(attached()), x.dtype, x.device) if x.shape[1:3] != (H, W) else None  # [B·nW, 1, w²|1, w²]
+        bias = _padding_bias(B, H, W, w, any(attached()), x.dtype, x.device) if padded else None  # [B·nW, 1, w²|1, w²]
         out = attend(q, k, v, bias=bias, backend=self.backend, site=self.site)  # [B·nW, h, w², d]
         out = out.view(B, ny, nx, h, w, w, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, ny * w, nx * w, C)  # [B, Hp, Wp, C]
         return self.proj(out[:, :H, :W])  # padded tokens are dropped before the projection, not after
