@@ -468,12 +468,11 @@ def _retime_pairs(case: Case, case_rows: list[dict], rows: list[dict], by_label:
             backward = "fwd_bwd_s" in row and "fwd_bwd_s" in ours[size]
             what = f"{case.peer_of} ÷ {case.label} at {axis.text(size)}"
             _retime(row, [(by_label[case.peer_of], size), (case, size)], backward, what, console)
-    elif target_ratio(case.exponent) is not None and len(measured) >= 2:
-        small, big = measured[-2:]
-        if axis.tokens(big[axis.field]) == 4 * axis.tokens(small[axis.field]):
-            backward = "fwd_bwd_s" in big and "fwd_bwd_s" in small
-            what = f"{case.label} t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})"
-            _retime(big, [(case, big[axis.field]), (case, small[axis.field])], backward, what, console)
+    elif (pair := scaling_pair(case, measured, axis)) is not None:
+        small, big = pair
+        backward = "fwd_bwd_s" in big and "fwd_bwd_s" in small
+        what = f"{case.label} t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})"
+        _retime(big, [(case, big[axis.field]), (case, small[axis.field])], backward, what, console)
 
 
 def run_cases(cases: list[Case], axis: Axis, sizes: tuple[int, ...], *, quick: bool, reps: int, console: Console) -> list[dict]:
@@ -523,15 +522,35 @@ def turn_ratios(t: dict) -> tuple[float, float | None]:
     return ratio("fwd_s"), ratio("fwd_bwd_s") if "fwd_bwd_s" in t else None
 
 
+def _checked_ratios(num: dict, den: dict, timed: dict) -> tuple[float, float | None]:
+    """Row ``num``'s time over row ``den``'s, forward and forward+backward: from the :func:`in_turn`
+    timing that row ``timed`` holds where there is one, else from the two rows."""
+    return turn_ratios(timed["in_turn"]) if "in_turn" in timed else _ratios(num, den)
+
+
+def turn_text(row: dict) -> str:
+    """ " (timed in turn)" where ``row`` holds an :func:`in_turn` timing, else ""."""
+    return " (timed in turn)" if "in_turn" in row else ""
+
+
 def pair_ratios(row: dict, ours: dict) -> tuple[float, float | None]:
     """Our time over the peer ``row``'s, forward and forward+backward: timed in turn where they
     were (:func:`in_turn`), else from the two rows."""
-    return turn_ratios(row["in_turn"]) if "in_turn" in row else _ratios(ours, row)
+    return _checked_ratios(ours, row, row)
 
 
 def _ratio_text(fwd: float, both: float | None) -> str:
     """ "fwd 1.07, fwd+bwd 1.07", or "fwd 1.07" without a backward."""
     return f"fwd {fwd:.2f}" + ("" if both is None else f", fwd+bwd {both:.2f}")
+
+
+def scaling_pair(case: Case, measured: list[dict], axis: Axis) -> tuple[dict, dict] | None:
+    """The rows a scaling check compares: of ``case``'s ``measured`` rows, the two largest if 4× apart in
+    tokens and the case claims less than T² (peers claim nothing); else None."""
+    if target_ratio(case.exponent) is None or case.peer_of or len(measured) < 2:
+        return None
+    small, big = measured[-2:]
+    return (small, big) if axis.tokens(big[axis.field]) == 4 * axis.tokens(small[axis.field]) else None
 
 
 def scaling_checks(cases: list[Case], rows: list[dict], axis: Axis) -> list[str]:
@@ -541,14 +560,14 @@ def scaling_checks(cases: list[Case], rows: list[dict], axis: Axis) -> list[str]
         target = target_ratio(case.exponent)
         if target is None or case.peer_of:
             continue
-        measured = [r for r in rows if r["mechanism"] == case.label and "fwd_s" in r]
-        if len(measured) < 2 or axis.tokens(measured[-1][axis.field]) != 4 * axis.tokens(measured[-2][axis.field]):
+        pair = scaling_pair(case, [r for r in rows if r["mechanism"] == case.label and "fwd_s" in r], axis)
+        if pair is None:
             notes.append(f"Scaling of {case.label}: not checked (fewer than two measured sizes 4× apart).")
             continue
-        small, big = measured[-2:]
-        fwd, both = turn_ratios(big["in_turn"]) if "in_turn" in big else _ratios(big, small)
+        small, big = pair
+        fwd, both = _checked_ratios(big, small, big)
         verdict = "met" if max(fwd, both or 0) <= target else "NOT met"
-        sizes = f"t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})" + (" (timed in turn)" if "in_turn" in big else "")
+        sizes = f"t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})" + turn_text(big)
         text = f"{sizes} {_ratio_text(fwd, both)} (target ≤ {target:.1f}: {verdict})"
         big["check"] = text
         big["ratio_fwd"], big["ratio_fwd_bwd"], big["ratio_target"] = (
@@ -567,8 +586,7 @@ def ratio_check(case: Case, row: dict, ours: dict) -> str:
     row["ours_over_peer_fwd"], row["ours_over_peer_fwd_bwd"] = round(fwd, 3), None if both is None else round(both, 3)
     worst = max(fwd, both or 0)
     verdict = "met" if worst <= 1 else f"tie, within {TIE - 1:.0%}" if worst <= TIE else "NOT met"
-    how = " (timed in turn)" if "in_turn" in row else ""
-    return f"ours ({case.peer_of}) ÷ this{how}: {_ratio_text(fwd, both)} (target ≤ 1: {verdict})"
+    return f"ours ({case.peer_of}) ÷ this{turn_text(row)}: {_ratio_text(fwd, both)} (target ≤ 1: {verdict})"
 
 
 def peer_checks(cases: list[Case], rows: list[dict], axis: Axis, check: Callable[[Case, dict, dict], str] = ratio_check) -> list[str]:

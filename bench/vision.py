@@ -91,6 +91,7 @@ from harness import (
     run_cases,
     scaling_checks,
     steady_allocator,
+    turn_text,
 )
 
 B, DIM, HEADS = 1, 128, 4
@@ -553,8 +554,7 @@ def _natten_check(case: Case, row: dict, ours: dict) -> str:
     row["peer_over_ours_fwd"] = round(speedup, 3)
     verdict = "met" if speedup >= NATTEN_SPEEDUP else "NOT met"
     backward = "works" if "fwd_bwd_s" in ours else f"FAILS ({ours.get('no_backward')})"
-    how = " (timed in turn)" if "in_turn" in row else ""
-    return f"ours ({case.peer_of}) forward {speedup:.1f}× faster{how} (target ≥ {NATTEN_SPEEDUP:g}: {verdict}); our backward {backward}"
+    return f"ours ({case.peer_of}) forward {speedup:.1f}× faster{turn_text(row)} (target ≥ {NATTEN_SPEEDUP:g}: {verdict}); our backward {backward}"
 
 
 def agreement(ours: Case, peer: Case, side: int) -> str:
