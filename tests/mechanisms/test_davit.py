@@ -85,6 +85,19 @@ def test_window_attention_equals_masked_full_attention(H, W, window):
     torch.testing.assert_close(m(x), _window_reference(m, x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("observed", [False, True])
+def test_window_attention_gradients_equal_masked_full_attention(observed):
+    """Slots past the edge hold copies of edge tokens: no gradient may flow through them."""
+    torch.manual_seed(6)
+    m, x = WindowAttention(16, 2, window=3), torch.randn(2, 5, 7, 16, requires_grad=True)
+    g = torch.randn(2, 5, 7, 16)
+    with attnlab.attach(probes=[Entropy()] if observed else []):
+        ours = torch.autograd.grad((m(x) * g).sum(), [x, *m.parameters()])
+    ref = torch.autograd.grad((_window_reference(m, x) * g).sum(), [x, *m.parameters()])
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_dual_attention_is_spatial_then_channel_with_residuals():
     torch.manual_seed(3)
     m = DualAttention(16, 2, window=3)
@@ -122,7 +135,13 @@ def test_window_attention_observed_or_not_gives_the_same_output():
 
 @pytest.mark.parametrize(
     "cls, backend",
-    [(ChannelGroupAttention, "reference"), (ChannelGroupAttention, "auto"), (WindowAttention, "reference"), (DualAttention, "reference")],
+    [
+        (ChannelGroupAttention, "reference"),
+        (ChannelGroupAttention, "auto"),
+        (WindowAttention, "reference"),
+        (WindowAttention, "auto"),
+        (DualAttention, "reference"),
+    ],
 )
 def test_davit_gradcheck(cls, backend):
     """``auto`` with nothing attached checks the channel attention's own backward (``_ChannelSoftmax``)."""
