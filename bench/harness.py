@@ -215,12 +215,20 @@ SLACK = 1.15  # a claimed T^p may grow by 4^p · 1.15 when T grows 4×
 TIE = 1.05  # ours/peer up to 5% over 1 is reported as a tie (timing noise), not as met
 TURN_ROUNDS = 7  # the two rows of a ratio are timed in this many alternating rounds ...
 TURN_ROUND_S = 0.1  # ... each run repeated until it adds up to this in a round
+MEMORY_BOUND = 2.0  # a forward within this many times a bare copy of its inputs is bound by memory traffic, not work
 
 TURN_NOTE = (
     "Checks compare times taken in turn: after a case's rows, the two rows of each ratio a check reads (a peer's and ours at one size; "
     f"a scaling claim's two largest sizes) are timed again in {TURN_ROUNDS} rounds that alternate between them (each side's runs adding up to "
     f"{TURN_ROUND_S} s per round); a check reads the median over the rounds of the ratio of the two sides' fastest runs in a round. "
     "The table's own times were taken up to minutes apart."
+)
+
+MEMORY_NOTE = (
+    "With a scaling claim's two sizes, a bare copy of their input tensors is timed in the same rounds. A forward that takes at most "
+    f"{MEMORY_BOUND:g}× that copy does little besides moving memory, and grows as memory traffic does on this machine (more than 4× with 4× "
+    f"the tokens where the smaller size's tensors fit a core's L2 and the larger's do not): it is held to the copy's growth × {SLACK}, "
+    "and the check says so; its forward+backward is held to the usual target. The JSON keeps copy_ratio and fwd_over_copy for every claim."
 )
 
 SKIP_NOTE = (
@@ -419,7 +427,18 @@ def _alternate(fns: list[Callable[[], object]], rounds: int) -> list[list[float]
     return times
 
 
-def in_turn(runs: list[tuple[Case, int]], *, backward: bool, rounds: int = TURN_ROUNDS) -> dict:
+def _tensors(args) -> list[torch.Tensor]:
+    """The tensors in ``args``, in nested lists and tuples too."""
+    out = []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            out += _tensors(a)
+        elif isinstance(a, torch.Tensor):
+            out.append(a)
+    return out
+
+
+def in_turn(runs: list[tuple[Case, int]], *, backward: bool, copies: bool = False, rounds: int = TURN_ROUNDS) -> dict:
     """Each ``(case, size)`` of ``runs`` timed in alternation: forward, then forward+backward if ``backward``.
 
     The rows of a table are measured seconds to minutes apart, and on a shared machine the load
@@ -427,7 +446,8 @@ def in_turn(runs: list[tuple[Case, int]], *, backward: bool, rounds: int = TURN_
     a 64×64 row's time by 16% between three measurements a minute apart. Timed in turn, round
     after round, the runs of a ratio see the same load. Returns ``fwd_s`` and (with
     ``backward``) ``fwd_bwd_s``: per run (in the order of ``runs``), its fastest time in each
-    round; and ``rounds``.
+    round; and ``rounds``. With ``copies``, a bare copy of each run's input tensors joins the
+    forward rounds: ``copy_s``, per run, its fastest in each round.
     """
     built = []
     for case, size in runs:
@@ -437,8 +457,14 @@ def in_turn(runs: list[tuple[Case, int]], *, backward: bool, rounds: int = TURN_
     out: dict = {"rounds": rounds}
     for module, _, _ in built:
         module.eval()
+    fns = [lambda m=m, a=a: m(*a) for m, a, _ in built]
+    if copies:
+        fns += [lambda ts=ts: [t.clone() for t in ts] for ts in (_tensors(a) for _, a, _ in built)]
     with torch.no_grad():
-        out["fwd_s"] = _alternate([lambda m=m, a=a: m(*a) for m, a, _ in built], rounds)
+        times = _alternate(fns, rounds)
+    out["fwd_s"] = times[: len(built)]
+    if copies:
+        out["copy_s"] = times[len(built) :]
     if backward:
         for module, _, _ in built:
             module.train()
@@ -446,10 +472,10 @@ def in_turn(runs: list[tuple[Case, int]], *, backward: bool, rounds: int = TURN_
     return out
 
 
-def _retime(row: dict, runs: list[tuple[Case, int]], backward: bool, what: str, console: Console) -> None:
+def _retime(row: dict, runs: list[tuple[Case, int]], backward: bool, what: str, console: Console, copies: bool = False) -> None:
     """``row["in_turn"]``: :func:`in_turn` of ``runs`` (numerator first), or ``row["in_turn_error"]``; logged as ``what``."""
     try:
-        row["in_turn"] = in_turn(runs, backward=backward)
+        row["in_turn"] = in_turn(runs, backward=backward, copies=copies)
     except Exception as e:  # the rows stand; the check falls back to them
         row["in_turn_error"] = f"{type(e).__name__}: {e}"
         return
@@ -459,7 +485,8 @@ def _retime(row: dict, runs: list[tuple[Case, int]], backward: bool, what: str, 
 
 def _retime_pairs(case: Case, case_rows: list[dict], rows: list[dict], by_label: dict[str, Case], axis: Axis, console: Console) -> None:
     """Time the ratios a check reads in turn: a peer's rows with our row of each size (ours first),
-    and a sub-quadratic claim's two largest sizes if 4× apart (the larger first)."""
+    and a sub-quadratic claim's two largest sizes if 4× apart (the larger first), with bare copies
+    of their inputs (:func:`memory_bound`)."""
     measured = [r for r in case_rows if "fwd_s" in r]
     if case.peer_of in by_label:
         ours = {r[axis.field]: r for r in rows if r["mechanism"] == case.peer_of and "fwd_s" in r}
@@ -472,7 +499,7 @@ def _retime_pairs(case: Case, case_rows: list[dict], rows: list[dict], by_label:
         small, big = pair
         backward = "fwd_bwd_s" in big and "fwd_bwd_s" in small
         what = f"{case.label} t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})"
-        _retime(big, [(case, big[axis.field]), (case, small[axis.field])], backward, what, console)
+        _retime(big, [(case, big[axis.field]), (case, small[axis.field])], backward, what, console, copies=True)
 
 
 def run_cases(cases: list[Case], axis: Axis, sizes: tuple[int, ...], *, quick: bool, reps: int, console: Console) -> list[dict]:
@@ -515,11 +542,28 @@ def turn_ratios(t: dict) -> tuple[float, float | None]:
     36 ms between consecutive measurements).
     """
 
-    def ratio(key: str) -> float:
-        first, second = t[key]
-        return statistics.median(a / b for a, b in zip(first, second))
+    return _median_ratio(*t["fwd_s"]), _median_ratio(*t["fwd_bwd_s"]) if "fwd_bwd_s" in t else None
 
-    return ratio("fwd_s"), ratio("fwd_bwd_s") if "fwd_bwd_s" in t else None
+
+def _median_ratio(num: list[float], den: list[float]) -> float:
+    """The median over rounds of ``num``'s time over ``den``'s in the same round."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def memory_bound(row: dict) -> tuple[float, float] | None:
+    """How a bare copy of the inputs grew between a scaling check's two sizes, and how many times that
+    copy the larger size's forward takes: medians of in-turn rounds (None where not timed).
+
+    On a machine whose cache holds the smaller size's tensors but not the larger's, every pass
+    over memory grows more than 4× with 4× the tokens (here a 64×64×128 float32 copy fits the
+    2 MiB L2 of a core and a 128×128 one does not: 7.7×). A forward within ``MEMORY_BOUND``
+    copies of its inputs does little besides moving them, and grows as they do.
+    """
+    t = row.get("in_turn", {})
+    if "copy_s" not in t:
+        return None
+    (big, _), (copy_big, copy_small) = t["fwd_s"], t["copy_s"]
+    return _median_ratio(copy_big, copy_small), _median_ratio(big, copy_big)
 
 
 def _checked_ratios(num: dict, den: dict, timed: dict) -> tuple[float, float | None]:
@@ -567,6 +611,11 @@ def scaling_checks(cases: list[Case], rows: list[dict], axis: Axis) -> list[str]
         small, big = pair
         fwd, both = _checked_ratios(big, small, big)
         verdict = "met" if max(fwd, both or 0) <= target else "NOT met"
+        if (memory := memory_bound(big)) is not None:
+            grew, copies = memory
+            big["copy_ratio"], big["fwd_over_copy"] = round(grew, 3), round(copies, 3)
+            if fwd > target and (both or 0) <= target and copies <= MEMORY_BOUND and fwd <= SLACK * grew:
+                verdict = f"met at the memory bound: the forward takes {copies:.1f}× a bare copy of its inputs, which grew {grew:.1f}×"
         sizes = f"t({axis.ratio(big[axis.field])})/t({axis.ratio(small[axis.field])})" + turn_text(big)
         text = f"{sizes} {_ratio_text(fwd, both)} (target ≤ {target:.1f}: {verdict})"
         big["check"] = text

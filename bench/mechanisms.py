@@ -31,7 +31,9 @@ Checks (the table's last column, and the notes):
 - a mechanism whose registry time string claims less than quadratic time (``T^p``, p < 2)
   must scale ``t(4T) / t(T) ≤ 1.15 · 4^max(p, 1)``: ≤ 4.6 when it claims linear time or less
   (no ``T²``, ``T³``, ``T·T`` or ``sqrt(T)``), ≤ 9.2 for ``O(T·sqrt(T))``; measured between
-  the two largest sizes;
+  the two largest sizes. A forward that takes at most twice a bare copy of its inputs (timed
+  in the same turn) is bound by memory traffic: it is held to how that copy grew, × 1.15,
+  instead, and its forward+backward to the target;
 - a peer pair passes when ours is not slower: ``t(ours) / t(peer) ≤ 1`` (up to 1.05 is called a tie: noise).
 
 Usage:
@@ -58,6 +60,8 @@ from attnlab.core import masks as M
 from harness import (
     ALLOCATOR_NOTE,
     MAX_REPEATS,
+    MEMORY_BOUND,
+    MEMORY_NOTE,
     MIN_TOTAL_S,
     SKIP_NOTE,
     TOKENS,
@@ -303,6 +307,7 @@ def main(argv=None):
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, output.sum().backward() into the parameters and the first input.",
         SKIP_NOTE,
         TURN_NOTE,
+        MEMORY_NOTE,
         *([ALLOCATOR_NOTE] if allocator else []),
         "Vision mechanisms ([B, H, W, C]) are not in this benchmark.",
     ]
@@ -316,6 +321,7 @@ def main(argv=None):
         "min_total_s": MIN_TOTAL_S,
         "max_repeats": MAX_REPEATS,
         "in_turn_rounds": TURN_ROUNDS,
+        "memory_bound": MEMORY_BOUND,
         "window": WINDOW,
     }
     report(

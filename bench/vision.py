@@ -43,7 +43,10 @@ Targets (the table's check column, and the notes):
   every sub-quadratic claim of a vision mechanism is linear. Where the string is quadratic
   only because a size is held fixed (biformer's region count ``S``, hilo's pool ``p``), a
   variant that grows it with the image (``side / 8``) makes the string linear and is checked
-  instead.
+  instead. A forward that takes at most twice a bare copy of its inputs (timed in the same
+  turn) is bound by memory traffic: it is held to how that copy grew, × 1.15, instead (a copy
+  of 128×128×128 floats takes 7–8× a 64×64×128 one here, which fits a core's L2), and its
+  forward+backward to the target above;
 
 timm imports ``torchvision`` at import time (a few names, none used by the layers compared).
 When ``import torchvision`` fails (not installed, or PyPI's build cannot load beside a CPU
@@ -77,6 +80,8 @@ from attnlab import mechanisms
 from harness import (
     ALLOCATOR_NOTE,
     MAX_REPEATS,
+    MEMORY_BOUND,
+    MEMORY_NOTE,
     MIN_TOTAL_S,
     SIDE,
     SKIP_NOTE,
@@ -615,6 +620,7 @@ def main(argv=None):
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, the sum of the outputs backpropagated into the parameters and the first input (q, k and v for the kernel rows).",
         SKIP_NOTE,
         TURN_NOTE,
+        MEMORY_NOTE,
         *([ALLOCATOR_NOTE] if allocator else []),
         f"Scaling is checked where the registry's time string claims less than T² (hilo's and biformer's claim T²: checked on the variants that grow p and S with the image); "
         f"the ratio is between the two largest sizes ({'64×64 / 32×32 in --quick' if args.quick else '128×128 / 64×64'}), 4× the tokens.",
@@ -632,6 +638,7 @@ def main(argv=None):
         "min_total_s": MIN_TOTAL_S,
         "max_repeats": MAX_REPEATS,
         "in_turn_rounds": TURN_ROUNDS,
+        "memory_bound": MEMORY_BOUND,
     }
     settings |= {"kernel": KERNEL, "timm": timm_version, "torchvision": torchvision}
     report(console, "vision-quick" if args.quick else "vision", "vision mechanisms (CPU)", rows, SIDE, settings=settings, notes=notes)
