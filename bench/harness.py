@@ -502,6 +502,24 @@ def _retime_pairs(case: Case, case_rows: list[dict], rows: list[dict], by_label:
         _retime(big, [(case, big[axis.field]), (case, small[axis.field])], backward, what, console, copies=True)
 
 
+def run_notes(allocator: dict) -> list[str]:
+    """The notes of every table measured by :func:`run_cases`: what is skipped, how checks are timed,
+    the memory bound, and (where :func:`steady_allocator` set them, as ``allocator`` says) the thresholds."""
+    return [SKIP_NOTE, TURN_NOTE, MEMORY_NOTE, *([ALLOCATOR_NOTE] if allocator else [])]
+
+
+def run_settings(allocator: dict, reps: int) -> dict:
+    """The settings of every table measured by :func:`run_cases` with ``reps`` repeats: the allocator's
+    thresholds (what :func:`steady_allocator` returned) and the harness's timing constants."""
+    return allocator | {
+        "repeats": reps,
+        "min_total_s": MIN_TOTAL_S,
+        "max_repeats": MAX_REPEATS,
+        "in_turn_rounds": TURN_ROUNDS,
+        "memory_bound": MEMORY_BOUND,
+    }
+
+
 def run_cases(cases: list[Case], axis: Axis, sizes: tuple[int, ...], *, quick: bool, reps: int, console: Console) -> list[dict]:
     """The rows of every case at its own sizes, or at ``sizes``; ``quick`` leaves out the largest.
 

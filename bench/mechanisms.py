@@ -58,20 +58,14 @@ from torch import nn
 from attnlab import mechanisms
 from attnlab.core import masks as M
 from harness import (
-    ALLOCATOR_NOTE,
-    MAX_REPEATS,
-    MEMORY_BOUND,
-    MEMORY_NOTE,
-    MIN_TOTAL_S,
-    SKIP_NOTE,
     TOKENS,
-    TURN_NOTE,
-    TURN_ROUNDS,
     Case,
     claimed_exponent,
     peer_checks,
     report,
     run_cases,
+    run_notes,
+    run_settings,
     scaling_checks,
     steady_allocator,
 )
@@ -305,23 +299,15 @@ def main(argv=None):
     notes = scaling_checks(cases, rows, TOKENS) + peer_checks(cases, rows, TOKENS)
     notes += [
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, output.sum().backward() into the parameters and the first input.",
-        SKIP_NOTE,
-        TURN_NOTE,
-        MEMORY_NOTE,
-        *([ALLOCATOR_NOTE] if allocator else []),
+        *run_notes(allocator),
         "Vision mechanisms ([B, H, W, C]) are not in this benchmark.",
     ]
-    settings = allocator | {
+    settings = run_settings(allocator, reps) | {
         "B": B,
         "dim": DIM,
         "heads": HEADS,
         "dtype": "float32",
         "quick": args.quick,
-        "repeats": reps,
-        "min_total_s": MIN_TOTAL_S,
-        "max_repeats": MAX_REPEATS,
-        "in_turn_rounds": TURN_ROUNDS,
-        "memory_bound": MEMORY_BOUND,
         "window": WINDOW,
     }
     report(

@@ -78,15 +78,7 @@ from torch import nn
 import attnlab
 from attnlab import mechanisms
 from harness import (
-    ALLOCATOR_NOTE,
-    MAX_REPEATS,
-    MEMORY_BOUND,
-    MEMORY_NOTE,
-    MIN_TOTAL_S,
     SIDE,
-    SKIP_NOTE,
-    TURN_NOTE,
-    TURN_ROUNDS,
     Case,
     claimed_exponent,
     pair_ratios,
@@ -94,6 +86,8 @@ from harness import (
     ratio_check,
     report,
     run_cases,
+    run_notes,
+    run_settings,
     scaling_checks,
     steady_allocator,
     turn_text,
@@ -618,27 +612,19 @@ def main(argv=None):
     timm_version = metadata.version("timm") if "timm" in sys.modules else "not installed"
     notes += [
         "Forward: eval mode under torch.no_grad(). Forward+backward: train mode, the sum of the outputs backpropagated into the parameters and the first input (q, k and v for the kernel rows).",
-        SKIP_NOTE,
-        TURN_NOTE,
-        MEMORY_NOTE,
-        *([ALLOCATOR_NOTE] if allocator else []),
+        *run_notes(allocator),
         f"Scaling is checked where the registry's time string claims less than T² (hilo's and biformer's claim T²: checked on the variants that grow p and S with the image); "
         f"the ratio is between the two largest sizes ({'64×64 / 32×32 in --quick' if args.quick else '128×128 / 64×64'}), 4× the tokens.",
         f"timm {timm_version}; torchvision: {torchvision}." + (STAND_IN_NOTE if torchvision.startswith("stand-in") else ""),
         "dcal (paper 22) is registered with layout [B, T, C]: it is in bench/mechanisms.py, not here.",
     ]
-    settings = allocator | {
+    settings = run_settings(allocator, reps) | {
         "B": B,
         "dim": DIM,
         "heads": HEADS,
         "dtype": "float32",
         "sides": sides,
         "quick": args.quick,
-        "repeats": reps,
-        "min_total_s": MIN_TOTAL_S,
-        "max_repeats": MAX_REPEATS,
-        "in_turn_rounds": TURN_ROUNDS,
-        "memory_bound": MEMORY_BOUND,
     }
     settings |= {"kernel": KERNEL, "timm": timm_version, "torchvision": torchvision}
     report(console, "vision-quick" if args.quick else "vision", "vision mechanisms (CPU)", rows, SIDE, settings=settings, notes=notes)
