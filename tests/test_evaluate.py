@@ -2,11 +2,12 @@
 
 import torch
 
+from attnlab.core.site import Edit
 from attnlab.evaluate import MetricResult, compare, ioi_prompts, logit_difference, perplexity
 from attnlab.models import hf
 
 
-class ZeroLayer:
+class ZeroLayer(Edit):
     """A test edit: zero the attention output of one layer; counts prepare() calls."""
 
     stage = "output"

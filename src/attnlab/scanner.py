@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import attnlab
-from attnlab.core import Site, attach
+from attnlab.core import Probe, Site, attach
 from attnlab.probes import _base as probe_registry
 from attnlab.probes.retrieval import Retrieval, needle_in_a_haystack
 
@@ -268,19 +268,13 @@ def _encode(tokenizer, text: str, index: int, max_len: int, truncate: bool) -> t
     return ids
 
 
-class _Layers:
+class _Layers(Probe):
     """Reports progress layer by layer (through the adapter's block hooks), attention untouched."""
 
     observes_attention = False
 
     def __init__(self, progress, what: str, layers: int):
         self.progress, self.what, self.layers = progress, what, layers
-
-    def observe(self, chunk, site) -> None:
-        return
-
-    def result(self) -> dict:
-        return {}
 
     def observe_block(self, layer: int, x_in, x_out) -> None:
         _report(self.progress, f"{self.what}: layer {layer + 1}/{self.layers}", layer + 1, self.layers)
@@ -297,7 +291,7 @@ def _run(model, tokenizer, ids: torch.Tensor, probes: list, ticker: _Layers | No
         p.end()
 
 
-class _Maps:
+class _Maps(Probe):
     """Captures whole attention maps ``[H, T, T]`` of chosen layers for a short prompt."""
 
     def __init__(self, layers: set[int]):
@@ -309,9 +303,6 @@ class _Maps:
             p = chunk.probs[0]  # [H, Tc, Ts]
             m = self.maps.setdefault(site.layer, torch.zeros(p.shape[0], chunk.lk, chunk.lk))
             m[:, chunk.q_idx, chunk.kv_start : chunk.kv_start + p.shape[-1]] = p.float()
-
-    def result(self) -> dict:
-        return {}
 
 
 def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) -> list[dict]:

@@ -10,11 +10,12 @@ from attnlab.core import Site, attend, choose_backend
 from attnlab.core import masks as M
 from attnlab.core import rows as R
 from attnlab.core.backends import Inputs, reference_probs
+from attnlab.core.site import Edit, Probe
 from tests.core.strategies import cases
 
 
 @dataclass
-class FnEdit:
+class FnEdit(Edit):
     """A test edit: one function at one stage, acting only at sites whose name is in `sites`."""
 
     stage: str
@@ -178,7 +179,7 @@ def test_bad_edit_is_rejected():
 # --- the row pass ----------------------------------------------------------------------------
 
 
-class Recorder:
+class Recorder(Probe):
     def __init__(self):
         self.chunks = []
 

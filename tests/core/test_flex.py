@@ -7,6 +7,7 @@ import torch
 
 from attnlab.core import attend
 from attnlab.core import masks as M
+from attnlab.core.site import Edit
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def test_flex_dense_mask_bias_and_logit_edit():
     allowed[:, :, 5] = False  # a row that sees nothing
     bias = torch.randn(1, 2, 96, 96)
 
-    class Double:
+    class Double(Edit):
         stage = "logits"
 
         def at(self, site):

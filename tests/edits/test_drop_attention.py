@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from attnlab.core import Site, attach
+from attnlab.core.site import Edit, Probe
 from attnlab.edits import parse
 from attnlab.edits.drop_attention import DropAttention
 from attnlab.models import hf
@@ -11,7 +12,7 @@ from attnlab.probes import LayerImportance
 from tests.conftest import tiny_causal_lm
 
 
-class Residual:
+class Residual(Probe):
     """A hidden-state probe: each block's input, its attention contribution and its output."""
 
     observes_attention = False
@@ -89,7 +90,7 @@ def test_importance_probe_scores_a_dropped_layer_exactly_one(family):
 def test_zeroing_head_outputs_alone_leaves_gpt2s_bias_so_the_hook_is_needed():
     model = _model("gpt2")
 
-    class ZeroHeads:
+    class ZeroHeads(Edit):
         stage = "output"
 
         def at(self, site):
@@ -154,7 +155,7 @@ def test_prepare_ranks_once_on_its_first_input_and_hooks_are_inert_outside_attac
 def test_composes_with_other_output_edits_in_either_order():
     model = _model()
 
-    class AddOne:
+    class AddOne(Edit):
         stage = "output"
 
         def at(self, site):

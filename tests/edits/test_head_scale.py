@@ -5,6 +5,7 @@ import torch
 
 import attnlab
 from attnlab.core import attach
+from attnlab.core.site import Edit
 from attnlab.edits import parse
 from attnlab.edits.head_mask import HeadMask
 from attnlab.edits.head_scale import VHR, HeadScale, vhd, vhr_rule
@@ -57,7 +58,7 @@ def test_factor_one_or_no_heads_is_bit_identical(tiny, edit):
     assert torch.equal(_layer0(tiny, IDS, [edit])[2], _layer0(tiny, IDS)[2])
 
 
-class SelfOnly:
+class SelfOnly(Edit):
     """Layer 0, head 0 attends only to its own position (it cannot read any other token)."""
 
     stage = "logits"

@@ -10,6 +10,7 @@ from transformers import LlamaForCausalLM
 import attnlab
 from attnlab.core import Site, attach
 from attnlab.core import masks as M
+from attnlab.core.site import Probe
 from attnlab.edits import parse
 from attnlab.edits.share_attention import ShareAttention
 from attnlab.edits.sink_redistribute import SinkRedistribute
@@ -21,7 +22,7 @@ CACHE = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parame
 IDS = torch.randint(0, 100, (1, 14), generator=torch.Generator().manual_seed(0))
 
 
-class Rows:
+class Rows(Probe):
     """A probe that keeps every chunk of probabilities it sees, per layer."""
 
     def __init__(self):

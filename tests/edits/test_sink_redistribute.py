@@ -8,6 +8,7 @@ from transformers import LlamaForCausalLM
 
 import attnlab
 from attnlab.core import Site, attach
+from attnlab.core.site import Probe
 from attnlab.edits import parse
 from attnlab.edits.sink_redistribute import SinkRedistribute, redistribute
 from attnlab.models import hf
@@ -17,7 +18,7 @@ CACHE = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parame
 SITE = Site("layers.0.attn", layer=0, num_heads=3, num_kv_heads=3)
 
 
-class Rows:
+class Rows(Probe):
     """A probe that keeps every chunk of probabilities it sees, per site."""
 
     def __init__(self):

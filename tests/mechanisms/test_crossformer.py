@@ -8,10 +8,11 @@ import torch
 
 import attnlab
 from attnlab import mechanisms
+from attnlab.core.site import Edit, Probe
 from attnlab.mechanisms.crossformer import CrossFormerAttention, CrossScaleEmbedding
 
 
-class _Idle:
+class _Idle(Edit):
     """An edit that touches no site: attached, it sends the module down its grid path."""
 
     stage = "output"
@@ -47,7 +48,7 @@ def _reference(m, x):
     return m.proj(out.permute(0, 2, 1, 3).reshape(B, H, W, C))
 
 
-class _Probs:
+class _Probs(Probe):
     """A probe keeping the whole probability matrix (tiny inputs only)."""
 
     def __init__(self):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import attnlab
 from attnlab import mechanisms
+from attnlab.core.site import Probe
 from attnlab.mechanisms.fit import FIT
 
 
@@ -82,7 +83,7 @@ def test_global_layer_carries_group_one_to_group_eight():
 
 
 def test_every_attention_goes_through_a_named_site():
-    class Sites:
+    class Sites(Probe):
         def __init__(self):
             self.seen = []
 

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 
 import attnlab
 from attnlab import mechanisms
+from attnlab.core.site import Edit
 from attnlab.mechanisms.halo import HaloAttention
 
 
-class _Idle:
+class _Idle(Edit):
     """An edit that touches no site: attached, it sends the module down its grid path."""
 
     stage = "output"

@@ -8,6 +8,7 @@ import torch
 
 import attnlab
 from attnlab import mechanisms
+from attnlab.core.site import Probe
 from attnlab.mechanisms.neighborhood import NeighborhoodAttention
 
 
@@ -69,7 +70,7 @@ def _naive(m, x):
     return m.proj(out.transpose(1, 2).reshape(B, -1, C)).view(x.shape)
 
 
-class _VisibleKeys:
+class _VisibleKeys(Probe):
     """A probe recording how many keys get non-zero probability in every row."""
 
     def __init__(self):

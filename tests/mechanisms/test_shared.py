@@ -9,6 +9,7 @@ import attnlab
 from attnlab import mechanisms
 from attnlab.core import Site, attend
 from attnlab.core import rows as core_rows
+from attnlab.core.site import Edit
 from attnlab.mechanisms.shared import CaptureProbs, SharedAttention
 
 
@@ -62,7 +63,7 @@ def test_capture_leaves_source_output_bit_identical():
     src, _ = _pair()
     x = torch.randn(2, 7, 8)
 
-    class PassThrough:  # the identity probability edit: the row pass, untouched
+    class PassThrough(Edit):  # the identity probability edit: the row pass, untouched
         stage = "probs"
 
         def at(self, site):

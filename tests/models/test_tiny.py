@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import attnlab
+from attnlab.core.site import Edit
 from attnlab.models.tiny import CAUSAL_BY_CONSTRUCTION, TinyTransformer, sequence_mechanisms
 from attnlab.probes import Entropy
 
@@ -19,7 +20,7 @@ def tokens(n=2, t=T, seed=0):
     return torch.randint(0, V, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
-class ZeroHeads:
+class ZeroHeads(Edit):
     """An output edit: zero the per-head outputs at the sites it selects."""
 
     stage = "output"

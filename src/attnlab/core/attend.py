@@ -82,11 +82,12 @@ def attend(
         bound["logits"] = [_shift_logits(fn, q_offset) for fn in bound["logits"]]
         bound["probs"] = [_shift_probs(fn, q_offset) for fn in bound["probs"]]
     x.score_mod = _compose_logits(bound["logits"])
-    probes = [p for p in probes if getattr(p, "observes_attention", True)]
+    for p in probes:
+        if not isinstance(p, Probe):
+            raise TypeError(f"a probe must subclass attnlab.core.Probe (observe(chunk, site), result()), got {type(p).__name__}")
+        p.observe_values(v.detach(), site)  # [B, Hkv, Tk, Dv]
+    probes = [p for p in probes if p.observes_attention]
     if probes or bound["probs"]:
-        for p in probes:
-            if not isinstance(p, Probe):
-                raise TypeError(f"probes must have observe(chunk, site) and result(), got {type(p).__name__}")
         out = row_pass(x, probs_edits=bound["probs"], probes=probes, site=site)
     elif x.q.shape[2] == 0 or x.k.shape[2] == 0:
         out = x.q.new_zeros(*x.q.shape[:3], x.v.shape[-1])
@@ -122,12 +123,11 @@ def choose_backend(x: Inputs) -> Backend:
 def _bind(edits: Sequence[Edit], site: Site) -> dict[str, list]:
     bound: dict[str, list] = {s: [] for s in _STAGES}
     for e in edits:
-        stage = getattr(e, "stage", None)
-        if stage not in _STAGES or not callable(getattr(e, "at", None)):
-            raise TypeError(f"an edit needs .stage in {_STAGES} and .at(site), got {e!r}")
+        if not isinstance(e, Edit) or e.stage not in _STAGES:
+            raise TypeError(f"an edit needs .stage in {_STAGES} and .at(site): subclass attnlab.core.Edit, got {e!r}")
         fn = e.at(site)
         if fn is not None:
-            bound[stage].append(fn)
+            bound[e.stage].append(fn)
     return bound
 
 

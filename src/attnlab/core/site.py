@@ -16,10 +16,10 @@ site, so a probe or an edit written once works everywhere.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -108,38 +108,79 @@ class AttentionChunk:
         return self.probs.sum(2)
 
 
-@runtime_checkable
-class Probe(Protocol):
-    """An observer at attention sites.
+class Probe:
+    """An observer in a model's hook graph: every event it can receive is a method here, a no-op by default.
 
-    ``observe`` is called once per chunk of query rows per site; ``result`` returns what was
-    accumulated, keyed by site name. A probe that only watches hidden states through model hooks
-    sets ``observes_attention = False`` so that attaching it does not switch attention to the
-    row pass.
+    Subclass it and override the events you need; the model adapters (Hugging Face models
+    instrumented by :func:`attnlab.models.hf.instrument`, :class:`attnlab.models.tiny.TinyTransformer`)
+    and :func:`attnlab.attend` call them on every attached probe:
+
+    - :meth:`observe`: a chunk of query rows of attention probabilities at a site (only when
+      ``observes_attention`` is True: attaching such a probe switches attention to the row pass);
+    - :meth:`observe_values`: the value states at a site, ``[B, Hkv, Tk, Dv]``;
+    - :meth:`observe_sublayer`: a block's input and its attention sublayer's contribution to the
+      residual stream, both ``[B, T, C]``;
+    - :meth:`observe_block`: a block's input and output ``[B, T, C]``;
+    - :meth:`begin` / :meth:`end`: around each input of a run (a scan calls them).
+
+    :meth:`result` returns what was accumulated, keyed by site name (or layer).
     """
 
-    def observe(self, chunk: AttentionChunk, site: Site) -> None: ...
+    observes_attention: bool = True
 
-    def result(self) -> dict[str, Any]: ...
+    def observe(self, chunk: AttentionChunk, site: Site) -> None:
+        """A chunk of attention rows at ``site`` (normalised probabilities, whole rows)."""
+
+    def observe_values(self, v: Tensor, site: Site) -> None:
+        """Value states ``[B, Hkv, Tk, Dv]`` at ``site``."""
+
+    def observe_sublayer(self, layer: int, x_in: Tensor, attn_out: Tensor) -> None:
+        """Block ``layer``'s input and its attention sublayer's contribution to the residual stream, ``[B, T, C]``."""
+
+    def observe_block(self, layer: int, x_in: Tensor, x_out: Tensor) -> None:
+        """Block ``layer``'s input and output ``[B, T, C]``."""
+
+    def begin(self, input_ids: Tensor, tokens: list[str]) -> None:
+        """Before an input of a run: its ids ``[B, T]`` and the token strings of the first sequence."""
+
+    def end(self) -> None:
+        """After an input of a run."""
+
+    def result(self) -> dict[str, Any]:
+        """What was accumulated, keyed by site name."""
+        return {}
 
 
-@runtime_checkable
-class Edit(Protocol):
-    """A training-free change of attention at a site.
+class Edit:
+    """A training-free change of attention at a site; subclass it and override what the edit does.
 
-    ``stage`` says where it acts; ``at(site)`` returns the function to apply there, or None if the
-    edit does not touch this site. The function's signature depends on the stage:
+    ``stage`` says where it acts; :meth:`at` returns the function to apply at a site, or None
+    if the edit does not touch it. The function's signature depends on the stage:
 
     - ``"logits"``: ``fn(score, b, h, q_idx, kv_idx) -> score``, elementwise over broadcasting
       index tensors (FlexAttention's ``score_mod``);
     - ``"probs"``: ``fn(probs, q_idx, kv_idx) -> probs`` with ``probs`` ``[B, H, Tc, Ts]`` whole
       rows, ``q_idx`` ``[Tc]`` and ``kv_idx`` ``[Ts]`` positions;
     - ``"output"``: ``fn(out) -> out`` with ``out`` ``[B, H, Tq, D]`` per-head outputs.
+
+    The other events are for runs (:mod:`attnlab.runs`), which call them on every edit; each is a
+    no-op by default:
+
+    - :meth:`validate`: check the edit against a model's sites before anything runs;
+    - :meth:`close`: the run is over (release hooks or caches).
     """
 
-    stage: Stage
+    stage: Stage  # set by every subclass
 
-    def at(self, site: Site) -> Callable | None: ...
+    def at(self, site: Site) -> Callable | None:
+        """The function to apply at ``site`` (None: the edit does not act there)."""
+        return None
+
+    def validate(self, sites: Sequence[Site]) -> None:
+        """Raise ``ValueError`` if the edit names layers or heads these sites do not have."""
+
+    def close(self) -> None:
+        """The run that used the edit is over."""
 
 
 def site_matcher(spec: str | Iterable[str] | Callable[[Site], bool] | None) -> Callable[[Site], bool]:

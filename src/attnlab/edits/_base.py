@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from attnlab.core.site import Site, site_matcher
+from attnlab.core.site import Edit, Site, site_matcher
 from attnlab.registry import Registry
 
 
-class SiteEdit:
+class SiteEdit(Edit):
     """An edit that acts at chosen sites, layers and heads.
 
     Subclasses set ``stage`` (``"logits"``, ``"probs"`` or ``"output"``) and implement

@@ -25,13 +25,13 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnlab.core.site import Site, site_matcher
+from attnlab.core.site import Edit, Site, site_matcher
 from attnlab.mechanisms import register
 
 __all__ = ["CaptureProbs", "SharedAttention"]
 
 
-class CaptureProbs:
+class CaptureProbs(Edit):
     """A ``"probs"`` edit that records the attention probabilities at one site, unchanged.
 
     Paper: 14 (EchoAtt: attend, copy, then adjust).

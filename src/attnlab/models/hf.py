@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.core import Site, attached, attend
+from attnlab.core import Edit, Site, attached, attend
 from attnlab.core import masks as M
 from attnlab.models.hf_load import EMBEDDED, load
 
@@ -105,7 +105,7 @@ def _is_sliding_causal(fn, window: int) -> bool:
 # --- the attention function -------------------------------------------------------------------
 
 
-class _Softcap:
+class _Softcap(Edit):
     """Gemma 2's logit soft-capping, ``c · tanh(score / c)``, as a logit stage of the model's own math."""
 
     stage = "logits"
@@ -138,9 +138,6 @@ def attention_forward(
         causal = kwargs.get("is_causal")
         causal = getattr(module, "is_causal", True) if causal is None else causal
         mask = _shifted(M.causal, Tk - Tq, 0) if causal and Tq > 1 else None
-    for probe in attached()[0]:
-        if hasattr(probe, "observe_values"):
-            probe.observe_values(value.detach(), site)  # [B, Hkv, Tk, Dv]
     edits = (_Softcap(kwargs["softcap"]),) if kwargs.get("softcap") else ()
     backend = _BACKEND.get(id(getattr(module, "config", None)), "auto")
     # with a KV cache the queries are the last Tq positions: edits see absolute positions

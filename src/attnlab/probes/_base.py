@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from attnlab.core.site import Site, site_matcher
+from attnlab.core.site import Probe, Site, site_matcher
 from attnlab.registry import Registry
 
 registry = Registry("probe", "attnlab.probes")
@@ -45,7 +45,7 @@ class Findings:
     notes: list[str] = field(default_factory=list)
 
 
-class SiteProbe:
+class SiteProbe(Probe):
     """A probe that keeps one accumulator per site and observes only the sites it selects.
 
     Scans also call :meth:`begin` before and :meth:`end` after each input, and

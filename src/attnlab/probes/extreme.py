@@ -41,9 +41,6 @@ class Extreme(SiteProbe):
         self.peaks: list[dict] = []
         self.inputs = 0
 
-    def observe(self, chunk, site) -> None:  # attention probabilities are not needed
-        return
-
     def observe_values(self, v: Tensor, site: Site) -> None:
         """Value states ``[B, Hkv, T, D]`` at a site (called by the HF adapter)."""
         if self.wants(site) and site.layer is not None:

@@ -34,9 +34,6 @@ class LayerImportance(SiteProbe):
 
     observes_attention = False
 
-    def observe(self, chunk, site) -> None:  # attention probabilities are not needed
-        return
-
     def observe_sublayer(self, layer: int, x_in: Tensor, attn_out: Tensor) -> None:
         """Block input ``X`` and attention contribution ``Attn(LN X)``, both ``[B, T, C]``."""
         self._add("attention", layer, x_in, x_in + attn_out)
