@@ -1,6 +1,6 @@
 """Regenerate the *today* column of docs/papers.md from the code itself.
 
-Every mechanism, probe, edit, task and mask names its paper (registry attribute or docstring), and
+Every mechanism, probe, edit, task and mask declares its paper where it registers (``paper=``), and
 every reproduction script in bench/repro/ cites its paper in its docstring's first line; this
 script collects them per paper number and rewrites the table. ``tests/test_docs.py`` fails when
 the page is out of date.

@@ -24,6 +24,9 @@ def test_scan_of_a_text_file_writes_results_and_report(tmp_path, smollm2):
     assert (tmp_path / "out" / "report.html").read_text().startswith("<!doctype html>")
     r = attnlab("report", str(tmp_path / "out" / "results.json"), "--out", str(tmp_path / "again.html"))
     assert r.returncode == 0 and (tmp_path / "again.html").is_file()
+    r = attnlab("report", str(tmp_path / "out" / "results.json"), "--out", str(tmp_path / "out" / "results.json"))
+    assert r.returncode == 1 and "is the results file itself" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == data  # the results were not overwritten
 
 
 @pytest.mark.parametrize(
@@ -59,7 +62,7 @@ def test_bad_input_exits_nonzero_with_a_message_and_no_traceback(tmp_path, make,
 def test_report_of_a_bad_file_fails_cleanly(tmp_path):
     (tmp_path / "r.json").write_text("{}")
     r = attnlab("report", str(tmp_path / "r.json"))
-    assert r.returncode == 1 and "is not an attnlab scan result" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "is not an attnlab result" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_list_and_check_work():
@@ -74,9 +77,11 @@ def test_edit_measures_before_and_after(tmp_path, smollm2):
     data = json.loads((tmp_path / "e" / "results.json").read_text())
     (m,) = data["meta"]["metrics"]
     assert m["metric"] == "logit_diff" and m["examples"] == 20 and m["before"] != m["after"]
-    assert data["meta"]["edits"] == ["head_mask:heads=L0H0+L0H1,mode=zero"]
+    assert data["meta"]["settings"]["edits"] == ["head_mask:heads=L0H0+L0H1,mode=zero"]
     assert data["meta"]["applied"] == ["HeadMask(heads=['L0H0', 'L0H1'], layers=None, mode='zero')"]
     assert (tmp_path / "e" / "report.html").read_text().startswith("<!doctype html>")
+    r = attnlab("report", str(tmp_path / "e" / "results.json"), "--out", str(tmp_path / "again.html"))  # any kind re-renders
+    assert r.returncode == 0 and "edit report" in r.stdout and "head_mask:heads=L0H0+L0H1" in (tmp_path / "again.html").read_text()
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,8 @@ def test_bench_tasks_prints_the_table_and_writes_results(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert [s["mechanism"] for s in data["summary"]] == ["mha", "linear"] and data["meta"]["settings"]["seeds"] == [0, 1]
     assert "<svg" in (tmp_path / "report.html").read_text()
+    r = attnlab("report", str(tmp_path / "results.json"), "--out", str(tmp_path / "again.html"))  # a sweep re-renders
+    assert r.returncode == 0 and "sweep report" in r.stdout and "<svg" in (tmp_path / "again.html").read_text()
 
 
 @pytest.mark.parametrize(

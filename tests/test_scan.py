@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from attnlab.scanner import ScanResult, scan
+from attnlab.results import ScanResult
+from attnlab.runs.scan import scan
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,8 @@ def result(smollm2):
 
 def test_result_carries_settings_versions_and_model(result):
     m = result.meta
-    assert m["schema"] == 1 and m["settings"]["needle_lengths"] == [512] and m["settings"]["test"] is True
+    assert (m["format"], m["kind"], m["schema"]) == ("attnlab.result", "scan", 2)
+    assert m["settings"]["needle_lengths"] == [512] and m["settings"]["test"] is True
     assert {"attnlab", "torch", "transformers"} <= set(m["versions"])
     assert m["model"]["identity"] == "smollm2-135m" and m["model"]["layers"] == 30 and m["model"]["heads"] == 9
     assert [i["kind"] for i in m["inputs"]] == ["text", "repeated", "needle"]
@@ -35,8 +37,10 @@ def test_every_probe_reports_layer_by_head_findings(result):
         heat = next(iter(result.findings[probe]["heatmaps"].values()))
         assert len(heat) == 30 and all(len(row) == 9 for row in heat), probe
         assert result.findings[probe]["notes"], probe
-    assert len(result.findings["layer_importance"]["tables"]["attention sublayers, most redundant first"]) == 30
+    assert len(result.findings["layer_importance"]["tables"]["redundancy_ranking"]) == 30
     assert result.maps and all(len(m["matrix"]) == len(m["tokens"]) for m in result.maps)
+    reasons = {why for m in result.maps for why in m["why"].split(" and ")}  # heads found by finding id
+    assert {"strongest previous-token head", "strongest induction head", "strongest first-token sink head"} <= reasons
 
 
 def test_save_load_and_report_are_self_contained(result, tmp_path):
@@ -51,9 +55,9 @@ def test_save_load_and_report_are_self_contained(result, tmp_path):
 
 def test_to_pandas_is_a_long_table(result):
     df = result.to_pandas()
-    assert list(df.columns) == ["probe", "metric", "layer", "head", "value"]
+    assert list(df.columns) == ["probe", "metric", "layer", "head", "position", "token", "value"]
     assert set(df["probe"]) >= {"sink", "entropy", "patterns", "retrieval"}
-    assert len(df[(df.probe == "entropy") & (df.metric == "entropy (normalised)")]) == 270
+    assert len(df[(df.probe == "entropy") & (df.metric == "normalized")]) == 270
 
 
 def test_bad_inputs_are_refused(smollm2):

@@ -14,14 +14,15 @@ from __future__ import annotations
 from common import bar_chart, save
 
 from attnlab.edits.sink_redistribute import SinkRedistribute
-from attnlab.evaluate import compare
 from attnlab.models.hf import instrument, load
+from attnlab.runs.calibrate import calibrate
+from attnlab.runs.evaluate import compare
 
 
 def main():
     model, tok = load("smollm2-135m")
     instrument(model)
-    act = SinkRedistribute(method="act").calibrate(model, tok, windows=1, window=128, progress=print)
+    act = calibrate(SinkRedistribute(method="act"), model, tok, windows=1, window=128, progress=print)
     results = compare(model, tok, [act], ["ppl", "needle"], progress=print)
     rows = [r.summary() for r in results]
     heads = [f"L{layer}H{h}" for layer, hs in sorted(act.head_map.items()) for h in hs]  # kept by calibration

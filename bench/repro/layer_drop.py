@@ -15,8 +15,9 @@ import math
 from common import bar_chart, save
 
 from attnlab.edits.drop_attention import DropAttention
-from attnlab.evaluate import perplexity
 from attnlab.models.hf import instrument, load
+from attnlab.runs.calibrate import calibrate
+from attnlab.runs.evaluate import perplexity
 from attnlab.stats import mean_ci
 
 DRAWS = 5
@@ -29,17 +30,19 @@ def main():
     def ppl(edit=None) -> float:
         if edit is None:
             return sum(perplexity(model, tok)) / 8
-        with edit:
+        try:
             return sum(perplexity(model, tok, [edit])) / 8
+        finally:
+            edit.close()
 
     base = ppl()
-    ranking = DropAttention(top=1).calibrate(model, tok)
+    ranking = calibrate(DropAttention(top=1), model, tok)
     rows, values, labels = [{"dropped": 0, "choice": "none", "perplexity": round(base, 2)}], [base], ["none"]
     summary = {}
     for n in (2, 4, 8):
-        most = ppl(DropAttention(top=n).calibrate(model, tok))
-        least = ppl(DropAttention(bottom=n).calibrate(model, tok))
-        rand = mean_ci([ppl(DropAttention(random=n, seed=s).calibrate(model, tok)) for s in range(DRAWS)])
+        most = ppl(calibrate(DropAttention(top=n), model, tok))
+        least = ppl(calibrate(DropAttention(bottom=n), model, tok))
+        rand = mean_ci([ppl(calibrate(DropAttention(random=n, seed=s), model, tok)) for s in range(DRAWS)])
         summary[n] = (most, least, rand)
         rows += [
             {"dropped": n, "choice": "most redundant", "perplexity": round(most, 2)},

@@ -18,9 +18,10 @@ from common import bar_chart, save
 
 from attnlab.data import haystack
 from attnlab.edits.head_mask import HeadMask
-from attnlab.evaluate import needle
 from attnlab.models.hf import instrument, load, sites
-from attnlab.probes.retrieval import Retrieval, needle_in_a_haystack
+from attnlab.probes.retrieval import Retrieval
+from attnlab.runs.evaluate import needle
+from attnlab.runs.needle import needle_in_a_haystack
 from attnlab.stats import mean_ci
 
 LENGTHS = (512, 768)

@@ -14,9 +14,9 @@ traceback, and leave no half-written output.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
-import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from attnlab.scanner import DEFAULT_PROBES
+from attnlab.runs.scan import DEFAULT_PROBES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="attnlab: a laboratory for attention in transformers.")
 console = Console()
@@ -61,15 +61,6 @@ def _first_line(obj) -> str:
     return doc.split("\n\n")[0].replace("\n", " ")
 
 
-def _paper(text: str) -> str:
-    """The PAPERS.md numbers a docstring cites (``Paper 42``, ``Paper: 73 (...), 68 (...)``, ``Papers 5 and 57``)."""
-    cited = r"\d{1,2}(?:\s*\([^)]*\))?"
-    m = re.search(rf"Papers?:?\s*({cited}(?:\s*(?:,|and)\s*{cited})*)", text)
-    if not m:
-        return ""
-    return ", ".join(dict.fromkeys(re.findall(r"(\d{1,2})(?:\s*\([^)]*\))?", m.group(1))))
-
-
 def _call(name: str, fn) -> str:
     params = []
     for p in inspect.signature(fn).parameters.values():
@@ -80,40 +71,35 @@ def _call(name: str, fn) -> str:
 
 
 def rows(category: Category) -> list[tuple[str, ...]]:
-    """``(name, paper, what it is)`` for every entry of a category, read from the code itself.
+    """``(name, paper, what it is)`` for every entry of a category, from :func:`attnlab.names`.
 
-    Mechanisms add their input layout and time and memory complexity.
+    Papers are what each entry declared where it registered (``cls.paper``, a mask factory's
+    ``fn.paper``). Mechanisms add their input layout and time and memory complexity.
     """
-    from attnlab import mechanisms, probes
-    from attnlab.core import backends, choose_backend, masks
+    from attnlab import registry
 
+    names = registry.names(category.value)
     if category is Category.mechanisms:
+        from attnlab import mechanisms
+
         return [(e.name, e.paper, e.summary, e.layout, e.time, e.memory) for e in mechanisms.available()]
-    if category is Category.edits:
-        from attnlab import edits
-
-        return [
-            (name, _paper(inspect.getdoc(cls) or ""), _first_line(cls)) for name in edits.names() for cls in [edits.registry.lookup(name)]
-        ]
-    if category is Category.tasks:
-        from attnlab import tasks
-
-        return [(cls.name, cls.paper, _first_line(cls)) for cls in tasks.available()]
     if category is Category.backends:
-        out = [(name, "", _first_line(type(b))) for name, b in backends.BACKENDS.items()]
-        return [*out, ("auto", "", _first_line(choose_backend))]
+        from attnlab.core import backends, choose_backend
+
+        return [*((n, "", _first_line(type(backends.BACKENDS[n]))) for n in names), ("auto", "", _first_line(choose_backend))]
     if category is Category.masks:
+        from attnlab.core import masks
+
         out = []
-        for name in masks.__all__:
+        for name in names:
             obj = getattr(masks, name)
             if isinstance(obj, masks.Mask):
                 out.append((name, "", obj.description))
-            elif callable(obj) and not isinstance(obj, type):
-                out.append((_call(name, obj), _paper(inspect.getdoc(obj) or ""), _first_line(obj)))
+            else:
+                out.append((_call(name, obj), getattr(obj, "paper", ""), _first_line(obj)))
         return out
-    return [
-        (name, _paper(inspect.getdoc(cls) or ""), _first_line(cls)) for name in probes.names() for cls in [probes.registry.lookup(name)]
-    ]
+    kind = importlib.import_module(f"attnlab.{category.value}").registry
+    return [(name, cls.paper, _first_line(cls)) for name in names for cls in [kind.lookup(name)]]
 
 
 @app.command("list")
@@ -166,11 +152,40 @@ def check(
         raise typer.Exit(1)
 
 
+_Model = Annotated[
+    str,
+    typer.Option(
+        help="Embedded name (smollm2-135m, minilm-l6), a Hugging Face Hub id (org/name; from the local HF cache when HF_HUB_OFFLINE is set), a local HF model directory or a .gguf file."
+    ),
+]
+_Device = Annotated[str | None, typer.Option(help="Put the model on this device: cpu, cuda, cuda:N or mps (default: cpu).")]
+_Dtype = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16, float16, or auto (the checkpoint's own).")]
+_DeviceMap = Annotated[
+    str | None,
+    typer.Option(
+        help='accelerate placement instead of --device: auto (GPUs, then CPU, then disk for a model bigger than memory), balanced, sequential, or a JSON object module -> device, e.g. \'{"": "cuda:1"}\'.'
+    ),
+]
+
+
+def _load(model: str, device: str | None, dtype: str, device_map: str | None):
+    """Load --model with --device, --dtype and --device-map (a JSON object for a per-module map)."""
+    from attnlab.models.hf import load
+
+    placement = device_map
+    if device_map is not None and device_map.lstrip().startswith("{"):
+        try:
+            placement = json.loads(device_map)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f'--device-map {device_map!r} is not a JSON object ({e.msg}): give auto, a device or e.g. \'{{"": "cuda:1"}}\''
+            ) from e
+    return load(model, dtype=dtype, device=device, device_map=placement)
+
+
 @app.command()
 def scan(
-    model: Annotated[
-        str, typer.Option(help="Embedded name (smollm2-135m, minilm-l6), a local HF model directory or a .gguf file.")
-    ] = "smollm2-135m",
+    model: _Model = "smollm2-135m",
     text: Annotated[Path | None, typer.Option(help="A UTF-8 text file to scan (one input).")] = None,
     prompts: Annotated[Path | None, typer.Option(help='A JSONL file of inputs: one {"text": ...} per line.')] = None,
     synthetic: Annotated[
@@ -191,6 +206,9 @@ def scan(
     needle_lengths: Annotated[str, typer.Option(help="Needle trial lengths in tokens, comma-separated.")] = "512,768",
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-scan"),
     backend: Annotated[str, typer.Option(help="Attention backend: auto, reference, sdpa, blocked, flex.")] = "auto",
+    device: _Device = None,
+    dtype: _Dtype = "float32",
+    device_map: _DeviceMap = None,
 ):
     """Probe a pretrained model's attention (sinks, entropy, head patterns, extreme tokens, layer importance, retrieval heads).
 
@@ -198,7 +216,7 @@ def scan(
     attnlab), plus repeated random tokens and needle-in-a-haystack trials.
     """
     from attnlab.probes import names as probe_registry
-    from attnlab.scanner import scan as run_scan
+    from attnlab.runs.scan import scan as run_scan
 
     probe_names = [p.strip() for p in probes.split(",") if p.strip()]
     for p in probe_names:
@@ -213,10 +231,8 @@ def scan(
     default_sample = not texts and not kinds
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
-    from attnlab.models.hf import load
-
     with console.status(f"loading {model}"):
-        m, tok = load(model)
+        m, tok = _load(model, device, dtype, device_map)
     if default_sample:
         from attnlab.data import sample_text
 
@@ -267,15 +283,18 @@ def scan(
 
 @app.command()
 def report(
-    results: Annotated[Path, typer.Argument(help="A results.json written by attnlab scan.")],
+    results: Annotated[Path, typer.Argument(help="A results.json written by attnlab scan, edit, train or bench tasks.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the HTML (default: report.html beside the results).")] = None,
 ):
-    """Re-render the HTML report of a saved scan."""
-    from attnlab.scanner import ScanResult
+    """Re-render the HTML report of a saved result of any kind (scan, edit or sweep)."""
+    from attnlab.results import load
 
-    result = ScanResult.load(results)
-    path = result.report(out or results.with_name("report.html"))
-    console.print(f"wrote {path}")
+    target = out or results.with_name("report.html")
+    if target.resolve() == results.resolve():
+        raise ValueError(f"--out {target} is the results file itself: give another path for the HTML")
+    result = load(results)
+    path = result.report(target)
+    console.print(f"wrote {path} ({result.meta['kind']} report)")
 
 
 @app.command()
@@ -283,31 +302,32 @@ def edit(
     edit: Annotated[
         list[str], typer.Option("--edit", help="An edit spec name:key=value,... (attnlab list edits); repeat to compose, in order.")
     ],
-    model: Annotated[str, typer.Option(help="Embedded name (smollm2-135m), a local HF model directory or a .gguf file.")] = "smollm2-135m",
+    model: _Model = "smollm2-135m",
     eval: Annotated[str, typer.Option("--eval", help="Comma-separated measurements: ppl, needle, logit_diff.")] = "ppl,needle",
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-edit"),
     backend: Annotated[str, typer.Option(help="Attention backend for the edited model.")] = "auto",
+    device: _Device = None,
+    dtype: _Dtype = "float32",
+    device_map: _DeviceMap = None,
 ):
     """Apply training-free attention edits to a model and measure their effect, paired before/after.
 
     Example: attnlab edit --edit drop_attention:top=4 --eval ppl,needle
     """
     from attnlab import edits as E
-    from attnlab.edit_report import run_edit
+    from attnlab.runs.edit import run_edit
 
     specs = [E.parse(s) for s in edit]  # a malformed spec or unknown edit fails here, before loading
     evals = [e.strip() for e in eval.split(",") if e.strip()]
-    from attnlab.evaluate import METRICS
+    from attnlab.runs.evaluate import METRICS
 
     for name in evals:
         if name not in METRICS:
             raise ValueError(f"unknown evaluation {name!r}: choose from {', '.join(METRICS)}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
-    from attnlab.models.hf import load
-
     with console.status(f"loading {model}"):
-        m, tok = load(model)
+        m, tok = _load(model, device, dtype, device_map)
     with console.status("measuring") as status:
         result = run_edit(
             m, tok, specs, evals, specs_text=list(edit), model_name=model, backend=backend, progress=lambda line: status.update(line)
@@ -387,28 +407,16 @@ _TaskOption = Annotated[
 _TaskName = Annotated[str, typer.Option(help="A registered task (mqar, ...), or module:Class for a Task defined elsewhere.")]
 
 
-def _value(text: str):
-    """A command-line value as bool, None, int, float or string."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _key_values(pairs: list[str] | None, option: str) -> dict:
-    out = {}
+    """Options from repeated ``--x-option key=value[,key=value]`` (:func:`attnlab.spec.parse_options`)."""
+    from attnlab.spec import parse_options
+
+    out: dict = {}
     for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ValueError(f"{option} takes key=value (e.g. {option} pairs=8), got {pair!r}")
-        out[key.strip()] = _value(value)
+        for key, value in parse_options(pair, what=option, example="pairs=8").items():
+            if key in out:
+                raise ValueError(f"{option} gives {key!r} twice ({key}={out[key]!r} and {pair!r}): give each option once")
+            out[key] = value
     return out
 
 
@@ -478,9 +486,9 @@ def train(
     """
     import torch
 
+    from attnlab.results import versions
     from attnlab.train import SweepResult, build_model
     from attnlab.train import train as run_train
-    from attnlab.train.result import versions
     from attnlab.train.sweep import make_task
 
     spec = _task_class_or_name(task)

@@ -3,12 +3,16 @@
 import pytest
 import torch
 
+import attnlab
 from attnlab.core import Site, attach
 from attnlab.core.site import Edit, Probe
 from attnlab.edits import parse
 from attnlab.edits.drop_attention import DropAttention
 from attnlab.models import hf
+from attnlab.models.tiny import TinyTransformer
 from attnlab.probes import LayerImportance
+from attnlab.runs.calibrate import calibrate
+from attnlab.runs.edit import prepare
 from tests.conftest import tiny_causal_lm
 
 
@@ -61,7 +65,7 @@ def _mlp_part(family, block, x):
 def test_dropped_layer_contributes_exactly_zero_so_the_block_is_input_plus_mlp(family):
     model = _model(family)
     edit = DropAttention(layers=[1])
-    edit.prepare(model, IDS)
+    prepare(model, [edit], IDS)
     probe = Residual()
     with torch.no_grad(), attach(probes=[probe], edits=[edit]):
         model(input_ids=IDS)
@@ -78,7 +82,7 @@ def test_dropped_layer_contributes_exactly_zero_so_the_block_is_input_plus_mlp(f
 def test_importance_probe_scores_a_dropped_layer_exactly_one(family):
     model = _model(family)
     edit = DropAttention(layers=[0])
-    edit.prepare(model, IDS)
+    prepare(model, [edit], IDS)
     probe = LayerImportance()
     with torch.no_grad(), attach(probes=[probe], edits=[edit]):
         model(input_ids=IDS)
@@ -107,11 +111,11 @@ def test_top_zero_and_empty_layers_are_bit_identical():
     with torch.no_grad():
         base = model(input_ids=IDS).logits
     for edit in (DropAttention(top=0), DropAttention(layers=[]), parse("drop_attention:bottom=0")):
-        edit.prepare(model, IDS)
+        prepare(model, [edit], IDS)
         with torch.no_grad(), attach(edits=[edit]):
             assert torch.equal(model(input_ids=IDS).logits, base)
     edit = DropAttention(top=1)  # not a no-op: the test can fail
-    edit.prepare(model, IDS)
+    prepare(model, [edit], IDS)
     with torch.no_grad(), attach(edits=[edit]):
         assert not torch.equal(model(input_ids=IDS).logits, base)
     edit.close()
@@ -125,13 +129,13 @@ def test_top_bottom_and_random_follow_the_calibration_ranking():
         for w in range(2):
             model(input_ids=ids[w * 64 : (w + 1) * 64][None])
     ranking = probe.result()["ranking"]
-    top = DropAttention(top=2).calibrate(model, FakeTokenizer(), windows=2, window=64)
+    top = calibrate(DropAttention(top=2), model, FakeTokenizer(), windows=2, window=64)
     assert top.ranking == ranking and top.layers == sorted(ranking[:2])
-    bottom = DropAttention(bottom=1).calibrate(model, FakeTokenizer(), windows=2, window=64)
+    bottom = calibrate(DropAttention(bottom=1), model, FakeTokenizer(), windows=2, window=64)
     assert bottom.layers == [ranking[-1]]
     r1, r2, r3 = (DropAttention(random=2, seed=s) for s in (3, 3, 4))
     for r in (r1, r2, r3):
-        r.prepare(model, ids[None, :10])
+        prepare(model, [r], ids[None, :10])
     assert r1.layers == r2.layers and len(r1.layers) == 2 and r1.ranking is None
     for e in (top, bottom, r1, r2, r3):
         e.close()
@@ -140,16 +144,28 @@ def test_top_bottom_and_random_follow_the_calibration_ranking():
 def test_prepare_ranks_once_on_its_first_input_and_hooks_are_inert_outside_attach():
     model = _model(layers=3)
     edit = DropAttention(top=1)
-    edit.prepare(model, IDS)
+    with torch.no_grad():
+        base = model(input_ids=IDS).logits  # before any hook
+    prepare(model, [edit], IDS)
     first = edit.ranking
-    edit.prepare(model, torch.randint(0, 100, (1, 9)))
+    prepare(model, [edit], torch.randint(0, 100, (1, 9)))
     assert edit.ranking is first  # cached
     with torch.no_grad():
         a = model(input_ids=IDS).logits
         edit.close()
         b = model(input_ids=IDS).logits
-    assert torch.equal(a, b) and not edit._hooks
-    assert all(not any(getattr(h, "__name__", "") == "zero" for h in m._forward_hooks.values()) for m in hf.layers(model).contrib)
+    assert torch.equal(a, b) and torch.equal(a, base)
+
+
+def test_dropped_sublayers_contribute_zero_on_the_tiny_model_too():
+    torch.manual_seed(0)
+    model = TinyTransformer(13, dim=16, heads=2, layers=3).eval()
+    ids = torch.randint(0, 13, (1, 8))
+    probe = LayerImportance()
+    with torch.no_grad(), attach(probes=[probe], edits=[DropAttention(layers=[1])]), attnlab.capture(model, "layers.*.attn.out") as c:
+        model(ids)
+    assert torch.equal(c["layers.1.attn.out"], torch.zeros(1, 8, 16))
+    assert probe.result()["attention"][1] == 1.0 and probe.result()["attention"][0] < 1.0
 
 
 def test_composes_with_other_output_edits_in_either_order():
@@ -162,7 +178,7 @@ def test_composes_with_other_output_edits_in_either_order():
             return lambda out: out + 1.0
 
     edit = DropAttention(layers=[1])
-    edit.prepare(model, IDS)
+    prepare(model, [edit], IDS)
     for edits in ([edit, AddOne()], [AddOne(), edit]):
         probe = Residual()
         with torch.no_grad(), attach(probes=[probe], edits=edits):
@@ -189,16 +205,17 @@ def test_bad_options_and_out_of_range_layers_raise():
         DropAttention(random=4).validate(sites)
     with pytest.raises(ValueError, match="calibrate"):
         DropAttention(top=2).at(sites[0])
-    with pytest.raises(ValueError, match="prepare"):
-        DropAttention(layers=[0]).at(Site("layers.0.attn", layer=0, module_path="model.layers.0.self_attn"))
+    # a model's site needs no preparation: every model's hook graph applies the sublayer zeroing
+    assert DropAttention(layers=[0]).at(Site("layers.0.attn", layer=0, module_path="model.layers.0.self_attn")) is torch.zeros_like
     DropAttention(random=2).validate(sites)
 
 
 def test_smollm2_drop_the_most_redundant_layers_through_the_harness(smollm2):
-    from attnlab.evaluate import compare
+    from attnlab.runs.evaluate import compare
 
     model, tok = smollm2
-    with DropAttention(top=2).calibrate(model, tok, windows=1, window=64) as edit:
-        assert len(edit.ranking) == 30 and 0 not in edit.layers  # the first layer is never redundant
-        (r,) = compare(model, tok, [edit], ["ppl"], options={"ppl": {"windows": 1, "window": 64}})
+    edit = calibrate(DropAttention(top=2), model, tok, windows=1, window=64)
+    assert len(edit.ranking) == 30 and 0 not in edit.layers  # the first layer is never redundant
+    (r,) = compare(model, tok, [edit], ["ppl"], options={"ppl": {"windows": 1, "window": 64}})
+    edit.close()
     assert r.after[0] != r.before[0] and r.after[0] < 2 * r.before[0]

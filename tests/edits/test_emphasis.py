@@ -14,6 +14,7 @@ from attnlab.edits.emphasis import Emphasis
 from attnlab.edits.knockout import Knockout
 from attnlab.mechanisms.shared import CaptureProbs
 from attnlab.models import hf
+from attnlab.runs.edit import prepare
 from tests.conftest import tiny_causal_lm
 
 D, T = 8, 9
@@ -40,8 +41,8 @@ def test_alpha_and_beta_zero_is_bit_identical():
     model = hf.instrument(tiny_causal_lm("llama"))
     ids = torch.randint(0, 100, (1, 10), generator=torch.Generator().manual_seed(0))
     edits = [parse("emphasis:positions=1+2+3,alpha=0,beta=0,second=5,layers=0-1"), Emphasis(positions=[], second=[], rows="all")]
+    prepare(model, edits, ids)
     for e in edits:
-        e.prepare(model, ids)
         assert e.at(hf.sites(model)[0]) is None
     with torch.no_grad():
         base = model(input_ids=ids).logits
@@ -87,7 +88,7 @@ def test_prepare_reads_the_last_row_from_the_input_and_layers_limit_the_range():
     edit = parse("emphasis:positions=0+1+2,alpha=2.0,layers=1-2")
     with pytest.raises(ValueError, match="rows='last' needs the query length"):
         edit.at(hf.sites(model)[1])
-    edit.prepare(model, ids)
+    prepare(model, [edit], ids)
     assert edit.at(hf.sites(model)[0]) is None and edit.at(hf.sites(model)[2]) is not None
     cap, cap0 = CaptureProbs("layers.1.attn"), CaptureProbs("layers.1.attn")
     with torch.no_grad():

@@ -11,6 +11,8 @@ from attnlab.edits.head_mask import HeadMask, HeadOutputs
 from attnlab.edits.head_scale import HeadScale
 from attnlab.mechanisms.shared import CaptureProbs
 from attnlab.models import hf
+from attnlab.runs.calibrate import calibrate
+from attnlab.runs.edit import prepare
 from tests.conftest import tiny_causal_lm
 
 D = 8  # head dim of the tiny llama (32 / 4 heads)
@@ -36,8 +38,7 @@ def _run(model, ids, edits=()):
         for i, b in enumerate(model.model.layers)
     ]
     try:
-        for e in edits:
-            e.prepare(model, ids)
+        prepare(model, list(edits), ids)
         with torch.no_grad(), attach(edits=list(edits)):
             logits = model(input_ids=ids).logits
     finally:
@@ -116,13 +117,13 @@ def test_mean_mode_without_calibration_raises_a_clear_error(tiny):
     q, k, v = _qkv()
     with pytest.raises(ValueError, match=r"not calibrated|no mean outputs.*calibrate"):
         attnlab.attend(q, k, v, is_causal=True, edits=[HeadMask(heads=[0], mode="mean")])
-    with pytest.raises(ValueError, match=r"call \.calibrate"):
-        HeadMask(heads="L0H0", mode="mean").prepare(tiny, IDS)
+    with pytest.raises(ValueError, match=r"call attnlab\.runs\.calibrate\.calibrate"):
+        prepare(tiny, [HeadMask(heads="L0H0", mode="mean")], IDS)
 
 
 def test_mean_mode_replaces_the_head_output_by_its_mean_over_the_reference_set(tiny):
     texts = ["the quick brown fox", "jumps over the lazy dog!"]
-    edit = HeadMask(heads="L1H2+L1H0", mode="mean").calibrate(tiny, CharTokenizer(), texts)
+    edit = calibrate(HeadMask(heads="L1H2+L1H0", mode="mean"), tiny, CharTokenizer(), texts=texts)
     outs = [_run(tiny, CharTokenizer()(t)["input_ids"])[1][1][0].view(-1, 4, D) for t in texts]  # [T, H, D] each
     want = torch.cat(outs).double().mean(0).float()  # [H, D]: every token of every text
     torch.testing.assert_close(edit.means["layers.1.attn"], want, atol=1e-6, rtol=1e-6)

@@ -8,8 +8,9 @@ from attnlab.core import attach
 from attnlab.core.site import Edit
 from attnlab.edits import parse
 from attnlab.edits.head_mask import HeadMask
-from attnlab.edits.head_scale import VHR, HeadScale, vhd, vhr_rule
+from attnlab.edits.head_scale import HeadScale, vhr_rule
 from attnlab.models import hf
+from attnlab.runs.calibrate import vhd, vhr_select
 from tests.conftest import tiny_causal_lm
 
 D = 8
@@ -97,11 +98,11 @@ def test_vhr_selects_layer_by_layer_on_the_reinforced_model(tiny):
         a, b = (_last(tiny, ids, edits) for ids in (WITH, WITHOUT))
         return [(layer, h) for h in vhr_rule(torch.linalg.vector_norm(a - b, dim=-1)[layer], b.pow(2).sum(-1)[layer])]
 
-    once = VHR.select(tiny, None, WITH, WITHOUT, sequential=False)
+    once = vhr_select(tiny, None, WITH, WITHOUT, sequential=False)
     assert once == rule(0) + rule(1)
     first = rule(0)
     assert len(first) == 2  # half of the 4 heads
-    seq = VHR.select(tiny, None, WITH, WITHOUT, alpha=2.0)
+    seq = vhr_select(tiny, None, WITH, WITHOUT, alpha=2.0)
     assert seq == first + rule(1, [HeadScale(heads=first, factor=2.0)])  # layer 1 judged with layer 0 reinforced
     # and it was judged on the reinforced model: some forward saw layer 0's chosen heads doubled
     plain = _last(tiny, WITH)[0]  # [H, D]
@@ -111,11 +112,11 @@ def test_vhr_selects_layer_by_layer_on_the_reinforced_model(tiny):
         seen: list = []
         hook = tiny.model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0][0, -1].view(4, D)))
         try:
-            VHR.select(tiny, None, WITH, WITHOUT, alpha=2.0, sequential=sequential)
+            vhr_select(tiny, None, WITH, WITHOUT, alpha=2.0, sequential=sequential)
         finally:
             hook.remove()
         assert any(torch.equal(x, doubled) for x in seen) is want
-    assert VHR.select(tiny, None, WITH, WITHOUT, layers=[1], sequential=False) == rule(1)
+    assert vhr_select(tiny, None, WITH, WITHOUT, layers=[1], sequential=False) == rule(1)
 
 
 def _last(model, ids, edits=()):
@@ -158,6 +159,6 @@ def test_validate_and_options_reject_bad_heads_and_factors(tiny):
     with pytest.raises(TypeError, match="factor must be a number"):
         HeadScale(heads=[0], factor="twice")
     with pytest.raises(ValueError, match="out of range"):
-        VHR.select(tiny, None, WITH, WITHOUT, layers=[2])
+        vhr_select(tiny, None, WITH, WITHOUT, layers=[2])
     with pytest.raises(ValueError, match="instrumented model"):
         vhd(tiny_causal_lm("llama"), None, WITH, WITHOUT)

@@ -10,9 +10,10 @@ import attnlab
 from attnlab.core import Site, attach
 from attnlab.core.backends.blocked import Blocked
 from attnlab.edits import parse
-from attnlab.edits.knockout import Knockout, scan, token_group, window_layers
+from attnlab.edits.knockout import Knockout, token_group, window_layers
 from attnlab.mechanisms.shared import CaptureProbs
 from attnlab.models import hf
+from attnlab.runs.knockout import scan
 from tests.conftest import tiny_causal_lm
 
 D, T = 8, 9

@@ -16,6 +16,8 @@ from attnlab.edits.share_attention import ShareAttention
 from attnlab.edits.sink_redistribute import SinkRedistribute
 from attnlab.mechanisms.shared import CaptureProbs
 from attnlab.models import hf
+from attnlab.runs.calibrate import calibrate
+from attnlab.runs.edit import prepare
 from tests.conftest import tiny_causal_lm
 
 CACHE = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"  # transformers renamed it
@@ -105,7 +107,7 @@ def test_decode_step_shares_the_new_row():
 
 def test_calibrate_measures_cosine_similarity_and_chooses_blocks_of_the_most_similar_layers():
     model = _model(layers=5)
-    edit = ShareAttention(top=2).calibrate(model, FakeTokenizer(), windows=2, window=40)
+    edit = calibrate(ShareAttention(top=2), model, FakeTokenizer(), windows=2, window=40)
     ids = FakeTokenizer()("")["input_ids"][0]
     eager = tiny_causal_lm("llama", num_hidden_layers=5)
     want = 0
@@ -122,7 +124,7 @@ def test_calibrate_measures_cosine_similarity_and_chooses_blocks_of_the_most_sim
     sources = {t: (t - 2 if t - 1 in best else t - 1) for t in best}  # a run of targets shares the layer before it
     assert edit.pairs == sources
     r1, r2 = ShareAttention(random=2, seed=7), ShareAttention(random=2, seed=7)
-    r1.prepare(model, IDS)
+    prepare(model, [r1], IDS)
     r2.validate(hf.sites(model))
     assert r1.pairs == r2.pairs and len(r1.pairs) == 2
 
@@ -167,7 +169,7 @@ def test_bad_options_and_out_of_range_layers_raise():
 
 def test_smollm2_calibration_finds_similar_adjacent_layers(smollm2):
     model, tok = smollm2
-    edit = ShareAttention(top=3).calibrate(model, tok, windows=1, window=48)
+    edit = calibrate(ShareAttention(top=3), model, tok, windows=1, window=48)
     S = edit.similarity
     assert S.shape == (30, 30) and torch.allclose(S.diagonal(), torch.ones(30, dtype=S.dtype))
     assert len(edit.pairs) == 3 and all(s < t for t, s in edit.pairs.items())

@@ -12,6 +12,8 @@ from attnlab.core.site import Probe
 from attnlab.edits import parse
 from attnlab.edits.sink_redistribute import SinkRedistribute, redistribute
 from attnlab.models import hf
+from attnlab.runs.calibrate import calibrate
+from attnlab.runs.edit import prepare
 from tests.conftest import tiny_causal_lm
 
 CACHE = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"  # transformers renamed it
@@ -69,11 +71,11 @@ def test_beta_one_and_empty_heads_are_bit_identical():
     with torch.no_grad():
         base = model(input_ids=ids).logits
     for edit in (SinkRedistribute(beta=1.0, tau=0.05), SinkRedistribute(heads=[], tau=0.05), parse("sink_redistribute:method=var,p=1")):
-        edit.prepare(model, ids)
+        prepare(model, [edit], ids)
         with torch.no_grad(), attach(edits=[edit]):
             assert torch.equal(model(input_ids=ids).logits, base)
     edit = SinkRedistribute(beta=0.4, tau=0.05)  # not a no-op: the test can fail
-    edit.prepare(model, ids)
+    prepare(model, [edit], ids)
     with torch.no_grad(), attach(edits=[edit]):
         assert not torch.equal(model(input_ids=ids).logits, base)
 
@@ -84,7 +86,7 @@ def test_act_prepare_finds_the_columns_of_the_full_matrix_and_the_pass_scales_th
     with torch.no_grad():
         A = eager(input_ids=ids, output_attentions=True).attentions  # [layers][1, H, T, T]
     edit = SinkRedistribute(beta=0.25, tau=0.12, layers=[1])
-    edit.prepare(model, ids)
+    prepare(model, [edit], ids)
     T = ids.shape[1]
     for layer, a in enumerate(A):
         alpha = a[0].double().sum(1) / torch.arange(T, 0, -1, dtype=torch.float64)  # [H, T]
@@ -108,7 +110,7 @@ def test_act_prepare_finds_the_columns_of_the_full_matrix_and_the_pass_scales_th
 def test_decode_step_uses_the_sinks_of_the_prompt():
     model, ids = _model_and_ids(T=10, seed=2)
     edit = SinkRedistribute(beta=0.5, tau=0.12, layers=[1])
-    edit.prepare(model, ids)
+    prepare(model, [edit], ids)
     sinks = edit._record["layers.1.attn"][0]  # [H, 10]
     assert sinks.any()
     probs = []
@@ -151,7 +153,7 @@ def test_var_sink_tokens_come_from_the_sink_dimensions_of_the_layer_inputs():
         hidden = model(input_ids=ids, output_hidden_states=True).hidden_states  # inputs of layers 0, 1 are [0], [1]
     dims, tau = [3, 17], 1.5
     edit = SinkRedistribute(method="var", dims=dims, tau=tau)
-    edit.prepare(model, ids)
+    prepare(model, [edit], ids)
     for layer in range(2):
         x = hidden[layer][0]
         r = (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)).abs()
@@ -191,7 +193,7 @@ def test_calibrate_keeps_exactly_the_heads_that_improve_the_score():
         ((layer, heads),) = edits[0].head_map.items()
         return values.get((layer, heads[0]), 0.0)
 
-    edit = SinkRedistribute().calibrate(model, None, score=score, candidates=["L1H0", "L1H1", "L0H2"])
+    edit = calibrate(SinkRedistribute(), model, None, score=score, candidates=["L1H0", "L1H1", "L0H2"])
     assert edit.head_map == {1: [1]} and edit.scores == {(1, 0): -0.5, (1, 1): 0.5, (0, 2): 0.0}
 
 
@@ -202,7 +204,7 @@ def test_calibrate_default_score_runs_every_candidate_through_prepare():
         def __call__(self, text, return_tensors="pt"):
             return {"input_ids": torch.randint(0, 100, (1, 80), generator=torch.Generator().manual_seed(len(text)))}
 
-    edit = SinkRedistribute(tau=0.05).calibrate(model, Tok(), windows=2, window=32)
+    edit = calibrate(SinkRedistribute(tau=0.05), model, Tok(), windows=2, window=32)
     assert set(edit.scores) == {(la, h) for la in (2,) for h in range(4)}  # layers 2..L-2
     assert any(v != 0 for v in edit.scores.values())  # the edit does change the perplexity
     assert edit.head_map == {2: [h for h in range(4) if edit.scores[(2, h)] > 0]} or all(v <= 0 for v in edit.scores.values())
@@ -235,10 +237,10 @@ def test_smollm2_short_run_finds_sink_columns_and_sink_dimensions(smollm2):
     hf.instrument(model)
     ids = tok("The quick brown fox jumps over the lazy dog. " * 4, return_tensors="pt")["input_ids"][:, :40]
     act = SinkRedistribute(layers=[3, 4, 5])
-    act.prepare(model, ids)
+    prepare(model, [act], ids)
     assert sum(int(s[..., 1:].sum()) for s in act._record.values()) > 0  # hidden sinks j >= 1 exist
     var = SinkRedistribute(method="var")
-    var.prepare(model, ids)
+    prepare(model, [var], ids)
     assert len(var.dims) > 0  # massive-activation dimensions of the first token
     assert sum(bool(s[0, 0, 0]) for s in var._record.values()) >= 15  # the first token is a sink in most layers
     with torch.no_grad():

@@ -79,8 +79,8 @@ def test_per_head_tau_and_head_selection():
 def test_position_temperature_equals_the_selective_attention_mechanism():
     # paper 51: q̃_i = (1 + σ(α) log n_i) q_i with n_i = i + 1 keys under a causal mask
     torch.manual_seed(0)
-    sel = SelectiveAttention(16, 4, token=False, causal=True)
-    mha = MultiHeadAttention(16, 4, causal=True)
+    sel = SelectiveAttention(16, 4, token=False, is_causal=True)
+    mha = MultiHeadAttention(16, 4, is_causal=True)
     sel.load_state_dict(mha.state_dict(), strict=False)
     with torch.no_grad():
         sel.alpha.fill_(0.8)

@@ -25,7 +25,7 @@ def _reference(m, x):
     B, T_, _ = x.shape
     Q, K, V = x @ m.q_proj.weight.T, x @ m.k_proj.weight.T, x @ m.v_proj.weight.T
     running = torch.stack([x[:, : t + 1].mean(1) for t in range(T_)], 1)  # mean of tokens 0..t
-    C = running if m.causal else x.mean(1, keepdim=True).expand(B, T_, DIM)
+    C = running if m.is_causal else x.mean(1, keepdim=True).expand(B, T_, DIM)
     CU_Q, CU_K = C @ m.context_q.weight.T, C @ m.context_k.weight.T
     lam_Q = torch.sigmoid(Q @ m.gate_q.v_states.weight.T + CU_Q @ m.gate_q.v_context.weight.T)
     lam_K = torch.sigmoid(K @ m.gate_k.v_states.weight.T + CU_K @ m.gate_k.v_context.weight.T)
@@ -36,7 +36,7 @@ def _reference(m, x):
     for h in range(m.heads):
         g = h // G
         s = Qh[..., h * D : (h + 1) * D] @ Kh[..., g * D : (g + 1) * D].transpose(1, 2) / math.sqrt(D)
-        if m.causal:
+        if m.is_causal:
             s = s.masked_fill(~torch.ones(T_, T_, dtype=torch.bool).tril(), float("-inf"))
         outs.append(torch.softmax(s, -1) @ V[..., g * D : (g + 1) * D])
     return torch.cat(outs, -1) @ m.o_proj.weight.T
@@ -45,7 +45,7 @@ def _reference(m, x):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_context_aware_with_zero_gates_equals_vanilla_attention(causal, kv_heads):
-    ca, mha = _pair(causal=causal, kv_heads=kv_heads)
+    ca, mha = _pair(is_causal=causal, kv_heads=kv_heads)
     for gate in (ca.gate_q, ca.gate_k):  # force λ = 0 at both gates
         gate.register_forward_hook(lambda module, args, out: torch.zeros_like(out))
     x = torch.randn(2, T, DIM)
@@ -55,7 +55,7 @@ def test_context_aware_with_zero_gates_equals_vanilla_attention(causal, kv_heads
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_context_aware_equals_the_papers_equations(causal, kv_heads):
-    ca, mha = _pair(causal=causal, kv_heads=kv_heads)
+    ca, mha = _pair(is_causal=causal, kv_heads=kv_heads)
     x = torch.randn(2, T, DIM)
     torch.testing.assert_close(ca(x), _reference(ca, x), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(ca(x), mha(x), atol=1e-3)
@@ -73,7 +73,7 @@ def test_context_aware_gate_one_replaces_queries_and_keys_by_the_context():
 
 
 def test_context_aware_causal_output_ignores_the_future():
-    ca, _ = _pair(causal=True, rope=True)
+    ca, _ = _pair(is_causal=True, rope=True)
     x = torch.randn(1, T, DIM)
     y = x.clone()
     y[:, 4:] = torch.randn(1, T - 4, DIM)
@@ -89,7 +89,7 @@ def test_context_aware_bidirectional_context_sees_every_token():
 
 def test_context_aware_gradcheck():
     torch.manual_seed(1)
-    m = ContextAwareAttention(8, 2, kv_heads=1, causal=True, backend="reference").double()
+    m = ContextAwareAttention(8, 2, kv_heads=1, is_causal=True, backend="reference").double()
     x = torch.randn(1, 4, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,))
 
@@ -97,7 +97,7 @@ def test_context_aware_gradcheck():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
 def test_context_aware_dtypes(dtype, causal):
-    m = ContextAwareAttention(DIM, HEADS, causal=causal).to(dtype)
+    m = ContextAwareAttention(DIM, HEADS, is_causal=causal).to(dtype)
     out = m(torch.randn(2, T, DIM, dtype=dtype))
     assert out.shape == (2, T, DIM) and out.dtype == dtype and not out.isnan().any()
 

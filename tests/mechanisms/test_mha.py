@@ -36,7 +36,7 @@ def _einsum_mha(m, x, *, kind="softmax", mask=None):
     v = v.repeat_interleave(H // Hkv, dim=2)
     s = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(D)
     allowed = torch.ones(T_, T_, dtype=torch.bool)
-    if m.causal:
+    if m.is_causal:
         allowed = torch.tril(allowed)
     if mask is not None:
         allowed = allowed & mask
@@ -53,7 +53,7 @@ def _einsum_mha(m, x, *, kind="softmax", mask=None):
 @pytest.mark.parametrize("rope", [False, True])
 def test_mha_equals_explicit_einsum_attention(kv_heads, causal, rope):
     torch.manual_seed(0)
-    m = MultiHeadAttention(DIM, HEADS, kv_heads=kv_heads, causal=causal, rope=rope)
+    m = MultiHeadAttention(DIM, HEADS, kv_heads=kv_heads, is_causal=causal, rope=rope)
     x = torch.randn(2, T, DIM)
     torch.testing.assert_close(m(x), _einsum_mha(m, x), atol=1e-5, rtol=1e-5)
 
@@ -61,14 +61,14 @@ def test_mha_equals_explicit_einsum_attention(kv_heads, causal, rope):
 @pytest.mark.parametrize("backend", ["reference", "sdpa", "blocked"])
 def test_mha_backends_give_the_same_layer(backend):
     torch.manual_seed(1)
-    m = MultiHeadAttention(DIM, HEADS, kv_heads=2, causal=True, rope=True, backend=backend)
+    m = MultiHeadAttention(DIM, HEADS, kv_heads=2, is_causal=True, rope=True, backend=backend)
     x = torch.randn(2, T, DIM)
     torch.testing.assert_close(m(x), _einsum_mha(m, x), atol=1e-5, rtol=1e-5)
 
 
 def test_mha_extra_mask_combines_with_causal():
     torch.manual_seed(2)
-    m = MultiHeadAttention(DIM, HEADS, causal=True)
+    m = MultiHeadAttention(DIM, HEADS, is_causal=True)
     x = torch.randn(1, T, DIM)
     keep = torch.rand(T, T) > 0.3
     keep.fill_diagonal_(True)
@@ -89,14 +89,14 @@ def test_rope_scores_depend_only_on_relative_position():
 @pytest.mark.parametrize("causal", [False, True])
 def test_relu_attention_equals_its_formula(causal):
     torch.manual_seed(4)
-    m = MultiHeadAttention(DIM, HEADS, kv_heads=2, causal=causal, attention="relu")
+    m = MultiHeadAttention(DIM, HEADS, kv_heads=2, is_causal=causal, attention="relu")
     x = torch.randn(2, T, DIM)
     torch.testing.assert_close(m(x), _einsum_mha(m, x, kind="relu"), atol=1e-5, rtol=1e-5)
 
 
 def test_relu_attention_divides_by_query_position_under_causal_mask():
     # one head, identity projections, all-positive scores: out_t = Σ_{j≤t} (q_t·k_j/√D) v_j / (t+1)
-    m = MultiHeadAttention(2, 1, causal=True, attention="relu")
+    m = MultiHeadAttention(2, 1, is_causal=True, attention="relu")
     for lin in (m.q_proj, m.k_proj, m.v_proj, m.o_proj):
         lin.weight.data = torch.eye(2)
     x = torch.rand(1, 5, 2) + 0.1
@@ -107,7 +107,7 @@ def test_relu_attention_divides_by_query_position_under_causal_mask():
 
 def test_relu_attention_head_can_be_dormant_without_a_sink():
     # scores all negative: softmax must still spend its mass somewhere, ReLU attention outputs 0
-    m = MultiHeadAttention(2, 1, causal=True, attention="relu")
+    m = MultiHeadAttention(2, 1, is_causal=True, attention="relu")
     for lin in (m.k_proj, m.v_proj, m.o_proj):
         lin.weight.data = torch.eye(2)
     m.q_proj.weight.data = -torch.eye(2)
@@ -128,8 +128,8 @@ def test_sigma_reparam_layer_at_init_equals_plain_layer():
 @pytest.mark.parametrize("training", [False, True])
 def test_sigma_reparam_mha_at_init_equals_plain_mha(training):
     torch.manual_seed(6)
-    sr = MultiHeadAttention(DIM, HEADS, causal=True, sigma_reparam=True).train(training)
-    plain = MultiHeadAttention(DIM, HEADS, causal=True)
+    sr = MultiHeadAttention(DIM, HEADS, is_causal=True, sigma_reparam=True).train(training)
+    plain = MultiHeadAttention(DIM, HEADS, is_causal=True)
     missing, unexpected = plain.load_state_dict(sr.state_dict(), strict=False)
     assert not missing and {k.rsplit(".", 1)[1] for k in unexpected} == {"u", "v", "gamma"}
     x = torch.randn(2, T, DIM)
@@ -173,7 +173,7 @@ def test_sigma_reparam_gradients_reach_gamma_and_weight():
 @pytest.mark.parametrize("attention", ["softmax", "relu"])
 def test_mha_causal_output_ignores_the_future(attention):
     torch.manual_seed(8)
-    m = MultiHeadAttention(DIM, HEADS, kv_heads=2, causal=True, rope=True, attention=attention)
+    m = MultiHeadAttention(DIM, HEADS, kv_heads=2, is_causal=True, rope=True, attention=attention)
     x = torch.randn(1, T, DIM)
     y = x.clone()
     y[:, 4:] = torch.randn(1, T - 4, DIM)
@@ -184,8 +184,8 @@ def test_mha_causal_output_ignores_the_future(attention):
 @pytest.mark.parametrize(
     "options",
     [
-        dict(kv_heads=2, causal=True, rope=True, backend="reference"),
-        dict(attention="relu", causal=True),
+        dict(kv_heads=2, is_causal=True, rope=True, backend="reference"),
+        dict(attention="relu", is_causal=True),
         dict(sigma_reparam=True, bias=True, backend="reference"),
     ],
 )
@@ -197,7 +197,7 @@ def test_mha_gradcheck(options):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("options", [dict(), dict(kv_heads=1, causal=True, rope=True), dict(attention="relu"), dict(sigma_reparam=True)])
+@pytest.mark.parametrize("options", [dict(), dict(kv_heads=1, is_causal=True, rope=True), dict(attention="relu"), dict(sigma_reparam=True)])
 def test_mha_dtypes(dtype, options):
     m = MultiHeadAttention(DIM, HEADS, **options).to(dtype)
     out = m(torch.randn(2, T, DIM, dtype=dtype))
@@ -205,7 +205,7 @@ def test_mha_dtypes(dtype, options):
 
 
 def test_mha_softmax_goes_through_its_site():
-    m = MultiHeadAttention(DIM, HEADS, causal=True)
+    m = MultiHeadAttention(DIM, HEADS, is_causal=True)
     probe = Entropy()
     with attach(probes=[probe]):
         m(torch.randn(1, T, DIM))

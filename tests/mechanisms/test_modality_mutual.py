@@ -20,7 +20,7 @@ T = IMAGE.numel()
 def _pair(**options):
     torch.manual_seed(0)
     mm = ModalityMutualAttention(DIM, HEADS, **options)
-    mha = MultiHeadAttention(DIM, HEADS, causal=True, **options)
+    mha = MultiHeadAttention(DIM, HEADS, is_causal=True, **options)
     mha.load_state_dict(mm.state_dict())
     return mm, mha
 

@@ -13,7 +13,7 @@ DIM, HEADS, T = 16, 4, 6
 def _moh_and_mha(**options):
     torch.manual_seed(0)
     moh = MixtureOfHeads(DIM, HEADS, **options)
-    mha = MultiHeadAttention(DIM, HEADS, kv_heads=options.get("kv_heads"), causal=options.get("causal", False))
+    mha = MultiHeadAttention(DIM, HEADS, kv_heads=options.get("kv_heads"), is_causal=options.get("is_causal", False))
     missing, _ = moh.load_state_dict(mha.state_dict(), strict=False)
     assert all(k.split(".")[0] in ("router", "shared_router", "group_router") for k in missing)
     return moh, mha
@@ -22,7 +22,7 @@ def _moh_and_mha(**options):
 @pytest.mark.parametrize("shared_heads", [0, 1, 2, 4])
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_moh_unit_gates_with_every_head_active_equals_mha(shared_heads, kv_heads):
-    moh, mha = _moh_and_mha(shared_heads=shared_heads, top_k=HEADS - shared_heads, kv_heads=kv_heads, causal=True, gates="unit")
+    moh, mha = _moh_and_mha(shared_heads=shared_heads, top_k=HEADS - shared_heads, kv_heads=kv_heads, is_causal=True, gates="unit")
     x = torch.randn(2, T, DIM)
     assert torch.equal(moh(x), mha(x))
 
@@ -87,7 +87,7 @@ def test_moh_aux_loss_is_coefficient_times_balance_loss_of_its_router():
 
 def test_moh_causal_output_ignores_the_future():
     torch.manual_seed(4)
-    m = MixtureOfHeads(DIM, HEADS, shared_heads=1, top_k=2, causal=True, rope=True)
+    m = MixtureOfHeads(DIM, HEADS, shared_heads=1, top_k=2, is_causal=True, rope=True)
     x = torch.randn(1, T, DIM)
     y = x.clone()
     y[:, 3:] = torch.randn(1, T - 3, DIM)
@@ -96,14 +96,14 @@ def test_moh_causal_output_ignores_the_future():
 
 def test_moh_gradcheck():
     torch.manual_seed(5)
-    m = MixtureOfHeads(8, 4, shared_heads=2, top_k=1, causal=True, backend="reference").double()
+    m = MixtureOfHeads(8, 4, shared_heads=2, top_k=1, is_causal=True, backend="reference").double()
     x = torch.randn(1, 4, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,))  # top-K selection is piecewise constant: no tie at this input
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_moh_dtypes(dtype):
-    m = MixtureOfHeads(DIM, HEADS, shared_heads=1, top_k=2, causal=True).to(dtype)
+    m = MixtureOfHeads(DIM, HEADS, shared_heads=1, top_k=2, is_causal=True).to(dtype)
     out = m(torch.randn(2, T, DIM, dtype=dtype))
     assert out.shape == (2, T, DIM) and out.dtype == dtype and not out.isnan().any()
     assert not m.aux_loss.isnan()

@@ -56,7 +56,7 @@ def test_rcmha_equals_explicit_convolution_and_relative_bias(kv_heads, max_dista
 
 def test_rcmha_identity_kernels_and_zero_bias_equal_causal_mha():
     m = RelativeConvolutionalAttention(DIM, HEADS, kv_heads=2)
-    mha = MultiHeadAttention(DIM, HEADS, kv_heads=2, causal=True)
+    mha = MultiHeadAttention(DIM, HEADS, kv_heads=2, is_causal=True)
     m.load_state_dict(mha.state_dict(), strict=False)
     with torch.no_grad():
         for conv in (m.conv_q, m.conv_k, m.conv_v):

@@ -49,5 +49,5 @@ def test_unknown_option_lists_valid_options(registry):
             super().__init__()
 
     mechanisms.register("toy", paper="0")(Toy)
-    with pytest.raises(TypeError, match="has no option 'windw': its options are window"):
+    with pytest.raises(TypeError, match="has no option 'windw' \\(did you mean 'window'\\?\\): its options are window"):
         mechanisms.get("toy", dim=8, heads=2, windw=3)

@@ -15,7 +15,7 @@ DIM, HEADS, T = 16, 4, 7
 def _pair(**options):
     torch.manual_seed(0)
     sel = SelectiveAttention(DIM, HEADS, **options)
-    mha = MultiHeadAttention(DIM, HEADS, kv_heads=options.get("kv_heads"), causal=options.get("causal", False))
+    mha = MultiHeadAttention(DIM, HEADS, kv_heads=options.get("kv_heads"), is_causal=options.get("is_causal", False))
     sel.load_state_dict(mha.state_dict(), strict=False)
     return sel, mha
 
@@ -35,28 +35,28 @@ def _reference(m, x):
     q = (x @ m.q_proj.weight.T).view(B, T_, m.heads, D)
     k = (x @ m.k_proj.weight.T).view(B, T_, m.kv_heads, D)
     v = (x @ m.v_proj.weight.T).view(B, T_, m.kv_heads, D)
-    n = torch.arange(1, T_ + 1).float() if m.causal else torch.full((T_,), float(T_))
+    n = torch.arange(1, T_ + 1).float() if m.is_causal else torch.full((T_,), float(T_))
     outs = []
     for h in range(m.heads):
         tau = 1 + torch.sigmoid(m.alpha[h]) * torch.log(n)  # [T]
         tau = tau + torch.tanh(x @ m.token_temperature.weight[h] + m.token_temperature.bias[h])  # [B, T]
         vt = 1 + torch.tanh(x @ m.value_temperature.weight[h // G] + m.value_temperature.bias[h // G])  # [B, T]
         s = (tau[..., None] * q[:, :, h]) @ k[:, :, h // G].transpose(1, 2) / math.sqrt(D)  # [B, T, T]
-        if m.causal:
+        if m.is_causal:
             s = s.masked_fill(~torch.ones(T_, T_, dtype=torch.bool).tril(), float("-inf"))
         outs.append(torch.softmax(s, -1) @ (vt[..., None] * v[:, :, h // G]))
     return torch.cat(outs, -1) @ m.o_proj.weight.T
 
 
 def test_selective_with_temperatures_off_equals_mha():
-    sel, mha = _pair(position=False, token=False, value=False, causal=True)
+    sel, mha = _pair(position=False, token=False, value=False, is_causal=True)
     x = torch.randn(2, T, DIM)
     assert torch.equal(sel(x), mha(x))
 
 
 def test_selective_with_unit_temperature_weights_equals_mha():
     # σ(-inf) = 0 and tanh(0) = 0: τ ≡ 1 exactly, ṽ = v exactly
-    sel, mha = _pair(value=True, causal=True, kv_heads=2)
+    sel, mha = _pair(value=True, is_causal=True, kv_heads=2)
     with torch.no_grad():
         sel.alpha.fill_(-math.inf)
     x = torch.randn(2, T, DIM)
@@ -66,7 +66,7 @@ def test_selective_with_unit_temperature_weights_equals_mha():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_selective_equals_written_out_formula(causal, kv_heads):
-    sel, _ = _pair(value=True, causal=causal, kv_heads=kv_heads)
+    sel, _ = _pair(value=True, is_causal=causal, kv_heads=kv_heads)
     _randomise_temperatures(sel)
     assert sel.value_temperature.weight.abs().sum() > 0 and sel.token_temperature.weight.abs().sum() > 0
     x = torch.randn(2, T, DIM)
@@ -74,7 +74,7 @@ def test_selective_equals_written_out_formula(causal, kv_heads):
 
 
 def test_position_temperature_grows_with_log_of_visible_keys():
-    sel = SelectiveAttention(DIM, HEADS, token=False, causal=True)
+    sel = SelectiveAttention(DIM, HEADS, token=False, is_causal=True)
     tau = sel.query_temperature(torch.randn(1, T, DIM))[0, :, :, 0]  # [H, T]
     want = 1 + torch.sigmoid(torch.tensor(-4.5)) * torch.log(torch.arange(1.0, T + 1))
     torch.testing.assert_close(tau, want.expand(HEADS, T))
@@ -83,7 +83,7 @@ def test_position_temperature_grows_with_log_of_visible_keys():
 
 
 def test_selective_causal_output_ignores_the_future():
-    sel, _ = _pair(value=True, causal=True)
+    sel, _ = _pair(value=True, is_causal=True)
     _randomise_temperatures(sel)
     x = torch.randn(1, T, DIM)
     y = x.clone()
@@ -93,7 +93,7 @@ def test_selective_causal_output_ignores_the_future():
 
 def test_selective_gradcheck():
     torch.manual_seed(1)
-    m = SelectiveAttention(8, 2, value=True, causal=True, rope=True, backend="reference")
+    m = SelectiveAttention(8, 2, value=True, is_causal=True, rope=True, backend="reference")
     _randomise_temperatures(m)
     m = m.double()
     x = torch.randn(1, 4, 8, dtype=torch.float64, requires_grad=True)
@@ -101,7 +101,7 @@ def test_selective_gradcheck():
 
 
 def test_selective_temperature_parameters_get_gradients():
-    m = SelectiveAttention(DIM, HEADS, value=True, causal=True)
+    m = SelectiveAttention(DIM, HEADS, value=True, is_causal=True)
     m(torch.randn(2, T, DIM)).square().sum().backward()
     for p in (m.alpha, m.token_temperature.weight, m.value_temperature.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
@@ -109,7 +109,7 @@ def test_selective_temperature_parameters_get_gradients():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_selective_dtypes(dtype):
-    m = SelectiveAttention(DIM, HEADS, value=True, kv_heads=2, causal=True).to(dtype)
+    m = SelectiveAttention(DIM, HEADS, value=True, kv_heads=2, is_causal=True).to(dtype)
     out = m(torch.randn(2, T, DIM, dtype=dtype))
     assert out.shape == (2, T, DIM) and out.dtype == dtype and not out.isnan().any()
 

@@ -92,7 +92,8 @@ def test_encoder_without_positions_is_permutation_equivariant():
         ({"mechanism": "mhaa"}, "did you mean 'mha'"),
         ({"mechanism": "linear", "positions": "rope"}, "needs a mechanism with a rope option"),
         ({"positions": "sinusoidal"}, "positions must be one of"),
-        ({"mechanism_options": {"causal": False}}, "contradicts the model's causal=True"),
+        ({"mechanism_options": {"is_causal": False}}, "contradicts the model's causal=True"),
+        ({"mechanism_options": {"causal": True}}, "did you mean 'is_causal'"),
         ({"mechanism_options": {"nope": 1}}, "has no option 'nope'"),
     ],
 )

@@ -4,7 +4,7 @@ import torch
 
 from attnlab.core import AttentionChunk, Site
 from attnlab.probes import Retrieval
-from attnlab.probes.retrieval import needle_in_a_haystack, rouge1_recall
+from attnlab.runs.needle import needle_in_a_haystack, rouge1_recall
 
 
 def _chunk(top: list[int], lk: int) -> AttentionChunk:

@@ -1,11 +1,11 @@
 """sweep(): every executor gives the same numbers, the table is mean ± 95% CI, the report stands alone."""
 
-import json
 import re
 import sys
 
 import pytest
 
+from attnlab import results
 from attnlab.stats import mean_ci
 from attnlab.train import SweepResult, sweep
 from tests.train.toy import Lag
@@ -57,7 +57,8 @@ def test_mean_curves_carry_early_stopped_runs_forward(serial):
 def test_save_and_load_round_trip(serial, tmp_path):
     path = serial.save(tmp_path / "results.json")
     again = SweepResult.load(path)
-    assert again.to_dict() == json.loads(path.read_text()) and again.meta["schema"] == "attnlab.sweep/1"
+    assert results.to_json(again) == path.read_text()  # what was read writes back the very same file
+    assert (again.meta["format"], again.meta["kind"], again.meta["schema"]) == ("attnlab.result", "sweep", 2)
     assert again.summary[0]["final_metric"] == serial.summary[0]["final_metric"]
     assert "NaN" not in path.read_text()  # strict JSON: missing values are null
     assert "<svg" in again.html()  # a loaded result renders, nulls and all

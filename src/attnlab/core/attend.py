@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from attnlab.core import backends as _backends
+from attnlab.core import hooks
 from attnlab.core import masks as M
 from attnlab.core.backends.base import Backend, Inputs
 from attnlab.core.context import attached
@@ -35,8 +36,9 @@ def attend(
     probes: Sequence[Probe] = (),
     edits: Sequence[Edit] = (),
     q_offset: int = 0,
+    normalizer: str = "softmax",
 ) -> Tensor:
-    """Softmax attention at a site: ``softmax(q kᵀ · scale + bias, masked) v``.
+    """Attention at a site: ``softmax(q kᵀ · scale + bias, masked) v``, or ReLU attention.
 
     Args:
         q: queries ``[B, H, Tq, D]``.
@@ -58,6 +60,11 @@ def attend(
         q_offset: absolute position of the first query, for edits: with a KV cache the queries
             are the last ``Tq`` of ``Tk`` positions (``q_offset = Tk - Tq``). Logit and
             probability edits see ``q_idx + q_offset``; masks keep positions within the call.
+        normalizer: how logits ``s`` become weights: ``"softmax"``, or ``"relu"`` for paper 68's
+            ReLU attention ``ReLU(s) / n``, ``n`` the number of keys the query may see (its
+            1-based position under a causal mask). ReLU weights need not sum to 1, so a head
+            can output 0 without a sink. Only ``reference`` (and the row pass) compute it:
+            ``auto`` picks it, and forcing another backend raises.
 
     Returns:
         ``[B, H, Tq, Dv]`` in the dtype of ``q``. A query with no visible key gets zeros.
@@ -74,7 +81,12 @@ def attend(
         torch.Size([1, 2, 5, 8])
     """
     site = site or _DEFAULT_SITE
-    x = _check(q, k, v, mask, bias, is_causal, scale)
+    tapped = hooks.active()
+    if tapped:  # hook points layers.{i}.attn.q / .k / .v: [B, H|Hkv, T, D]
+        q, k, v = (hooks.emit(f"{site.name}.{name}", t) for name, t in (("q", q), ("k", k), ("v", v)))
+    x = _check(q, k, v, mask, bias, is_causal, scale, normalizer)
+    if backend != "auto" and x.normalizer not in _backends.get(backend).normalizers:
+        raise ValueError(f"backend={backend!r} computes softmax only, not normalizer={normalizer!r}: use 'reference' or 'auto'")
     ctx_probes, ctx_edits = attached()
     probes, edits = (*ctx_probes, *probes), (*ctx_edits, *edits)
     bound = _bind(edits, site)
@@ -82,13 +94,19 @@ def attend(
         bound["logits"] = [_shift_logits(fn, q_offset) for fn in bound["logits"]]
         bound["probs"] = [_shift_probs(fn, q_offset) for fn in bound["probs"]]
     x.score_mod = _compose_logits(bound["logits"])
+    readers = []
+    if tapped:  # layers.{i}.attn.probs: written by probability edits, read whole by assembling probes
+        readers, writes = hooks.probs_taps(site, (*x.q.shape[:3], x.k.shape[2]))
+        bound["probs"] += writes
     for p in probes:
         if not isinstance(p, Probe):
             raise TypeError(f"a probe must subclass attnlab.core.Probe (observe(chunk, site), result()), got {type(p).__name__}")
         p.observe_values(v.detach(), site)  # [B, Hkv, Tk, Dv]
-    probes = [p for p in probes if p.observes_attention]
+    probes = [p for p in probes if p.observes_attention] + readers
     if probes or bound["probs"]:
         out = row_pass(x, probs_edits=bound["probs"], probes=probes, site=site)
+        for r in readers:
+            r.done()
     elif x.q.shape[2] == 0 or x.k.shape[2] == 0:
         out = x.q.new_zeros(*x.q.shape[:3], x.v.shape[-1])
     else:
@@ -98,18 +116,21 @@ def attend(
         out = chosen(x)
     for fn in bound["output"]:
         out = fn(out)
-    return out
+    return hooks.z(site, out) if tapped else out
 
 
 def choose_backend(x: Inputs) -> Backend:
     """The ``auto`` rule: the fastest backend that is correct for these inputs.
 
+    0. A normalizer other than softmax (ReLU attention): ``reference``, the backend that has it.
     1. Logit edits: ``reference`` if gradients are needed (the others cannot differentiate
        through an edit), else ``blocked``.
     2. A predicate mask whose tile plan computes at most half of the tiles (sliding windows,
        neighborhoods, halos, strided groups, documents at long length): ``blocked``.
     3. Everything else (no mask, causal, dense masks and biases, short inputs): ``sdpa``.
     """
+    if x.normalizer != "softmax":
+        return _backends.BACKENDS["reference"]
     if x.score_mod is not None:
         return _backends.BACKENDS["reference" if x.needs_grad else "blocked"]
     Tq, Tk = x.q.shape[2], x.k.shape[2]
@@ -153,8 +174,13 @@ def _compose_logits(fns: list):
     return score_mod
 
 
-def _check(q, k, v, mask, bias, is_causal, scale) -> Inputs:
+NORMALIZERS = ("softmax", "relu")
+
+
+def _check(q, k, v, mask, bias, is_causal, scale, normalizer="softmax") -> Inputs:
     """Validate shapes, dtypes and masks; normalise them into :class:`Inputs`."""
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"normalizer must be one of {NORMALIZERS}, got normalizer={normalizer!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -181,7 +207,7 @@ def _check(q, k, v, mask, bias, is_causal, scale) -> Inputs:
         scale = 1.0 / math.sqrt(D) if D else 1.0
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float or None, got scale={scale!r}")
-    x = Inputs(q, k, v, float(scale))
+    x = Inputs(q, k, v, float(scale), normalizer=normalizer)
     if isinstance(mask, M.Mask):
         mask.check_lengths(Tq, Tk)
         x.mask = mask

@@ -296,6 +296,16 @@ full = _Band(-math.inf, math.inf, "full")
 full.description = "Every query sees every key."
 
 
+def _cites(paper: str):
+    """Decorator: a mask factory's PAPERS.md numbers, as ``fn.paper`` (read by ``attnlab list masks``)."""
+
+    def deco(fn):
+        fn.paper = paper
+        return fn
+
+    return deco
+
+
 def sliding_window(left: int, right: int = 0) -> Mask:
     """Keys within ``left`` positions before and ``right`` after the query (both inclusive).
 
@@ -388,6 +398,7 @@ def segments(ids, kv_ids=None) -> Mask:
     return _TokenLabels(fn, f"segments({len(torch.unique(q_ids))} ids)", q_ids.shape[-1], k_ids.shape[-1], q_ids.dim() == 2)
 
 
+@_cites("29")
 def modality_mutual(image, question) -> Mask:
     """Paper 29 (AKI) modality-mutual attention: causal, plus image rows see question columns.
 
@@ -414,6 +425,7 @@ def modality_mutual(image, question) -> Mask:
     return _TokenLabels(fn, "modality_mutual", n, n, img.dim() == 2)
 
 
+@_cites("16")
 def isolation(groups) -> Mask:
     """Paper 16 (IR-Diffusion) isolation attention: subject ``i`` sees only subject ``i`` and background.
 
@@ -563,6 +575,7 @@ class _Neighborhood(_Grid):
         return _dilation_order(self.shape[a], self.dilation[a])
 
 
+@_cites("42")
 def neighborhood(kernel_size, dilation=1, is_causal=False, *, shape) -> Mask:
     """Paper 42: neighborhood attention on a 1-D, 2-D or 3-D token grid.
 
@@ -619,6 +632,7 @@ class _Halo(_Grid):
         return self.block
 
 
+@_cites("20")
 def blocks_with_halo(block, halo, *, shape) -> Mask:
     """Paper 20 (HaloNet): queries in a ``block`` tile see keys of their block plus ``halo`` around it.
 
@@ -655,6 +669,7 @@ class _Strided(_Grid):
         return super()._box(target)
 
 
+@_cites("70")
 def strided_groups(interval, *, shape) -> Mask:
     """Paper 70 (CrossFormer LDA): tokens sampled every ``interval`` per axis form a group.
 

@@ -3,7 +3,8 @@
 Probes must see normalised probabilities and probability edits must change them before they
 multiply the values, so this pass computes, for each chunk of query rows, the whole rows over
 the span of keys the mask leaves visible (a causal chunk never computes keys after its last
-query), normalises them in float32 (float64 for float64 inputs), applies the edits, hands the chunk to every probe and
+query), normalises them in float32 (float64 for float64 inputs) with the softmax or paper 68's
+ReLU (``ReLU(s) / n_visible``), applies the edits, hands the chunk to every probe and
 multiplies by the values. Only one chunk of rows exists at a time: memory is
 ``O(chunk · Tk)``, never ``O(Tq · Tk)``.
 """
@@ -78,8 +79,11 @@ def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Pro
             c0 = int(hid.nonzero()[0]) if bool(hid.any()) else k1 - k0
         if c0 < k1 - k0:
             s[..., c0:].masked_fill_(~visible[..., c0:], hidden)
-        p = torch.softmax(s, dim=-1)
-        if c0 == 0:  # every query sees the first key of the span otherwise: no empty rows
+        if x.normalizer == "relu":  # paper 68: ReLU(s) / n, n = keys the query may see (hidden keys: relu(min) = 0)
+            p = torch.relu(s).masked_fill(~visible, 0.0) / visible.sum(-1, keepdim=True).clamp(min=1)  # [B, H, n, Ts]
+        else:
+            p = torch.softmax(s, dim=-1)
+        if c0 == 0 and x.normalizer == "softmax":  # every query sees the first key of the span otherwise: no empty rows
             empty = ~visible.any(-1, keepdim=True)  # rows with nothing to attend to
             if bool(empty.any()):
                 p = p.masked_fill(empty, 0.0)
@@ -87,8 +91,9 @@ def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Pro
             p = fn(p, q_idx, kv_idx)
         if probes:
             chunk = AttentionChunk(
-                probs=p.detach(), visible=visible, q_idx=q_idx, kv_start=k0, lk=Tk, logits=s.detach() if exact and not probs_edits else None
-            )
+                probs=p.detach(), visible=visible, q_idx=q_idx, kv_start=k0, lk=Tk, normalizer=x.normalizer,
+                logits=s.detach() if exact and not probs_edits and x.normalizer == "softmax" else None,
+            )  # fmt: skip
             for probe in probes:
                 probe.observe(chunk, site)
         o = torch.matmul(p.reshape(B, Hkv, G * n, k1 - k0), v[:, :, k0:k1])  # [B, Hkv, G*n, Dv]

@@ -50,18 +50,21 @@ class Site:
 
 @dataclass
 class AttentionChunk:
-    """Attention probabilities of a chunk of query rows, as a probe receives them.
+    """Attention weights of a chunk of query rows, as a probe receives them.
 
     Attributes:
-        probs: ``[B, H, Tc, Ts]`` float32; row ``i`` holds query ``q_idx[i]``'s probabilities over
-            keys ``kv_start .. kv_start + Ts - 1``. Keys outside that span have probability 0.
-            Rows sum to 1, or to 0 for a query with no visible key.
+        probs: ``[B, H, Tc, Ts]`` float32; row ``i`` holds query ``q_idx[i]``'s weights over keys
+            ``kv_start .. kv_start + Ts - 1``. Keys outside that span have weight 0. Softmax rows
+            sum to 1, or to 0 for a query with no visible key; ReLU attention's rows
+            (``normalizer == "relu"``, paper 68: ``ReLU(s) / n_visible``) sum to anything ``>= 0``,
+            0 for a dormant query.
         visible: ``[B|1, H|1, Tc, Ts]`` bool, the keys the mask lets each query see.
         q_idx: ``[Tc]`` query positions.
         kv_start: position of the first key in ``probs``.
         lk: number of keys in the whole sequence.
         logits: ``[B, H, Tc, Ts]`` the logits the probabilities came from, finite (hidden keys
             hold the dtype's minimum), when the row pass can give them; None otherwise.
+        normalizer: how the weights came from the logits: ``"softmax"`` or ``"relu"``.
 
     Statistics several probes need (:attr:`row_entropy`, :attr:`column_sum`) are computed once
     per chunk and shared.
@@ -73,6 +76,7 @@ class AttentionChunk:
     kv_start: int
     lk: int
     logits: Tensor | None = None
+    normalizer: str = "softmax"
 
     @cached_property
     def num_visible(self) -> Tensor:
@@ -86,11 +90,15 @@ class AttentionChunk:
         With logits: ``H = lse − Σ p·s``, with no logarithm per element. ``lse = s_j − log p_j``
         holds for any key ``j``: the first key of the span when every row sees it with
         ``p > 1e-30`` (a causal chunk's first key: no pass over the rows needed), else the
-        row's largest ``p`` (``max s − log max p``). Otherwise ``−Σ p log p``.
+        row's largest ``p`` (``max s − log max p``). Otherwise ``−Σ p log p``. ReLU attention's
+        rows are first normalised to sum to 1 (a row of zeros has entropy 0).
         """
         p = self.probs
         if p.shape[-1] == 0:  # a chunk of rows that see nothing
             return p.new_zeros(p.shape[:-1])
+        if self.normalizer != "softmax":
+            p = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)  # [B, H, Tc, Ts] rows sum to 1 (or 0)
+            return -torch.xlogy(p, p).sum(-1)
         if self.logits is None:
             return -torch.xlogy(p, p).sum(-1)
         ps = torch.einsum("bhqk,bhqk->bhq", p, self.logits)  # [B, H, Tc] Σ p·s; faster than vecdot on CPU
@@ -163,21 +171,65 @@ class Edit:
       rows, ``q_idx`` ``[Tc]`` and ``kv_idx`` ``[Ts]`` positions;
     - ``"output"``: ``fn(out) -> out`` with ``out`` ``[B, H, Tq, D]`` per-head outputs.
 
-    The other events are for runs (:mod:`attnlab.runs`), which call them on every edit; each is a
-    no-op by default:
+    An edit never runs a model. What it needs to see first, it declares; runs
+    (:mod:`attnlab.runs`) measure it with unedited passes and hand it back. The events, each a
+    no-op by default, in the order a run calls them:
 
-    - :meth:`validate`: check the edit against a model's sites before anything runs;
-    - :meth:`close`: the run is over (release hooks or caches).
+    - :meth:`validate`: the model's sites, before anything runs (check them, keep what is needed);
+    - :attr:`calibration`: whether and how the edit is calibrated once, before it acts: None, or
+      ``"probe"`` (the run attaches :meth:`calibration_probe` to unedited passes over
+      :meth:`calibration_inputs`, then calls :meth:`calibrated` with it), or the name of a search
+      in :data:`attnlab.runs.calibrate.SEARCHES` (which scores candidate edits and calls
+      :meth:`calibrated` with its choice);
+    - :meth:`input_probe` / :meth:`prepared`: before each edited pass, a probe for an unedited pass
+      over the same input, and that probe back once it has run (asked again until None);
+    - :meth:`sublayer`: a function for the attention sublayer's contribution to the residual
+      stream, which model adapters apply while the edit is attached;
+    - :meth:`close`: the run is over (release caches).
     """
 
     stage: Stage  # set by every subclass
+    calibration: str | None = None  # None | "probe" | a search name; subclasses may make it a property
 
     def at(self, site: Site) -> Callable | None:
         """The function to apply at ``site`` (None: the edit does not act there)."""
         return None
 
     def validate(self, sites: Sequence[Site]) -> None:
-        """Raise ``ValueError`` if the edit names layers or heads these sites do not have."""
+        """The model's sites, in layer order: raise ``ValueError`` for layers or heads they do not have.
+
+        Runs call it before anything else, and again when they bind the edit to a model; an edit
+        may keep what it needs of the sites (the layer count, the site names).
+        """
+
+    def calibration_inputs(self, tokenizer, **options) -> list[Tensor]:
+        """The ``[1, T]`` token ids of the unedited calibration passes (``options``: the edit's own, e.g. ``windows``)."""
+        return []
+
+    def calibration_probe(self) -> Probe | Edit | None:
+        """An observer for the calibration passes: a :class:`Probe`, or an edit that records and changes nothing."""
+        return None
+
+    def calibrated(self, result: Any) -> None:
+        """What calibration measured: the observer of :meth:`calibration_probe` after the passes, or a search's choice."""
+
+    def input_probe(self, input_ids: Tensor) -> Probe | None:
+        """Before an edited pass over ``input_ids`` ``[B, T]``: a probe for an unedited pass over them (None: nothing to see).
+
+        Edits that only need the ids (their length) read them here and return None.
+        """
+        return None
+
+    def prepared(self, probe: Probe) -> None:
+        """The probe of :meth:`input_probe` after the unedited pass over the input."""
+
+    def sublayer(self, layer: int) -> Callable[[Tensor], Tensor] | None:
+        """The function to apply to block ``layer``'s attention-sublayer contribution ``[B, T, C]`` (None: none).
+
+        That is the residual-stream point ``layers.{layer}.attn.out``: zeroing it drops the sublayer
+        whole, output-projection bias included.
+        """
+        return None
 
     def close(self) -> None:
         """The run that used the edit is over."""

@@ -5,17 +5,20 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from torch import Tensor
+
 from attnlab.core.site import Edit, Site, site_matcher
 from attnlab.registry import Registry
+from attnlab.spec import parse_spec, parse_value
 
 
 class SiteEdit(Edit):
     """An edit that acts at chosen sites, layers and heads.
 
     Subclasses set ``stage`` (``"logits"``, ``"probs"`` or ``"output"``) and implement
-    :meth:`function` (the function for one site). Optional: :meth:`prepare`, called by the
-    evaluation harness with the input before each forward pass, for edits that must look at the
-    input first (a calibration pass).
+    :meth:`function` (the function for one site). Edits that must see something first declare it
+    through the events of :class:`~attnlab.core.Edit` (``input_probe``/``prepared`` for the
+    input, ``calibration``/``calibrated`` once per model); runs (:mod:`attnlab.runs`) call them.
 
     Args:
         layers: layer indices to act on (None: every layer).
@@ -40,9 +43,6 @@ class SiteEdit(Edit):
     def function(self, site: Site) -> Callable:
         raise NotImplementedError
 
-    def prepare(self, model, input_ids) -> None:
-        """Look at the input before the edited forward pass (default: nothing to do)."""
-
     def validate(self, sites: Sequence[Site]) -> None:
         """Raise ``ValueError`` if the edit names layers or heads the model does not have."""
         n_layers = len(sites)
@@ -61,9 +61,12 @@ class SiteEdit(Edit):
 registry = Registry("edit", "attnlab.edits")
 
 
-def register(name: str):
-    """Class decorator: make an edit available as ``name`` in specs (``attnlab edit --edit name:...``)."""
-    return registry.register(name)
+def register(name: str, *, paper: str):
+    """Class decorator: make an edit available as ``name`` in specs (``attnlab edit --edit name:...``).
+
+    ``paper``: the PAPERS.md numbers it comes from, as text (``"47, 12"``).
+    """
+    return registry.register(name, paper=paper)
 
 
 def names() -> list[str]:
@@ -76,14 +79,11 @@ def get(name: str, **options) -> SiteEdit:
     return registry.create(name, **options)
 
 
-_SPEC = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(?::(?P<opts>.*))?$")
-
-
 def parse(spec: str) -> SiteEdit:
-    """An edit from a spec string: ``name`` or ``name:key=value,key=value``.
+    """An edit from a spec string: ``name`` or ``name:key=value,key=value`` (:mod:`attnlab.spec`).
 
-    Values are read as booleans (``true``/``false``), integers, floats or strings; lists are
-    joined with ``+`` (``layers=3+4+5``, ``heads=L18H6+L17H3``) and ranges written ``a-b``
+    Values are read as booleans (``true``/``false``), ``none``, integers, floats or strings; lists
+    are joined with ``+`` (``layers=3+4+5``, ``heads=L18H6+L17H3``) and ranges written ``a-b``
     (``layers=10-20``, inclusive). A head is written ``L{layer}H{head}``. Each edit turns the
     strings it receives into what it needs.
 
@@ -91,36 +91,11 @@ def parse(spec: str) -> SiteEdit:
         >>> parse("head_mask:layers=1+2,mode=zero").layers   # doctest: +SKIP
         [1, 2]
     """
-    m = _SPEC.match(spec.strip())
-    if not m:
-        raise ValueError(f"malformed edit spec {spec!r}: expected name or name:key=value,key=value (e.g. drop_attention:top=4)")
-    options = {}
-    for part in (m["opts"] or "").split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise ValueError(f"malformed edit spec {spec!r}: {part!r} is not key=value")
-        k, v = (x.strip() for x in part.split("=", 1))
-        if not k or not v:
-            raise ValueError(f"malformed edit spec {spec!r}: {part!r} needs a key and a value")
-        options[k] = _value(v)
-    return get(m["name"], **options)
+    name, options = parse_spec(spec, what="edit spec", example="drop_attention:top=4")
+    return get(name, **options)
 
 
-def _value(v: str):
-    if "+" in v:
-        return [_value(x) for x in v.split("+")]
-    if re.fullmatch(r"\d+-\d+", v):
-        a, b = (int(x) for x in v.split("-"))
-        return list(range(a, b + 1))
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
+_value = parse_value  # the one value syntax (attnlab.spec), under the name edits import
 
 
 def as_list(x) -> list | None:
@@ -142,3 +117,19 @@ def parse_heads(x) -> list[tuple[int, int]]:
             raise ValueError(f"a head is written L{{layer}}H{{head}} (e.g. L18H6) or given as a (layer, head) pair, got {item!r}")
         out.append((int(m[1]), int(m[2])))
     return out
+
+
+def text_windows(tokenizer, text: str, windows: int, window: int, *, extra: int = 0, what: str = "the calibration text") -> list[Tensor]:
+    """``windows`` consecutive token windows ``[1, window + extra]`` (starting every ``window`` tokens) of a shipped text or of ``text``.
+
+    ``text`` is a shipped text's name (``lucrece``, ``sonnets``, ``tempest``) or raw text;
+    ``extra = 1`` gives each window its next token too (a perplexity window's targets).
+    """
+    from attnlab.data import TEXTS
+    from attnlab.data import text as shipped
+
+    ids = tokenizer(shipped(text) if text in TEXTS else text, return_tensors="pt")["input_ids"][0]
+    need = windows * window + extra
+    if ids.numel() < need:
+        raise ValueError(f"{what} has {ids.numel()} tokens, fewer than windows × window{f' + {extra}' if extra else ''} = {need}")
+    return [ids[w * window : (w + 1) * window + extra][None] for w in range(windows)]

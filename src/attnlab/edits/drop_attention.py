@@ -11,40 +11,42 @@ Which layers: named (``layers=3+7``), or ranked by the ``layer_importance`` prob
 
 ``top=n`` dropping the ``n`` most redundant sublayers (highest ``S_l``: LLM-Drop's choice),
 ``bottom=n`` the ``n`` least redundant, ``random=n`` ``n`` layers drawn with ``seed``. The ranking is
-computed once by :meth:`DropAttention.calibrate` (default: 4 windows of 256 tokens of *Lucrece*, held
-out from the Tempest perplexity of :mod:`attnlab.evaluate`), or, without it, by the first
-:meth:`DropAttention.prepare` on the input it is given, and cached.
+computed once by calibration (:func:`attnlab.runs.calibrate.calibrate`; default: 4 windows of 256
+tokens of *Lucrece*, held out from the Tempest perplexity of :mod:`attnlab.runs.evaluate`), or,
+without it, on the first input the edit is prepared on (:func:`attnlab.runs.edit.prepare`), and kept.
+The edit declares the :class:`~attnlab.probes.LayerImportance` probe; runs attach it to unedited
+passes and hand it back.
 
 Implementation: an ``"output"``-stage edit zeroes the per-head outputs (enough for ``attend`` calls
-and for output projections without a bias). On a model, :meth:`~DropAttention.prepare` also
-installs a forward hook on each dropped layer's contribution module (``self_attn``, GPT-2's
-``attn``, BERT's output dense) that replaces its output with zeros while the edit is attached: an
-output projection with a bias (GPT-2's ``c_proj``) would otherwise still add the bias. The hooks run
-before the probes' hooks (so ``layer_importance`` sees the zero and scores ``S = 1``) and do
-nothing when the edit is not attached; :meth:`~DropAttention.close` (or ``with edit:``) removes them.
+and for output projections without a bias), and :meth:`DropAttention.sublayer` zeroes the dropped
+layer's whole contribution to the residual stream (``self_attn``'s output, GPT-2's ``attn``, BERT's
+output dense): an output projection with a bias (GPT-2's ``c_proj``) would otherwise still add the
+bias. The hook graph of every model (Hugging Face and TinyTransformer) applies it at
+``layers.{i}.attn.out``, before probes see the contribution (so ``layer_importance`` sees the
+zero and scores ``S = 1``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from attnlab.core import attach, attached
 from attnlab.core.site import Site
-from attnlab.edits._base import SiteEdit, as_list, register
+from attnlab.edits._base import SiteEdit, as_list, register, text_windows
+from attnlab.probes import LayerImportance
 
 __all__ = ["DropAttention"]
 
 
-@register("drop_attention")
+@register("drop_attention", paper="31")
 class DropAttention(SiteEdit):
     """Skip the attention sublayers of chosen layers: their contribution to the residual stream is 0.
 
     Paper: 31 (LLM-Drop, what matters in transformers).
     Shapes: per-head outputs ``[B, H, Tq, D]`` become zeros; the contribution module's output
-    ``[B, T, C]`` too (through a hook installed by :meth:`prepare`).
+    ``[B, T, C]`` too (:meth:`sublayer`, applied by the hook graph).
 
     Args:
         layers: layers to drop (``[]``: none).
@@ -80,63 +82,38 @@ class DropAttention(SiteEdit):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"drop_attention: {self.rule}= is a number of layers >= 0, got {value!r}")
             self.n = value
-            self.layers = [] if value == 0 else None  # None: not chosen yet (calibrate or prepare)
+            self.layers = [] if value == 0 else None  # None: not chosen yet (calibration or the first input)
         self.seed = int(seed)
         self.ranking: list[int] | None = None  # attention sublayers, most redundant first
         self.similarity: dict[int, float] | None = None  # S_l per layer
-        self._hooks: dict[int, object] = {}  # id(contribution module) -> hook handle
-        self._hooked: set[str] = set()  # module paths of hooked attention modules
-        self._busy = False
+
+    # --- choosing the layers: declared probe, measured by a run ------------------------------------
 
     @property
-    def needs_calibration(self) -> bool:
-        """``top``/``bottom``/``random`` choose layers from a ranking that ``calibrate`` computes."""
-        return self.layers is None
+    def calibration(self) -> str | None:
+        """``top``/``bottom``/``random`` choose layers from a ranking: ``"probe"`` until chosen."""
+        return "probe" if self.layers is None else None
 
-    # --- choosing the layers ---------------------------------------------------------------------
+    def calibration_inputs(self, tokenizer, *, text: str = "lucrece", windows: int = 4, window: int = 256) -> list[Tensor]:
+        """``windows`` windows of ``window`` tokens of ``text`` (a shipped text's name or raw text)."""
+        return text_windows(tokenizer, text, windows, window, what="drop_attention: the calibration text")
 
-    def calibrate(self, model, tokenizer, *, text: str = "lucrece", windows: int = 4, window: int = 256) -> DropAttention:
-        """Rank the attention sublayers on a calibration text once, choose the layers, install the hooks.
+    def calibration_probe(self) -> LayerImportance:
+        """The ranking's probe: ``S_l`` of every attention sublayer over the calibration passes."""
+        return LayerImportance()
 
-        Args:
-            text: a shipped text's name (``lucrece``, ``sonnets``, ``tempest``) or raw text.
-            windows: number of windows of ``window`` tokens that the ranking averages over.
+    def calibrated(self, result: LayerImportance) -> None:
+        """Keep the ranking and choose the layers."""
+        self._rank(result)
 
-        Returns:
-            ``self``, so that ``DropAttention(top=4).calibrate(model, tok)`` can be passed on.
-        """
-        from attnlab.data import TEXTS
-        from attnlab.data import text as shipped
+    def input_probe(self, input_ids: Tensor) -> LayerImportance | None:
+        """Without calibration, the first input ranks the layers (``random`` needs no ranking)."""
+        return LayerImportance() if self.layers is None and self.rule != "random" else None
 
-        ids = tokenizer(shipped(text) if text in TEXTS else text, return_tensors="pt")["input_ids"][0]
-        if ids.numel() < windows * window:
-            raise ValueError(
-                f"drop_attention: the calibration text has {ids.numel()} tokens, fewer than windows × window = {windows * window}"
-            )
-        self._rank(model, [ids[w * window : (w + 1) * window][None] for w in range(windows)])
-        self._install(model)
-        return self
+    def prepared(self, probe: LayerImportance) -> None:
+        self._rank(probe)
 
-    def prepare(self, model, input_ids: Tensor) -> None:
-        """Choose the layers if not done yet (ranking on ``input_ids``, once) and install the hooks."""
-        if self.layers is None and self.rule != "random":
-            self._rank(model, [input_ids])
-        self._install(model)
-
-    def _rank(self, model, inputs: list[Tensor]) -> None:
-        from attnlab.models import hf
-        from attnlab.probes import LayerImportance
-
-        if not getattr(model, "_attnlab_hooks", None):
-            hf.instrument(model)
-        probe = LayerImportance()
-        self._busy = True  # attached around this call or not, the edit stays out of the ranking pass
-        try:
-            with torch.no_grad(), attach(probes=[probe]):
-                for ids in inputs:
-                    model(input_ids=ids.to(next(model.parameters()).device))
-        finally:
-            self._busy = False
+    def _rank(self, probe: LayerImportance) -> None:
         r = probe.result()
         self.similarity, self.ranking = r["attention"], r["ranking"]
         self._choose(len(self.ranking))
@@ -152,67 +129,27 @@ class DropAttention(SiteEdit):
             order = self.ranking if self.rule == "top" else self.ranking[::-1]
             self.layers = sorted(order[: self.n])
 
-    # --- the hooks -------------------------------------------------------------------------------
-
-    def _install(self, model) -> None:
-        from attnlab.models import hf
-
-        if not getattr(model, "_attnlab_hooks", None):
-            hf.instrument(model)
-        found = hf.layers(model)
-        if self.layers is None:  # random=n: needs only the number of layers
-            self._choose(len(found.blocks))
-        for layer in self.layers:
-            module = found.contrib[layer]
-            if id(module) not in self._hooks:
-                self._hooks[id(module)] = module.register_forward_hook(self._hook(layer), prepend=True)
-            self._hooked.add(found.paths[layer])
-
-    def _hook(self, layer: int) -> Callable:
-        def zero(module, args, output):
-            if layer not in (self.layers or []) or self._busy or self not in attached()[1]:
-                return None  # not attached (or the layer is no longer chosen): the module runs as usual
-            if isinstance(output, tuple):
-                return (torch.zeros_like(output[0]), *output[1:])  # [B, T, C]
-            return torch.zeros_like(output)
-
-        return zero
-
-    def close(self) -> None:
-        """Remove the hooks from the model."""
-        for handle in self._hooks.values():
-            handle.remove()
-        self._hooks.clear()
-        self._hooked.clear()
-
-    def __enter__(self) -> DropAttention:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # --- the edit --------------------------------------------------------------------------------
 
     def at(self, site: Site) -> Callable | None:
-        if self._busy:
-            return None
         if self.layers is None:
             raise ValueError(
-                f"drop_attention: {self.rule}={self.n} needs the layers ranked: call calibrate(model, tokenizer) or prepare(model, input_ids) first"
+                f"drop_attention: {self.rule}={self.n} needs the layers ranked: calibrate it (attnlab.runs.calibrate.calibrate(edit, model, "
+                "tokenizer)) or prepare it on the input (attnlab.runs.edit.prepare(model, [edit], input_ids)) first"
             )
         if not self.acts_at(site):
             return None
-        if site.module_path is not None and site.module_path not in self._hooked:
-            raise ValueError(
-                f"drop_attention: {site.name} is a model's attention: call prepare(model, input_ids) (or calibrate) before the edited "
-                "pass, so that the output projection's bias is dropped too"
-            )
         return self.function(site)
 
     def function(self, site: Site) -> Callable:
         return torch.zeros_like  # [B, H, Tq, D] per-head outputs -> 0
 
-    def validate(self, sites) -> None:
+    def sublayer(self, layer: int) -> Callable | None:
+        """A dropped layer's contribution to the residual stream ``[B, T, C]`` becomes zeros."""
+        return torch.zeros_like if layer in (self.layers or []) else None
+
+    def validate(self, sites: Sequence[Site]) -> None:
+        """Check the layers; ``random=n`` draws them now. A run that binds the edit applies :meth:`sublayer`."""
         if self.layers is None and self.rule == "random":
             self._choose(len(sites))
         if self.n is not None and self.n > len(sites):

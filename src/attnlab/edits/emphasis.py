@@ -15,8 +15,8 @@ to 1. A key in both sets gets both boosts, top first. Hidden keys (``−∞``) s
 ``α = β = 0`` changes nothing (the edit binds nowhere: bit-identical).
 
 Rows: ``"last"`` (PAINT) is the query at position ``length − 1``; ``length`` is the option, or the
-input length that :meth:`Emphasis.prepare` reads (the evaluation harness calls it before each
-forward). ``"all"`` boosts every row; a list names query positions.
+input length that :meth:`Emphasis.input_probe` reads (runs call it before each edited pass:
+:func:`attnlab.runs.edit.prepare`). ``"all"`` boosts every row; a list names query positions.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
 from attnlab.core.site import Site
 from attnlab.edits._base import as_list, register
@@ -39,7 +40,7 @@ def _weight(x, name: str) -> float:
     return float(x)
 
 
-@register("emphasis")
+@register("emphasis", paper="4")
 class Emphasis(HeadEdit):
     """PAINT's logit boost ``ℓ ← ℓ + α|ℓ|`` on chosen key tokens, for the last query row.
 
@@ -55,7 +56,7 @@ class Emphasis(HeadEdit):
         layers: the layer range (``layers=10-20``); None: every layer.
         heads: head indices or ``L{l}H{h}`` pairs; None: every head (PAINT).
         rows: ``"last"`` (PAINT), ``"all"``, or query positions.
-        length: the query length for ``rows="last"``; None: read by :meth:`prepare`.
+        length: the query length for ``rows="last"``; None: read from the input (:meth:`input_probe`).
         sites: site selection.
 
     Example:
@@ -99,9 +100,10 @@ class Emphasis(HeadEdit):
         self.length = length
         self._prepared: int | None = None
 
-    def prepare(self, model, input_ids) -> None:
-        """Remember the input length: ``rows="last"`` is the query at ``length − 1``."""
+    def input_probe(self, input_ids: Tensor) -> None:
+        """Remember the input length (``rows="last"`` is the query at ``length − 1``); no unedited pass needed."""
         self._prepared = int(input_ids.shape[-1])
+        return None
 
     def is_noop(self) -> bool:
         return (self.top is None or self.alpha == 0) and (self.second is None or self.beta == 0)
@@ -113,7 +115,8 @@ class Emphasis(HeadEdit):
             length = self.length or self._prepared
             if length is None:
                 raise ValueError(
-                    "emphasis rows='last' needs the query length: pass length=T, call .prepare(model, input_ids), or use rows='all' or rows=[i]"
+                    "emphasis rows='last' needs the query length: pass length=T, prepare it on the input "
+                    "(attnlab.runs.edit.prepare(model, [edit], input_ids)), or use rows='all' or rows=[i]"
                 )
             rows = token_group([length - 1], "rows")
         else:

@@ -11,8 +11,8 @@ transformers v5 removed ``head_mask``; this edit is how attnlab ablates heads. F
   earlier edit (``−∞``) stay hidden.
 - ``mode="mean"`` (output stage):     ``o_h[b, t] ← ō_h``, the head's mean output over every token
   of a reference set (mean ablation, the circuit-analysis ablation that paper 5 builds on).
-  :meth:`HeadMask.calibrate` computes ``ō`` with :class:`HeadOutputs`; a ``mean`` mask that was
-  not calibrated raises.
+  Calibration (:func:`attnlab.runs.calibrate.calibrate`) computes ``ō`` with :class:`HeadOutputs`
+  over reference texts; a ``mean`` mask that was not calibrated raises.
 
 Heads are written ``heads=L18H6+L17H3`` (pairs) or ``layers=3+4`` with ``heads=0+5`` (the same
 heads in each listed layer); ``heads`` alone acts on every layer; ``heads=[]`` changes nothing.
@@ -25,8 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from attnlab.core import attach
-from attnlab.core.site import Site, site_matcher
+from attnlab.core.site import Edit, Site, site_matcher
 from attnlab.edits._base import SiteEdit, _value, as_list, parse_heads, register
 
 __all__ = ["HeadEdit", "HeadMask", "HeadOutputs", "head_selected"]
@@ -119,7 +118,7 @@ class HeadEdit(SiteEdit):
         return f"{type(self).__name__}(heads={heads}, layers={None if self.by_layer is not None else self.layers}{extra})"
 
 
-class HeadOutputs:
+class HeadOutputs(Edit):
     """An ``"output"`` edit that records per-head outputs at the sites it selects, unchanged.
 
     Per site it keeps the sum over batch and positions (``[H, D]``, float64), the number of
@@ -166,7 +165,7 @@ class HeadOutputs:
         return {name: (s / max(1, self.counts[name])).float() for name, s in self.sums.items()}
 
 
-@register("head_mask")
+@register("head_mask", paper="33, 5")
 class HeadMask(HeadEdit):
     """Ablate chosen heads: zero their output, make their attention uniform, or use their mean output.
 
@@ -176,7 +175,8 @@ class HeadMask(HeadEdit):
     Args:
         heads: ``L18H6+L17H3`` pairs, or head indices with ``layers`` (see :class:`HeadEdit`).
         layers: layers for head indices.
-        mode: ``"zero"``, ``"uniform"`` or ``"mean"`` (needs :meth:`calibrate` first).
+        mode: ``"zero"``, ``"uniform"`` or ``"mean"`` (needs calibration first:
+            :func:`attnlab.runs.calibrate.calibrate`).
         sites: site selection.
 
     Example:
@@ -198,40 +198,40 @@ class HeadMask(HeadEdit):
         self.means: dict[str, Tensor] = {}  # site name -> [H, D], set by calibrate
 
     @property
-    def needs_calibration(self) -> bool:
-        """Only mean ablation needs reference outputs (``attnlab edit`` calibrates it on the sonnets)."""
-        return self.mode == "mean" and not self.means
+    def calibration(self) -> str | None:
+        """Only mean ablation needs reference outputs: ``"probe"`` until calibrated."""
+        return "probe" if self.mode == "mean" and not self.means else None
 
-    def calibrate(self, model, tokenizer, texts: str | Sequence[str], *, max_tokens: int = 512) -> HeadMask:
-        """Record each chosen site's mean head outputs ``ō [H, D]`` over every token of ``texts``.
+    def calibration_inputs(self, tokenizer, texts: str | Sequence[str] | None = None, *, max_tokens: int = 512) -> list[Tensor]:
+        """The reference set: ``texts`` (one string or a list; default 4 pieces of 2000 characters of the sonnets), each cut to ``max_tokens`` tokens."""
+        if texts is None:
+            from attnlab.data import text
 
-        Args:
-            model: a model instrumented with :func:`attnlab.models.hf.instrument`.
-            tokenizer: called as ``tokenizer(text, return_tensors="pt")["input_ids"]``.
-            texts: the reference set, one string or a list.
-            max_tokens: each text is cut to this many tokens.
-
-        Returns:
-            ``self``, with :attr:`means` filled.
-        """
+            sonnets = text("sonnets")
+            texts = [sonnets[i : i + 2000] for i in range(0, 8000, 2000)]
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
-            raise ValueError("head_mask.calibrate needs at least one reference text")
-        rec = HeadOutputs(sites=self.acts_at)
-        with torch.no_grad(), attach(edits=[rec]):
-            for text in texts:
-                ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_tokens]
-                model(input_ids=ids.to(next(model.parameters()).device))
-        if not rec.sums:
-            raise ValueError(
-                "head_mask.calibrate recorded no site: instrument the model first (attnlab.models.hf.instrument(model)) and check layers/sites"
-            )
-        self.means = rec.mean()
-        return self
+            raise ValueError("head_mask: calibration needs at least one reference text")
+        return [tokenizer(t, return_tensors="pt")["input_ids"][:, :max_tokens] for t in texts]
 
-    def prepare(self, model, input_ids) -> None:
+    def calibration_probe(self) -> HeadOutputs:
+        """A recorder of the chosen sites' head outputs (an output edit that changes nothing)."""
+        return HeadOutputs(sites=self.acts_at)
+
+    def calibrated(self, result: HeadOutputs) -> None:
+        """Keep each chosen site's mean head outputs ``ō [H, D]`` over every token of the reference set."""
+        if not result.sums:
+            raise ValueError("head_mask: calibration recorded no site: calibrate on an instrumented model and check layers/sites")
+        self.means = result.mean()
+
+    def input_probe(self, input_ids: Tensor) -> None:
+        """Nothing to see; a ``mean`` mask that was not calibrated raises here, before the edited pass."""
         if self.mode == "mean" and not self.means and self.heads != []:
-            raise ValueError("head_mask mode='mean' is not calibrated: call .calibrate(model, tokenizer, texts) before the edited forward")
+            raise ValueError(
+                "head_mask mode='mean' is not calibrated: call attnlab.runs.calibrate.calibrate(edit, model, tokenizer, texts=[...]) "
+                "before the edited forward"
+            )
+        return None
 
     def function(self, site: Site) -> Callable:
         if self.mode == "uniform":
@@ -242,7 +242,10 @@ class HeadMask(HeadEdit):
         if self.mode == "zero":
             return lambda out: out.index_fill(1, self.head_index(site, out.shape[1], out.device), 0.0)
         if site.name not in self.means:
-            raise ValueError(f"head_mask mode='mean' has no mean outputs for {site.name}: call .calibrate(model, tokenizer, texts) first")
+            raise ValueError(
+                f"head_mask mode='mean' has no mean outputs for {site.name}: calibrate it first "
+                "(attnlab.runs.calibrate.calibrate(edit, model, tokenizer, texts=[...]))"
+            )
         mean = self.means[site.name]  # [H, D]
 
         def replace(out: Tensor) -> Tensor:  # [B, H, Tq, D]

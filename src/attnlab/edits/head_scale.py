@@ -23,24 +23,27 @@ then the heads with ``VHD_{l,i} > median(VHD_{l,*})`` (half of them) are scaled 
 (§4.4). Layer by layer: the VHD of layer ``l`` is computed with the heads chosen in earlier
 layers already reinforced. The heads are chosen once, at the first generation step, and kept
 (§3.2); the paper reinforces the second and the last 14 layers of LLaVA-1.5 (``layers=``).
+
+This file holds the edit and VHR's rule for one layer (:func:`vhr_rule`); measuring VHD and
+choosing the heads run the model: :func:`attnlab.runs.calibrate.vhd` and
+:func:`attnlab.runs.calibrate.vhr_select`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from attnlab.core import attach
 from attnlab.core.site import Site
 from attnlab.edits._base import register
-from attnlab.edits.head_mask import HeadEdit, HeadOutputs
+from attnlab.edits.head_mask import HeadEdit
 
-__all__ = ["VHR", "HeadScale", "vhd", "vhr_rule"]
+__all__ = ["HeadScale", "vhr_rule"]
 
 
-@register("head_scale")
+@register("head_scale", paper="26")
 class HeadScale(HeadEdit):
     """Multiply chosen heads' outputs by ``factor``.
 
@@ -84,47 +87,6 @@ class HeadScale(HeadEdit):
         return scale
 
 
-def _ids(tokenizer, x, device) -> Tensor:
-    if isinstance(x, Tensor):
-        ids = x if x.dim() == 2 else x[None]
-    elif isinstance(x, str):
-        ids = tokenizer(x, return_tensors="pt")["input_ids"]
-    else:
-        raise TypeError(f"a prompt is a string or a tensor of token ids, got {type(x).__name__}")
-    return ids.to(device)
-
-
-def _last_outputs(model, tokenizer, prompt, edits: Sequence) -> Tensor:
-    """Every head's output at the last position, ``[L, H, D]`` (first sequence of the batch)."""
-    from attnlab.models import hf
-
-    try:
-        sites = hf.sites(model)
-    except AttributeError as e:
-        raise ValueError("vhd needs an instrumented model: call attnlab.models.hf.instrument(model) first") from e
-    rec = HeadOutputs()
-    with torch.no_grad(), attach(edits=[*edits, rec]):
-        model(input_ids=_ids(tokenizer, prompt, next(model.parameters()).device))
-    return torch.stack([rec.last[s.name][0].float() for s in sites])  # [L, H, D]
-
-
-def vhd(model, tokenizer, with_context, without_context, *, edits: Sequence = ()) -> Tensor:
-    """VHD of every head: ``‖o_{l,h}(with)[−1] − o_{l,h}(without)[−1]‖₂``, as ``[L, H]``.
-
-    Paper: 26 (VHD/VHR), Eq. 4.
-    Shapes: ``[L, H]`` float32, for the first sequence of the batch.
-
-    Args:
-        model: a model instrumented with :func:`attnlab.models.hf.instrument`.
-        tokenizer: turns a string into ``input_ids`` (unused for tensor prompts).
-        with_context: the prompt with the context segment (a string or ``[1, T]`` ids).
-        without_context: the same prompt without it.
-        edits: attached to both runs (VHR passes the heads it has scaled so far).
-    """
-    a, b = (_last_outputs(model, tokenizer, p, edits) for p in (with_context, without_context))
-    return torch.linalg.vector_norm(a - b, dim=-1)  # [L, H]
-
-
 def vhr_rule(vhd: Tensor, ta: Tensor | None = None) -> list[int]:
     """VHR's choice in one layer (Eq. 6–7): zero the outliers' VHD, keep heads above the median.
 
@@ -142,56 +104,3 @@ def vhr_rule(vhd: Tensor, ta: Tensor | None = None) -> list[int]:
         outlier = (v > v.mean() + v.std()) & (t > t.mean() + t.std())  # output surges without the context
         v[outlier] = 0.0
     return torch.nonzero(v > v.median()).flatten().tolist()
-
-
-class VHR:
-    """Vision-aware Head Reinforcement (paper 26) for any context segment: pick heads, then scale them.
-
-    Paper: 26 (VHD/VHR), Algorithm 1.
-
-    Example:
-        >>> heads = VHR.select(model, tok, "Paris is in France. Paris is in", "Paris is in")  # doctest: +SKIP
-        >>> edit = HeadScale(heads=heads, factor=2.0)                                        # doctest: +SKIP
-    """
-
-    @staticmethod
-    def select(
-        model,
-        tokenizer,
-        with_context,
-        without_context,
-        *,
-        alpha: float = 2.0,
-        layers: Sequence[int] | None = None,
-        sequential: bool = True,
-    ) -> list[tuple[int, int]]:
-        """The heads VHR reinforces, as ``(layer, head)`` pairs (feed them to :class:`HeadScale`).
-
-        Args:
-            alpha: the factor chosen heads of earlier layers are scaled by while later layers
-                are judged (``sequential``); use the same in :class:`HeadScale`.
-            layers: layers to reinforce (default all; the paper: LLaVA-1.5's second and last 14).
-            sequential: select layer by layer on the reinforced model, as the paper; False
-                computes VHD once and applies the rule to every layer.
-        """
-        edits: list = []
-        chosen: list[tuple[int, int]] = []
-        judged = -1  # how many chosen heads the current outputs were computed with
-        for layer in _layers(model, layers):
-            if judged < 0 or (sequential and len(chosen) > judged):
-                edits = [HeadScale(heads=chosen, factor=alpha)] if chosen else []
-                a, b = (_last_outputs(model, tokenizer, p, edits) for p in (with_context, without_context))  # [L, H, D]
-                scores, ta = torch.linalg.vector_norm(a - b, dim=-1), b.pow(2).sum(-1)  # [L, H] each
-                judged = len(chosen)
-            chosen += [(layer, h) for h in vhr_rule(scores[layer], ta[layer])]
-        return chosen
-
-
-def _layers(model, layers) -> list[int]:
-    from attnlab.models import hf
-
-    L = len(hf.layers(model).blocks)
-    order = list(range(L)) if layers is None else sorted({int(x) for x in layers})
-    if any(not 0 <= x < L for x in order):
-        raise ValueError(f"VHR.select: layers={order} out of range: the model has layers 0..{L - 1}")
-    return order

@@ -8,7 +8,7 @@ from a target query to a source key there and see how the answer changes:
 
 The softmax then renormalises each target row over the keys it still sees; a row left with no
 key gets zeros, as in :func:`attnlab.attend`. An empty group changes nothing (the edit binds
-nowhere: bit-identical). :func:`scan` slides a window of ``k`` layers (``k = 9``, the paper's
+nowhere: bit-identical). :func:`attnlab.runs.knockout.scan` slides a window of ``k`` layers (``k = 9``, the paper's
 choice after Geva et al. 2023, "Dissecting recall of factual associations") over the model and
 reports, per window, the relative change of the answer probability ``(p_knock − p) / p``.
 
@@ -19,7 +19,7 @@ Groups are positions of the attention call: lists (``source=3+4+5``), inclusive 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from attnlab.core.site import Site
 from attnlab.edits._base import SiteEdit, _value, as_list, register
 from attnlab.edits.head_mask import head_selected
 
-__all__ = ["Knockout", "scan", "token_group", "window_layers"]
+__all__ = ["Knockout", "token_group", "window_layers"]
 
 MAX_RUNS = 32  # a group of more runs of consecutive positions is looked up in a table instead of compared
 
@@ -93,7 +93,7 @@ def window_layers(center: int, n_layers: int, window: int = 9) -> list[int]:
     return [x for x in range(lo, lo + window) if 0 <= x < n_layers]
 
 
-@register("knockout")
+@register("knockout", paper="49")
 class Knockout(SiteEdit):
     """Block attention from target queries to source keys in chosen layers.
 
@@ -142,42 +142,3 @@ class Knockout(SiteEdit):
             return torch.where(cut, float("-inf"), score)
 
         return score_mod
-
-
-def _answer_prob(model, input_ids: Tensor, answer: int, edits: Sequence) -> float:
-    from attnlab.core import attach
-
-    with torch.no_grad(), attach(edits=list(edits)):
-        out = model(input_ids=input_ids)
-    logits = getattr(out, "logits", out)  # [B, T, V]
-    return float(torch.softmax(logits[0, -1].double(), -1)[answer])
-
-
-def scan(model, input_ids: Tensor, answer: int, target, source, *, window: int = 9, n_layers: int | None = None) -> list[dict]:
-    """Knock out target ← source in a sliding window of layers; the answer's probability per window.
-
-    Args:
-        model: called as ``model(input_ids=ids)``; returns logits ``[B, T, V]`` or an object with
-            ``.logits`` (an instrumented HF model, or any module whose attention runs through
-            :func:`attnlab.attend` with sites ``layers.{i}.attn``).
-        input_ids: ``[1, T]``.
-        answer: the token id whose probability at the last position is measured.
-        target, source: the groups (see :func:`token_group`).
-        window: layers per window.
-        n_layers: number of layers (default: read from the HF model).
-
-    Returns:
-        One dict per window center: ``center``, ``layers``, ``prob`` (with the knockout),
-        ``base`` (without) and ``change = (prob − base) / base``.
-    """
-    if n_layers is None:
-        from attnlab.models.hf import layers
-
-        n_layers = len(layers(model).blocks)
-    base = _answer_prob(model, input_ids, answer, ())
-    rows = []
-    for center in range(n_layers):
-        ls = window_layers(center, n_layers, window)
-        p = _answer_prob(model, input_ids, answer, [Knockout(target=target, source=source, layers=ls)])
-        rows.append({"center": center, "layers": ls, "prob": p, "base": base, "change": (p - base) / base if base else float("nan")})
-    return rows

@@ -16,7 +16,7 @@ Which layers:
 
 - ``source=s, targets=t1+t2`` or ``pairs=s>t+s2>t2`` (chains resolve to the first layer: ``2>3, 3>4``
   makes layer 4 reuse layer 2);
-- ``top=n`` (:meth:`ShareAttention.calibrate`): the similarity of layers ``l`` and ``m`` is
+- ``top=n`` (calibration, :func:`attnlab.runs.calibrate.calibrate`): the similarity of layers ``l`` and ``m`` is
   ``S(l, m) = mean over heads h and windows of cos(vec A_l,h, vec A_m,h)`` on a calibration text
   (default: 2 windows of 256 tokens of *Lucrece*); the ``n`` targets ``t`` with the highest
   ``S(t−1, t)`` are chosen, and a run of consecutive targets ``t..t+k`` forms a block whose later
@@ -26,48 +26,68 @@ Which layers:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.core import attach
-from attnlab.core.site import Site
-from attnlab.edits._base import SiteEdit, as_list, register
+from attnlab.core.site import AttentionChunk, Probe, Site
+from attnlab.edits._base import SiteEdit, as_list, register, text_windows
 from attnlab.mechanisms.shared import CaptureProbs
 
-__all__ = ["ShareAttention"]
+__all__ = ["ShareAttention", "Similarity"]
 
 
-class _Maps:
-    """A probe that keeps the full attention maps ``[H, T, T]`` of the first sequence, per layer."""
+class Similarity(Probe):
+    """``S(l, m)``: mean over heads and inputs of ``cos(vec A_l,h, vec A_m,h)``, the attention maps of the first sequence.
+
+    Paper: 14 (EchoAtt).
+    Shapes: keeps each layer's map ``[H, T, T]`` during an input; :meth:`result` is ``[L, L]`` float64.
+    A run calls :meth:`begin` / :meth:`end` around each input.
+    """
 
     def __init__(self):
         self.maps: dict[int, Tensor] = {}
+        self.total: Tensor | None = None
+        self.inputs = 0
 
-    def observe(self, chunk, site: Site) -> None:
+    def begin(self, input_ids: Tensor, tokens: list[str]) -> None:
+        self.maps = {}
+
+    def observe(self, chunk: AttentionChunk, site: Site) -> None:
         p = chunk.probs[0]  # [H, Tc, Ts]
         m = self.maps.setdefault(site.layer, p.new_zeros(p.shape[0], chunk.lk, chunk.lk))
         m[:, chunk.q_idx, chunk.kv_start : chunk.kv_start + p.shape[-1]] = p
 
-    def result(self) -> dict[int, Tensor]:
-        return self.maps
+    def end(self) -> None:
+        maps = torch.stack([m for _, m in sorted(self.maps.items())]).double()  # [L, H, T, T]
+        v = F.normalize(maps.flatten(2), dim=-1)  # [L, H, T·T]
+        s = torch.einsum("lhx,mhx->lm", v, v) / v.shape[1]  # [L, L] mean cosine over heads
+        self.total = s if self.total is None else self.total + s
+        self.inputs += 1
+        self.maps = {}
+
+    def result(self) -> Tensor:
+        """``[L, L]``: the mean over the inputs seen."""
+        if self.total is None:
+            raise ValueError("share_attention: the similarity saw no input: run it on calibration windows first")
+        return (self.total / self.inputs).cpu()
 
 
-@register("share_attention")
+@register("share_attention", paper="14")
 class ShareAttention(SiteEdit):
     """Target layers take their source layer's attention probabilities, captured in the same pass.
 
     Paper: 14 (EchoAtt: attend, copy, then adjust), without distillation.
     Shapes: a target's rows ``[B, H, Tc, Ts]`` are replaced by the source's rows for the same
-    queries and keys; ``similarity`` is ``[L, L]`` after :meth:`calibrate`.
+    queries and keys; ``similarity`` is ``[L, L]`` after calibration.
 
     Args:
         source: the layer whose probabilities are reused, with ``targets``.
         targets: layers that reuse ``source``'s probabilities.
         pairs: ``(source, target)`` pairs, or strings ``"s>t"``.
-        top: share the ``n`` most similar adjacent layers (needs :meth:`calibrate`).
+        top: share the ``n`` most similar adjacent layers (needs calibration: :func:`attnlab.runs.calibrate.calibrate`).
         random: share ``n`` random layers, drawn with ``seed``.
         seed: the seed of ``random``.
         sites: site selection.
@@ -135,39 +155,22 @@ class ShareAttention(SiteEdit):
     # --- choosing the layers by similarity --------------------------------------------------------
 
     @property
-    def needs_calibration(self) -> bool:
-        """``top``/``random`` choose their pairs from the similarity ``calibrate`` measures."""
-        return self.pairs is None
+    def calibration(self) -> str | None:
+        """``top``/``random`` choose their pairs from the similarity of a calibration text: ``"probe"`` until chosen."""
+        return "probe" if self.pairs is None else None
 
-    def calibrate(self, model, tokenizer, *, text: str = "lucrece", windows: int = 2, window: int = 256) -> ShareAttention:
-        """Measure ``S(l, m)`` on a calibration text; for ``top=n``/``random=n`` choose the targets.
+    def calibration_inputs(self, tokenizer, *, text: str = "lucrece", windows: int = 2, window: int = 256) -> list[Tensor]:
+        """``windows`` windows of ``window`` tokens of ``text`` (a shipped text's name or raw text)."""
+        return text_windows(tokenizer, text, windows, window, what="share_attention: the calibration text")
 
-        Returns:
-            ``self``, so that ``ShareAttention(top=4).calibrate(model, tok)`` can be passed on.
-        """
-        from attnlab.data import TEXTS
-        from attnlab.data import text as shipped
-        from attnlab.models import hf
+    def calibration_probe(self) -> Similarity:
+        """``S(l, m)`` over the calibration windows."""
+        return Similarity()
 
-        if not getattr(model, "_attnlab_hooks", None):
-            hf.instrument(model)
-        ids = tokenizer(shipped(text) if text in TEXTS else text, return_tensors="pt")["input_ids"][0]
-        if ids.numel() < windows * window:
-            raise ValueError(
-                f"share_attention: the calibration text has {ids.numel()} tokens, fewer than windows × window = {windows * window}"
-            )
-        total = None
-        for w in range(windows):
-            probe = _Maps()
-            with torch.no_grad(), attach(probes=[probe]):
-                model(input_ids=ids[w * window : (w + 1) * window][None].to(next(model.parameters()).device))
-            maps = torch.stack([m for _, m in sorted(probe.result().items())]).double()  # [L, H, T, T]
-            v = F.normalize(maps.flatten(2), dim=-1)  # [L, H, T·T]
-            s = torch.einsum("lhx,mhx->lm", v, v) / v.shape[1]  # [L, L] mean cosine over heads
-            total = s if total is None else total + s
-        self.similarity = (total / windows).cpu()
+    def calibrated(self, result: Similarity) -> None:
+        """Keep ``S``; for ``top=n``/``random=n`` choose the targets."""
+        self.similarity = result.result()
         self._choose(self.similarity.shape[0])
-        return self
 
     def _choose(self, n_layers: int) -> None:
         if self.n is None or self.pairs is not None:
@@ -181,18 +184,13 @@ class ShareAttention(SiteEdit):
             chosen = (torch.argsort(adjacent, descending=True, stable=True)[: self.n] + 1).tolist()
         self._blocks(chosen)
 
-    def prepare(self, model, input_ids: Tensor) -> None:
-        """``random=n`` needs only the number of layers; ``top=n`` needs :meth:`calibrate`."""
-        if self.pairs is None and self.rule == "random":
-            from attnlab.models import hf
-
-            self._choose(len(hf.layers(model).blocks))
-
     # --- the edit ----------------------------------------------------------------------------------
 
     def at(self, site: Site) -> Callable | None:
         if self.pairs is None:
-            raise ValueError(f"share_attention: {self.rule}={self.n} needs the layers chosen: call calibrate(model, tokenizer) first")
+            raise ValueError(
+                f"share_attention: {self.rule}={self.n} needs the layers chosen: calibrate it first (attnlab.runs.calibrate.calibrate(edit, model, tokenizer))"
+            )
         return self.function(site) if self.acts_at(site) else None
 
     def function(self, site: Site) -> Callable | None:
@@ -231,7 +229,8 @@ class ShareAttention(SiteEdit):
             )
         return out.to(probs.dtype)
 
-    def validate(self, sites) -> None:
+    def validate(self, sites: Sequence[Site]) -> None:
+        """Check the layers; ``random=n`` draws its targets now (it needs only the number of layers)."""
         if self.rule == "random":
             self._choose(len(sites))
         if self.n is not None and self.n > len(sites) - 1:

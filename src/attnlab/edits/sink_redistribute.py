@@ -12,33 +12,35 @@ so each row keeps its sum. A row with ``m_N = 0`` is left unchanged.
 - **ACT** (paper 47, Yu et al. 2024, "Unveiling and harnessing hidden attention sinks"): per head,
   ``S`` = columns ``j ≥ 1`` with ``α_j = Σ_q A_qj / #queries that see j > τ [0.1]`` over all the
   queries of the input, ``s = β [0.4]``, ``N`` = every other key (the first token included, as in
-  the official code). Only calibrated heads are edited (:meth:`SinkRedistribute.calibrate`).
+  the official code). Only calibrated heads are edited (the search
+  :func:`attnlab.runs.calibrate.act_heads` keeps the heads whose edit alone improves a score).
 - **VAR** (paper 12, Kang et al. 2025, "See what you are told: visual attention sink in large
   multimodal models"): ``S`` = tokens whose layer input ``x`` has ``max_{d∈D} |x_d| / rms(x) > τ
   [20]`` in the sink dimensions ``D``; ``s = p [0.6]``; ``N`` = the target region (``region``
   positions; the image in the paper, every key by default) minus ``S``. A row is edited when its
   sink share of the region ``Σ_{S∩R} A / Σ_R A ≤ ρ [0.5]`` and its region mass ``Σ_R A ≥ 0.2``.
 
-The row pass sees one chunk of query rows at a time, so ``S`` is found first:
-:meth:`SinkRedistribute.prepare` runs the unedited model on the same input (a
-:class:`~attnlab.probes.ColumnMass` probe for ACT, the block-input hooks for VAR) and records the
-sinks per site and head. For decode steps with a KV cache the prepare pass on the prompt defines
-the sinks; keys after the prompt are never sinks.
+The row pass sees one chunk of query rows at a time, so ``S`` is found first: before an edited
+pass, the edit asks for an unedited pass over the same input (:meth:`SinkRedistribute.input_probe`,
+run by :func:`attnlab.runs.edit.prepare`) with a :class:`~attnlab.probes.ColumnMass` probe for
+ACT or a block-input probe for VAR, and records the sinks per site and head from it
+(:meth:`SinkRedistribute.prepared`; cached per input). For decode steps with a KV cache the pass
+on the prompt defines the sinks; keys after the prompt are never sinks.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from attnlab.core import attach
-from attnlab.core.site import Site
-from attnlab.edits._base import SiteEdit, as_list, parse_heads, register
+from attnlab.core.site import Probe, Site
+from attnlab.edits._base import SiteEdit, as_list, parse_heads, register, text_windows
+from attnlab.probes import ColumnMass
 
-__all__ = ["SinkRedistribute", "redistribute"]
+__all__ = ["BlockInputs", "SinkRedistribute", "redistribute"]
 
 _DEFAULTS = {"act": {"scale": 0.4, "tau": 0.1}, "var": {"scale": 0.6, "tau": 20.0}}
 _CACHE_SIZE = 16  # prepared inputs remembered (calibration scores every head on the same inputs)
@@ -58,16 +60,18 @@ def redistribute(p: Tensor, sink: Tensor, target: Tensor, scale: float, rows: Te
     return torch.where((m_t > 0) & rows, new, p)
 
 
-class _FirstAndSinks:
-    """Block-input hooks for VAR: the first token's ``|x| / rms(x)`` per layer, or the sink flags."""
+class BlockInputs(Probe):
+    """VAR's probe of the layer inputs ``x``: the first token's ``|x| / rms(x)`` per layer, or the sink flags.
+
+    Paper: 12 (VAR).
+    Shapes: :meth:`result` maps layer -> ``[B, C]`` (``dims`` None: the first token) or
+    ``[B, T]`` bool (``max_{d∈dims} |x_d| / rms(x) > tau``: the sink tokens).
+    """
 
     observes_attention = False
 
     def __init__(self, dims: Tensor | None, tau: float):
         self.dims, self.tau, self.out = dims, tau, {}
-
-    def observe(self, chunk, site) -> None:
-        return
 
     def result(self) -> dict:
         return self.out
@@ -81,7 +85,7 @@ class _FirstAndSinks:
             self.out[layer] = r[..., self.dims.to(r.device)].amax(-1) > self.tau if len(self.dims) else r[..., 0] < 0  # [B, T]
 
 
-@register("sink_redistribute")
+@register("sink_redistribute", paper="47, 12")
 class SinkRedistribute(SiteEdit):
     """Take a fraction of the attention off sink keys and give it to the other keys of the row.
 
@@ -97,10 +101,10 @@ class SinkRedistribute(SiteEdit):
         rho: VAR: largest sink share of the region for an edited row [0.5].
         region_mass: VAR: smallest region mass for an edited row [0.2].
         region: VAR: target-region key positions (None: every key).
-        dims: VAR: sink dimensions ``D`` (None: found by :meth:`calibrate` or on the first
+        dims: VAR: sink dimensions ``D`` (None: found by calibration or on the first
             prepared input: the dims where the first token's ``|x_d| / rms(x) > τ`` at the inputs of
             at least half of the layers 1..L−1).
-        sinks: fixed sink positions for every edited head (no detection, no ``prepare`` needed).
+        sinks: fixed sink positions for every edited head (no detection, no unedited pass needed).
         layers: layers to act on (None: all).
         heads: ints (those heads in every layer), ``L{layer}H{head}`` strings or ``(layer, head)``
             pairs; None: every head; ``[]``: none.
@@ -154,8 +158,9 @@ class SinkRedistribute(SiteEdit):
         self.head_all, self.head_map = self._heads(heads)
         self.scores: dict[tuple[int, int], float] = {}  # ACT calibration: score change per head
         self._record: dict[str, Tensor] = {}
-        self._cache: OrderedDict = OrderedDict()
-        self._detecting = False
+        self._cache: OrderedDict = OrderedDict()  # input -> sinks per site: a search's candidates share it
+        self._sites: tuple[Site, ...] = ()  # the bound model's sites (validate)
+        self._pending: tuple[str, tuple | None] | None = None  # what the probe of input_probe measures
 
     @staticmethod
     def _heads(heads) -> tuple[list[int] | None, dict[int, list[int]] | None]:
@@ -172,11 +177,11 @@ class SinkRedistribute(SiteEdit):
         return None, pairs
 
     @property
-    def needs_calibration(self) -> bool:
-        """ACT without ``heads=`` chooses them by calibration; VAR without ``dims=`` finds them."""
+    def calibration(self) -> str | None:
+        """ACT without ``heads=`` chooses them by a search (``"act_heads"``); VAR without ``dims=`` finds them (``"probe"``)."""
         if self.method == "act":
-            return self.head_all is None and self.head_map is None
-        return self.dims is None
+            return "act_heads" if self.head_all is None and self.head_map is None else None
+        return "probe" if self.dims is None else None
 
     def heads_at(self, site: Site) -> list[int] | None:
         """Heads edited at ``site`` (None: all)."""
@@ -185,7 +190,7 @@ class SinkRedistribute(SiteEdit):
         return self.head_all
 
     def at(self, site: Site) -> Callable | None:
-        if self._detecting or self.scale == 1.0 or not self.acts_at(site) or self.heads_at(site) == []:
+        if self.scale == 1.0 or not self.acts_at(site) or self.heads_at(site) == []:
             return None  # a no-op attaches nothing: the model runs exactly as without the edit
         return self.function(site)
 
@@ -193,7 +198,8 @@ class SinkRedistribute(SiteEdit):
         heads = self.heads_at(site)
         if self.fixed is None and site.name not in self._record:
             raise ValueError(
-                f"sink_redistribute: no sinks recorded for {site.name}: call prepare(model, input_ids) before the edited pass, or pass sinks=[positions]"
+                f"sink_redistribute: no sinks recorded for {site.name}: prepare the edit on the input before the edited pass "
+                "(attnlab.runs.edit.prepare(model, [edit], input_ids)), or pass sinks=[positions]"
             )
         rec = None if self.fixed is None else torch.tensor(self.fixed)
         rec = self._record.get(site.name) if rec is None else rec
@@ -227,106 +233,86 @@ class SinkRedistribute(SiteEdit):
 
         return edit
 
-    # --- finding the sinks ----------------------------------------------------------------------
+    # --- finding the sinks: an unedited pass over the input, run by a run --------------------------
 
-    def prepare(self, model, input_ids: Tensor) -> None:
-        """Find the sinks of ``input_ids`` with an unedited pass (cached per input) before the edited one."""
+    def input_probe(self, input_ids: Tensor) -> Probe | None:
+        """The probe of an unedited pass over ``input_ids``: VAR's sink dimensions first (if unknown), then the sinks.
+
+        None when the sinks of this input are known (cached), fixed (``sinks=``) or unused (scale 1).
+        """
         if self.fixed is not None or self.scale == 1.0:
-            return
-        from attnlab.models import hf
-
-        if not getattr(model, "_attnlab_hooks", None):
-            hf.instrument(model)
+            return None
         if self.method == "var" and self.dims is None:
-            self.dims = self._find_dims(model, input_ids)
-        key = (id(model), self.method, self.tau, tuple(input_ids.shape), hash(input_ids.cpu().numpy().tobytes()))
-        if key not in self._cache:
-            self._cache[key] = self._detect(model, input_ids)
-            while len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
+            self._pending = ("dims", None)
+            return BlockInputs(None, self.tau)
+        key = (self.method, self.tau, tuple(input_ids.shape), hash(input_ids.cpu().numpy().tobytes()))
+        if key in self._cache:
+            self._record, self._pending = self._cache[key], None
+            return None
+        self._pending = ("sinks", key)
+        return ColumnMass() if self.method == "act" else BlockInputs(self.dims, self.tau)
+
+    def prepared(self, probe: Probe) -> None:
+        """Record what the probe of :meth:`input_probe` found: VAR's dimensions, or the sinks per site and head."""
+        what, key = self._pending
+        self._pending = None
+        if what == "dims":
+            self.dims = self._dims(probe)
+            return
+        self._cache[key] = self._sinks(probe.result())
+        while len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
         self._record = self._cache[key]
 
-    def _run(self, model, input_ids: Tensor, probe) -> dict:
-        self._detecting = True  # if this edit is attached around prepare, it stays out of the detection pass
-        try:
-            with torch.no_grad(), attach(probes=[probe]):
-                model(input_ids=input_ids)
-        finally:
-            self._detecting = False
-        return probe.result()
-
-    def _find_dims(self, model, input_ids: Tensor) -> Tensor:
-        firsts = self._run(model, input_ids, _FirstAndSinks(None, self.tau))  # layer -> [B, C]
+    def _dims(self, probe: BlockInputs) -> Tensor:
+        """VAR's sink dimensions: where the first token's ``|x_d| / rms(x) > τ`` at the inputs of at least half of layers 1..L−1."""
+        firsts = probe.result()  # layer -> [B, C]
         votes = torch.stack([r > self.tau for layer, r in sorted(firsts.items()) if layer >= 1]).float().mean(0)  # [B, C]
         return torch.nonzero((votes >= 0.5).any(0)).flatten().cpu()
 
-    def _detect(self, model, input_ids: Tensor) -> dict[str, Tensor]:
-        from attnlab.models import hf
-        from attnlab.probes import ColumnMass
-
+    def _sinks(self, found: dict) -> dict[str, Tensor]:
         if self.method == "act":
             out = {}
-            for name, r in self._run(model, input_ids, ColumnMass()).items():
+            for name, r in found.items():
                 s = r["mass"] / r["queries"].clamp(min=1) > self.tau  # [B, H, Tk]: α_j > τ
                 s[..., 0] = False  # ACT: hidden sinks are columns j >= 1
                 out[name] = s
             return out
-        flags = self._run(model, input_ids, _FirstAndSinks(self.dims, self.tau))  # layer -> [B, T]
-        return {s.name: flags[s.layer].unsqueeze(1) for s in hf.sites(model) if s.layer in flags}  # [B, 1, Tk]
+        if not self._sites:
+            raise ValueError("sink_redistribute: VAR names its sinks by site: bind the edit to the model first (attnlab.runs.edit.bind)")
+        return {s.name: found[s.layer].unsqueeze(1) for s in self._sites if s.layer in found}  # layer -> [B, 1, Tk] per site
 
-    # --- ACT: heads chosen by calibration -------------------------------------------------------
+    # --- calibration: VAR's dimensions by a probe, ACT's heads by a search ---------------------------
 
-    def calibrate(self, model, tokenizer, *, score=None, candidates=None, margin=0.0, text="lucrece", windows=2, window=256, progress=None):
-        """ACT: keep each head whose edit alone improves ``score``; VAR: find the sink dimensions.
-
-        ACT's rule (official code, one run per ``(layer, head)``): with ``s0`` the score of the
-        unedited model and ``s_lh`` the score with only head ``(l, h)`` edited, keep the heads with
-        ``s_lh > s0 + margin``. The kept heads replace ``heads``; ``scores`` holds ``s_lh − s0``.
-
-        Args:
-            score: ``fn(model, tokenizer, edits) -> float``, higher is better, e.g. needle recall
-                ``lambda m, t, e: sum(evaluate.needle(m, t, e))``. Default: minus the mean
-                perplexity of ``windows`` windows of ``window`` tokens of ``text`` (a shipped text
-                name or raw text; *Lucrece* is held out from the Tempest perplexity of
-                :mod:`attnlab.evaluate`).
-            candidates: ``(layer, head)`` pairs to try; default every head of layers 2..L−2 (the
-                official script skips the first two layers and the last).
-            margin: smallest improvement that keeps a head.
-            progress: called with a line per head.
-
-        Returns:
-            ``self``, so that ``SinkRedistribute().calibrate(model, tok)`` can be passed on.
-        """
-        from attnlab.models import hf
-
-        if not getattr(model, "_attnlab_hooks", None):
-            hf.instrument(model)
+    def calibration_inputs(self, tokenizer, *, text: str = "lucrece", windows: int | None = None, window: int = 256) -> list[Tensor]:
+        """Perplexity windows ``[1, window + 1]`` of ``text`` (a shipped text's name or raw text): ACT scores ``windows`` [2], VAR reads the first."""
         if self.method == "var":
-            self.dims = self._find_dims(model, _windows(tokenizer, text, 1, window)[0])
-            return self
-        if score is None:
-            ids = _windows(tokenizer, text, windows, window)
-            score = lambda m, t, edits: -_perplexity(m, ids, edits)  # noqa: E731
-        L, H = len(hf.layers(model).blocks), hf.sites(model)[0].num_heads
-        pairs = (
-            parse_heads(candidates)
-            if candidates is not None
-            else [(la, h) for la in range(2, L - 1) if self.layers is None or la in self.layers for h in range(H)]
-        )
-        base = score(model, tokenizer, [])
-        kept: dict[int, list[int]] = {}
-        for i, (layer, h) in enumerate(pairs):
-            one = SinkRedistribute("act", beta=self.scale, tau=self.tau, heads=[(layer, h)], sites=self._match)
-            one._cache = self._cache  # the sinks of an input are found once for every head
-            self.scores[(layer, h)] = score(model, tokenizer, [one]) - base
-            if self.scores[(layer, h)] > margin:
-                kept.setdefault(layer, []).append(h)
-            if progress:
-                progress(f"ACT calibration {i + 1}/{len(pairs)}: L{layer}H{h} {self.scores[(layer, h)]:+.4f}")
-        self.head_all, self.head_map = None, kept
-        return self
+            return text_windows(tokenizer, text, 1, window, extra=1)
+        return text_windows(tokenizer, text, 2 if windows is None else windows, window, extra=1)
 
-    def validate(self, sites) -> None:
+    def calibration_probe(self) -> Probe | None:
+        """VAR: the first token's layer inputs (the sink dimensions); ACT calibrates by a search instead."""
+        return BlockInputs(None, self.tau) if self.method == "var" else None
+
+    def calibrated(self, result) -> None:
+        """VAR: the :class:`BlockInputs` probe, whose first tokens give ``dims``. ACT: the search's choice,
+        ``{"heads": {layer: [head, ...]}, "scores": {(layer, head): s_lh − s0}}``: the kept heads replace ``heads``."""
+        if self.method == "var":
+            self.dims = self._dims(result)
+            return
+        self.head_all, self.head_map, self.scores = None, result["heads"], result["scores"]
+
+    def only(self, heads) -> SinkRedistribute:
+        """ACT on ``heads`` alone (``(layer, head)`` pairs), sharing the sinks found so far: a search's candidate."""
+        one = SinkRedistribute("act", beta=self.scale, tau=self.tau, heads=list(heads), sites=self._match)
+        one._cache, one._sites = self._cache, self._sites  # the sinks of an input are found once for every head
+        return one
+
+    def validate(self, sites: Sequence[Site]) -> None:
+        """Check layers and heads; keep the sites (VAR names its sinks by site). A new model forgets the sinks found."""
+        if tuple(sites) != self._sites:
+            self._sites, self._record = tuple(sites), {}
+            self._cache.clear()
         n_layers, n_heads = len(sites), sites[0].num_heads if sites else None
         pairs = [(la, h) for la, hs in (self.head_map or {}).items() for h in hs] + [(None, h) for h in self.head_all or []]
         for layer in [*(self.layers or []), *(la for la, _ in pairs if la is not None)]:
@@ -339,26 +325,3 @@ class SinkRedistribute(SiteEdit):
     def __repr__(self) -> str:
         heads = self.head_map if self.head_map is not None else self.head_all
         return f"SinkRedistribute(method={self.method!r}, scale={self.scale}, tau={self.tau}, layers={self.layers}, heads={heads})"
-
-
-def _windows(tokenizer, text: str, windows: int, window: int) -> list[Tensor]:
-    """``windows`` consecutive ``[1, window + 1]`` token windows of a shipped text (by name) or of ``text``."""
-    from attnlab.data import TEXTS
-    from attnlab.data import text as shipped
-
-    ids = tokenizer(shipped(text) if text in TEXTS else text, return_tensors="pt")["input_ids"][0]
-    if ids.numel() < windows * window + 1:
-        raise ValueError(f"the calibration text has {ids.numel()} tokens, fewer than windows × window + 1 = {windows * window + 1}")
-    return [ids[w * window : (w + 1) * window + 1][None] for w in range(windows)]
-
-
-def _perplexity(model, ids: list[Tensor], edits) -> float:
-    """Mean perplexity over windows, each edit prepared on its window first."""
-    out = []
-    for chunk in ids:
-        for e in edits:
-            e.prepare(model, chunk[:, :-1])
-        with torch.no_grad(), attach(edits=list(edits)):
-            logits = model(input_ids=chunk[:, :-1]).logits
-        out.append(float(torch.exp(torch.nn.functional.cross_entropy(logits[0].float(), chunk[0, 1:]))))
-    return sum(out) / len(out)

@@ -37,7 +37,7 @@ def _positive(x, name: str) -> float:
     return float(x)
 
 
-@register("temperature")
+@register("temperature", paper="51")
 class Temperature(HeadEdit):
     """Divide attention logits by a temperature ``τ``, optionally times Selective Attention's position term.
 

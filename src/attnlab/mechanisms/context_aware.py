@@ -8,7 +8,7 @@ Queries and keys are contextualised with a summary of the whole sequence before 
 with ``Q = X W_Q``, ``K = X W_K``, ``C`` the global context (the mean of ``X`` over tokens), ``U``
 a ``C × (heads · D)`` matrix and ``v^H``, ``v^C`` vectors, so that ``λ`` is one gate per token.
 Values are left alone, as in the paper. The mixing acts on the full projections, before the
-heads are split (and before RoPE). With ``causal=True`` the context of token ``t`` is the mean
+heads are split (and before RoPE). With ``is_causal=True`` the context of token ``t`` is the mean
 of tokens ``0..t`` (an attnlab choice: the paper's encoder sees the whole sentence), so the
 layer stays causal. With ``λ = 0`` it is ``mha``.
 """
@@ -25,9 +25,9 @@ from attnlab.mechanisms.mha import MultiHeadAttention
 __all__ = ["ContextAwareAttention", "ContextGate", "global_context"]
 
 
-def global_context(x: Tensor, *, causal: bool = False) -> Tensor:
+def global_context(x: Tensor, *, is_causal: bool = False) -> Tensor:
     """``C``: the mean of ``x`` over tokens ``[B, 1, C]``, or the running mean ``[B, T, C]`` if causal."""
-    if not causal:
+    if not is_causal:
         return x.mean(1, keepdim=True)  # [B, 1, C]
     count = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)[:, None]  # [T, 1]
     return x.cumsum(1) / count  # [B, T, C]
@@ -61,7 +61,7 @@ class ContextAwareAttention(MultiHeadAttention):
         dim: model width ``C``; must be divisible by ``heads``.
         heads: query heads ``H``.
         kv_heads: key/value heads (GQA); ``heads`` if None.
-        causal: each token attends only to itself and earlier tokens, and its context is the mean
+        is_causal: each token attends only to itself and earlier tokens, and its context is the mean
             of the tokens up to itself.
         rope: rotary position embedding on the contextualised queries and keys.
         rope_base: RoPE's frequency base.
@@ -82,12 +82,12 @@ class ContextAwareAttention(MultiHeadAttention):
         heads: int,
         *,
         kv_heads: int | None = None,
-        causal: bool = False,
+        is_causal: bool = False,
         rope: bool = False,
         rope_base: float = 10000.0,
         backend: str = "auto",
     ):
-        super().__init__(dim, heads, kv_heads=kv_heads, causal=causal, rope=rope, rope_base=rope_base, backend=backend)
+        super().__init__(dim, heads, kv_heads=kv_heads, is_causal=is_causal, rope=rope, rope_base=rope_base, backend=backend)
         q_width, kv_width = heads * self.head_dim, self.kv_heads * self.head_dim
         self.context_q = nn.Linear(dim, q_width, bias=False)  # U_Q
         self.context_k = nn.Linear(dim, kv_width, bias=False)  # U_K
@@ -97,7 +97,7 @@ class ContextAwareAttention(MultiHeadAttention):
 
     def forward(self, x: Tensor, mask=None) -> Tensor:
         self.check_input(x)
-        c = global_context(x, causal=self.causal)  # [B, 1|T, C]
+        c = global_context(x, is_causal=self.is_causal)  # [B, 1|T, C]
         q, k = self.q_proj(x), self.k_proj(x)  # [B, T, H·D], [B, T, Hkv·D]
         cq, ck = self.context_q(c), self.context_k(c)  # [B, 1|T, H·D], [B, 1|T, Hkv·D]
         lam_q, lam_k = self.gate_q(q, cq), self.gate_k(k, ck)  # [B, T, 1] each

@@ -12,14 +12,13 @@ embedding (``rope``), and two fixes from the papers:
   :class:`SigmaReparamLinear`, ``Ŵ = (γ / σ(W)) · W``, which bounds attention-logit growth and
   so prevents entropy collapse.
 
-The softmax path goes through :func:`attnlab.core.attend` at ``self.site``, so probes and
-edits see it. ReLU attention is not softmax attention: it is computed in plain PyTorch here,
-and probes and edits do not see it.
+Both go through :func:`attnlab.core.attend` at ``self.site`` (ReLU attention as
+``normalizer="relu"``; σReparam changes only the projections around it), so probes and edits
+see every variant: a probe attached to a ReLU layer receives the ReLU weights, whose rows need
+not sum to 1.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,6 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from attnlab.core import Site, attend, backends
-from attnlab.core import masks as M
 from attnlab.mechanisms import register
 
 __all__ = ["MultiHeadAttention", "SigmaReparamLinear", "make_linear", "relu_attention", "rotary"]
@@ -126,20 +124,21 @@ class MultiHeadAttention(nn.Module):
         dim: model width ``C``; must be divisible by ``heads``.
         heads: query heads ``H``.
         kv_heads: key/value heads ``Hkv`` (``heads`` if None: MHA; 1: MQA; between: GQA).
-        causal: each token attends only to itself and earlier tokens.
+        is_causal: each token attends only to itself and earlier tokens.
         rope: rotate queries and keys by their positions (RoPE) before attention.
         rope_base: RoPE's frequency base.
         attention: ``"softmax"``, or ``"relu"`` for ``ReLU(q·k/√D) / n_visible`` (paper 68).
         sigma_reparam: σReparam every linear layer (paper 73).
         bias: biases in the q/k/v/o projections.
-        backend: softmax backend for :func:`attnlab.core.attend` (``"auto"``, ``"sdpa"``, ...).
+        backend: backend for :func:`attnlab.core.attend` (``"auto"``, ``"sdpa"``, ...); ReLU
+            attention needs ``"auto"`` or ``"reference"``.
 
     Shapes:
         ``x [B, T, C] -> [B, T, C]``; ``mask`` (optional) as in :func:`attnlab.core.attend`,
-        combined with ``causal``.
+        combined with ``is_causal``.
 
     Example:
-        >>> m = MultiHeadAttention(32, 4, kv_heads=2, causal=True, rope=True)
+        >>> m = MultiHeadAttention(32, 4, kv_heads=2, is_causal=True, rope=True)
         >>> m(torch.randn(2, 10, 32)).shape
         torch.Size([2, 10, 32])
     """
@@ -150,7 +149,7 @@ class MultiHeadAttention(nn.Module):
         heads: int,
         *,
         kv_heads: int | None = None,
-        causal: bool = False,
+        is_causal: bool = False,
         rope: bool = False,
         rope_base: float = 10000.0,
         attention: str = "softmax",
@@ -174,10 +173,10 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"rope needs an even head dim, got dim // heads = {head_dim}: change dim or heads")
         if not (isinstance(rope_base, (int, float)) and rope_base > 0):
             raise ValueError(f"rope_base must be a positive number, got rope_base={rope_base!r}")
-        if backend != "auto":
-            backends.get(backend)  # raises on unknown names, listing the valid ones
+        if backend != "auto" and attention not in backends.get(backend).normalizers:  # get: unknown names raise
+            raise ValueError(f"attention={attention!r} needs backend='auto' or 'reference', got backend={backend!r}")
         self.dim, self.heads, self.kv_heads, self.head_dim = dim, heads, kv_heads, head_dim
-        self.causal, self.rope, self.rope_base = causal, rope, float(rope_base)
+        self.is_causal, self.rope, self.rope_base = is_causal, rope, float(rope_base)
         self.attention, self.backend = attention, backend
         self.q_proj = make_linear(dim, heads * head_dim, bias=bias, sigma_reparam=sigma_reparam)
         self.k_proj = make_linear(dim, kv_heads * head_dim, bias=bias, sigma_reparam=sigma_reparam)
@@ -199,10 +198,10 @@ class MultiHeadAttention(nn.Module):
         return q, k, v
 
     def attend_heads(self, q: Tensor, k: Tensor, v: Tensor, *, mask=None, bias: Tensor | None = None) -> Tensor:
-        """Per-head outputs ``[B, H, T, D]``: softmax attention at ``self.site``, or ReLU attention."""
-        if self.attention == "relu":
-            return relu_attention(q, k, v, mask=mask, bias=bias, is_causal=self.causal)
-        return attend(q, k, v, mask=mask, bias=bias, is_causal=self.causal, backend=self.backend, site=self.site)
+        """Per-head outputs ``[B, H, T, D]``: softmax or ReLU attention at ``self.site``."""
+        return attend(
+            q, k, v, mask=mask, bias=bias, is_causal=self.is_causal, backend=self.backend, site=self.site, normalizer=self.attention
+        )
 
     def merge(self, out: Tensor) -> Tensor:
         """Concatenate heads and apply the output projection: ``[B, H, T, D] -> [B, T, C]``."""
@@ -223,33 +222,10 @@ class MultiHeadAttention(nn.Module):
 def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, mask=None, bias: Tensor | None = None, is_causal: bool = False) -> Tensor:
     """Paper 68's ReLU attention: ``Σ_j ReLU(q·k_j/√D + bias) v_j / n``, ``n`` = keys the query may see.
 
-    Plain PyTorch in float32 (float64 for float64 inputs); ``mask`` is a predicate, a bool tensor
-    or an additive float tensor, like :func:`attnlab.core.attend`'s. A query that sees no key
-    gets zeros.
+    :func:`attnlab.core.attend` with ``normalizer="relu"`` (the reference backend, in float32;
+    float64 for float64 inputs), at the default site. A query that sees no key gets zeros.
 
     Shapes:
         ``q [B, H, Tq, D]``, ``k, v [B, Hkv, Tk, D]`` -> ``[B, H, Tq, D]``.
     """
-    B, H, Tq, D = q.shape
-    Tk, G = k.shape[2], H // k.shape[1]
-    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    k = k.to(dt).repeat_interleave(G, dim=1)  # [B, H, Tk, D]
-    v = v.to(dt).repeat_interleave(G, dim=1)  # [B, H, Tk, Dv]
-    s = q.to(dt) @ k.transpose(-1, -2) / math.sqrt(D)  # [B, H, Tq, Tk]
-    allowed = torch.ones(1, 1, Tq, Tk, dtype=torch.bool, device=q.device)
-    if isinstance(mask, M.Mask):
-        allowed = allowed & mask.dense(Tq, Tk, batch=B, heads=H, device=q.device)
-    elif isinstance(mask, Tensor) and mask.dtype == torch.bool:
-        allowed = allowed & mask
-    elif isinstance(mask, Tensor):
-        s = s + mask.to(dt)
-        allowed = allowed & torch.isfinite(mask)
-    elif mask is not None:
-        raise TypeError(f"mask must be a masks.Mask, a bool tensor or a float tensor, got {type(mask).__name__}")
-    if bias is not None:
-        s = s + bias.to(dt)
-    if is_causal:
-        allowed = allowed & M.causal.dense(Tq, Tk, device=q.device)
-    w = F.relu(s).masked_fill(~allowed, 0.0)  # [B, H, Tq, Tk]
-    n = allowed.sum(-1, keepdim=True).clamp(min=1)  # [B|1, H|1, Tq, 1]
-    return ((w / n) @ v).to(q.dtype)  # [B, H, Tq, Dv]
+    return attend(q, k, v, mask=mask, bias=bias, is_causal=is_causal, normalizer="relu")

@@ -58,7 +58,7 @@ class ModalityMutualAttention(MultiHeadAttention):
         rope_base: float = 10000.0,
         backend: str = "auto",
     ):
-        super().__init__(dim, heads, kv_heads=kv_heads, causal=True, rope=rope, rope_base=rope_base, backend=backend)
+        super().__init__(dim, heads, kv_heads=kv_heads, is_causal=True, rope=rope, rope_base=rope_base, backend=backend)
         self.site = Site(name="modality_mutual", num_heads=heads, num_kv_heads=self.kv_heads)
 
     def forward(self, x: Tensor, image=None, question=None) -> Tensor:

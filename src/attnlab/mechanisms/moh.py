@@ -60,7 +60,7 @@ class MixtureOfHeads(MultiHeadAttention):
         top_k: routed heads each token selects (half the routed heads if None, so 75% of all heads
             are active by default, as MoH-LLaMA3).
         kv_heads: key/value heads (GQA); ``heads`` if None.
-        causal: each token attends only to itself and earlier tokens.
+        is_causal: each token attends only to itself and earlier tokens.
         rope: rotary position embedding on queries and keys.
         rope_base: RoPE's frequency base.
         aux_loss_coef: ``β``, the weight of the load-balance loss in ``self.aux_loss``.
@@ -85,14 +85,14 @@ class MixtureOfHeads(MultiHeadAttention):
         shared_heads: int | None = None,
         top_k: int | None = None,
         kv_heads: int | None = None,
-        causal: bool = False,
+        is_causal: bool = False,
         rope: bool = False,
         rope_base: float = 10000.0,
         aux_loss_coef: float = 0.01,
         gates: str = "learned",
         backend: str = "auto",
     ):
-        super().__init__(dim, heads, kv_heads=kv_heads, causal=causal, rope=rope, rope_base=rope_base, backend=backend)
+        super().__init__(dim, heads, kv_heads=kv_heads, is_causal=is_causal, rope=rope, rope_base=rope_base, backend=backend)
         shared = heads // 2 if shared_heads is None else shared_heads
         if isinstance(shared, bool) or not isinstance(shared, int) or not 0 <= shared <= heads:
             raise ValueError(f"shared_heads must be an int in [0, heads], got shared_heads={shared_heads!r}, heads={heads}")

@@ -74,7 +74,7 @@ class RelativeConvolutionalAttention(MultiHeadAttention):
         max_distance: int = 128,
         backend: str = "auto",
     ):
-        super().__init__(dim, heads, kv_heads=kv_heads, causal=True, backend=backend)
+        super().__init__(dim, heads, kv_heads=kv_heads, is_causal=True, backend=backend)
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
             raise ValueError(f"kernel_size must be an int >= 1, got kernel_size={kernel_size!r}")
         if isinstance(max_distance, bool) or not isinstance(max_distance, int) or max_distance < 0:

@@ -45,7 +45,7 @@ class SelectiveAttention(MultiHeadAttention):
         token: the token temperature ``tanh(x · w + b)`` (else 0).
         value: the value temperature ``1 + tanh(x · u + c)`` (else 1).
         kv_heads: key/value heads (GQA); ``heads`` if None.
-        causal: each token attends only to itself and earlier tokens.
+        is_causal: each token attends only to itself and earlier tokens.
         rope: rotary position embedding on queries and keys.
         rope_base: RoPE's frequency base.
         backend: softmax backend for :func:`attnlab.core.attend`.
@@ -54,7 +54,7 @@ class SelectiveAttention(MultiHeadAttention):
         ``x [B, T, C] -> [B, T, C]``. With all three temperatures off it is ``mha``.
 
     Example:
-        >>> m = SelectiveAttention(32, 4, value=True, causal=True)
+        >>> m = SelectiveAttention(32, 4, value=True, is_causal=True)
         >>> m(torch.randn(2, 10, 32)).shape
         torch.Size([2, 10, 32])
     """
@@ -68,12 +68,12 @@ class SelectiveAttention(MultiHeadAttention):
         token: bool = True,
         value: bool = False,
         kv_heads: int | None = None,
-        causal: bool = False,
+        is_causal: bool = False,
         rope: bool = False,
         rope_base: float = 10000.0,
         backend: str = "auto",
     ):
-        super().__init__(dim, heads, kv_heads=kv_heads, causal=causal, rope=rope, rope_base=rope_base, backend=backend)
+        super().__init__(dim, heads, kv_heads=kv_heads, is_causal=is_causal, rope=rope, rope_base=rope_base, backend=backend)
         for name, flag in (("position", position), ("token", token), ("value", value)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {name}={flag!r}")
@@ -93,7 +93,7 @@ class SelectiveAttention(MultiHeadAttention):
         T = x.shape[1]
         tau = x.new_ones(1, self.heads, T, 1)
         if self.alpha is not None:
-            n = torch.arange(1, T + 1, device=x.device) if self.causal else torch.full((T,), T, device=x.device)
+            n = torch.arange(1, T + 1, device=x.device) if self.is_causal else torch.full((T,), T, device=x.device)
             log_n = torch.log(n.to(self.alpha.dtype))  # [T]
             tau = tau + torch.sigmoid(self.alpha)[:, None, None] * log_n[:, None]  # [1, H, T, 1]
         if self.token_temperature is not None:

@@ -24,11 +24,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.core import Edit, Site, attached, attend
+from attnlab.core import Edit, Site, attached, attend, hooks
 from attnlab.core import masks as M
-from attnlab.models.hf_load import EMBEDDED, load
+from attnlab.models.hf_load import EMBEDDED, input_device, load
 
-__all__ = ["EMBEDDED", "SUPPORTED", "Layers", "attention_forward", "instrument", "instrumented", "layers", "load", "mask_function", "sites"]
+__all__ = [
+    "EMBEDDED",
+    "SUPPORTED",
+    "Layers",
+    "attention_forward",
+    "hook_points",
+    "input_device",
+    "instrument",
+    "instrumented",
+    "layers",
+    "load",
+    "mask_function",
+    "sites",
+]
 
 NAME = "attnlab"
 SUPPORTED = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3_text", "gpt2", "bert")
@@ -229,7 +242,7 @@ def instrument(model: nn.Module, *, backend: str = "auto") -> nn.Module:
             _BACKEND[id(m.config)] = backend
     _check_routed(model, found, previous, model_type)
     if not getattr(model, "_attnlab_hooks", None):
-        model._attnlab_hooks = _hook_layers(found)
+        model._attnlab_hooks = _hook_graph(model, found)
     return model
 
 
@@ -237,7 +250,7 @@ def _check_routed(model: nn.Module, found: Layers, previous: str, model_type: st
     """Run two tokens through the model and make sure every attention site went through attnlab."""
     _CALLED.clear()
     with torch.no_grad():
-        model(input_ids=torch.tensor([[0, 1]], device=next(model.parameters()).device))
+        model(input_ids=torch.tensor([[0, 1]], device=input_device(model)))
     missing = [p for p in found.paths if model.get_submodule(p).attnlab_site.name not in _CALLED]
     if missing:
         model.set_attn_implementation(previous)
@@ -247,44 +260,120 @@ def _check_routed(model: nn.Module, found: Layers, previous: str, model_type: st
         )
 
 
-def _hook_layers(found: Layers) -> list:
-    """Forward hooks that show attached probes the residual stream around each block.
+@dataclass
+class _Parts:
+    """The modules of a block whose outputs are hook points.
 
-    A probe with ``observe_block(layer, x_in, x_out)`` sees each block's input and output
-    ``[B, T, C]``; one with ``observe_sublayer(layer, x_in, attn_out)`` sees the block input and
-    the attention sublayer's contribution to the residual stream. Hooks do nothing when no such
-    probe is attached.
+    Attributes:
+        attn_out: its output is the attention sublayer's contribution to the residual stream
+            (``attn.out``): the attention module, Gemma 2/3's ``post_attention_layernorm``,
+            BERT's output projection before the residual and LayerNorm.
+        mid: its output is ``resid_mid`` in a post-norm block (BERT's ``attention``); None in a
+            pre-norm block, where the model keeps ``resid_pre + attn.out`` to itself.
+        mlp_out: its output is the MLP's contribution (``mlp.out``).
     """
-    inputs: dict[int, Tensor] = {}
+
+    attn_out: nn.Module
+    mid: nn.Module | None
+    mlp_out: nn.Module
+
+
+def _parts(block: nn.Module, contrib: nn.Module) -> _Parts:
+    children = dict(block.named_children())
+    if "post_feedforward_layernorm" in children:  # Gemma 2/3: each sublayer's output is normalised before the residual
+        return _Parts(children["post_attention_layernorm"], None, children["post_feedforward_layernorm"])
+    if "intermediate" in children:  # BERT: post-norm, LayerNorm(x + sublayer) after each sublayer
+        return _Parts(contrib, children["attention"], children["output"].dense)
+    return _Parts(contrib, None, children["mlp"])
+
+
+def _ends(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    """The final norm and the output layer (None for an encoder without them)."""
+    base = dict(model.base_model.named_children())
+    norm = base.get("norm") or base.get("ln_f")
+    return norm, model.get_output_embeddings()
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replaced(output, new: Tensor):
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+def hook_points(model: nn.Module) -> list[str]:
+    """The hook points of an instrumented model, in the order a forward pass reaches them (docs: "Hook points")."""
+    found = layers(model)
+    norm, head = _ends(model)
+    points = ["embed"]
+    for i, path in enumerate(found.paths):
+        site = model.get_submodule(path).attnlab_site.name
+        points += [f"layers.{i}.resid_pre", *(f"{site}.{p}" for p in ("q", "k", "v", "probs", "z"))]
+        points += [f"layers.{i}.{p}" for p in ("attn.out", "resid_mid", "mlp.out", "resid_post")]
+    return points + (["final_norm"] if norm is not None else []) + (["logits"] if head is not None else [])
+
+
+def _hook_graph(model: nn.Module, found: Layers) -> list:
+    """Forward hooks that pass the model's activations through the hook points and tell attached probes.
+
+    Each hook returns at once when no tap is active and no probe is attached: a block's input is
+    kept only while its block runs, and only then.
+    """
+    inputs: dict[int, Tensor] = {}  # block inputs, while their block runs
     handles = []
 
-    def wanted(method: str):
-        return [p for p in attached()[0] if hasattr(p, method)]
+    def output_point(point: str):
+        def hook(module, args, output):
+            if not hooks.active():
+                return None
+            out = _first(output)
+            new = hooks.emit(point, out)
+            return None if new is out else _replaced(output, new)
+
+        return hook
 
     for i, (block, contrib) in enumerate(zip(found.blocks, found.contrib)):
+        parts = _parts(block, contrib)
 
         def pre(module, args, kwargs, i=i):
-            if wanted("observe_block") or wanted("observe_sublayer"):
-                x = args[0] if args else kwargs.get("hidden_states")
-                inputs[i] = x.detach()
+            if not hooks.keeps_input():
+                inputs.pop(i, None)  # left by a pass that raised
+                return None
+            x = args[0] if args else kwargs["hidden_states"]
+            new = inputs[i] = hooks.block_in(i, x)  # [B, T, C]
+            if new is x:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+        def attn_out(module, args, output, i=i, pre_norm=parts.mid is None):
+            x_in = inputs.get(i)
+            if x_in is None and not attached()[1]:  # nothing to tell, replace or edit
+                return None
+            a = _first(output)  # [B, T, C]
+            new = hooks.sublayer(i, x_in, a)
+            if pre_norm:
+                new = hooks.pre_norm_mid(i, x_in, new)
+            return None if new is a else _replaced(output, new)
 
         def post(module, args, kwargs, output, i=i):
             x_in = inputs.pop(i, None)
-            if x_in is not None:
-                out = output[0] if isinstance(output, tuple) else output
-                for p in wanted("observe_block"):
-                    p.observe_block(i, x_in, out.detach())
-
-        def sub_post(module, args, output, i=i):
-            x_in = inputs.get(i)
-            if x_in is not None:
-                out = output[0] if isinstance(output, tuple) else output
-                for p in wanted("observe_sublayer"):
-                    p.observe_sublayer(i, x_in, out.detach())
+            if x_in is None:
+                return None
+            out = _first(output)
+            new = hooks.block_out(i, x_in, out)
+            return None if new is out else _replaced(output, new)
 
         handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(block.register_forward_hook(post, with_kwargs=True))
-        handles.append(contrib.register_forward_hook(sub_post))
+        handles.append(parts.attn_out.register_forward_hook(attn_out))
+        if parts.mid is not None:
+            handles.append(parts.mid.register_forward_hook(output_point(f"layers.{i}.resid_mid")))
+        handles.append(parts.mlp_out.register_forward_hook(output_point(f"layers.{i}.mlp.out")))
+    norm, head = _ends(model)
+    for module, point in ((norm, "final_norm"), (head, "logits")):
+        if module is not None:
+            handles.append(module.register_forward_hook(output_point(point)))
     return handles
 
 

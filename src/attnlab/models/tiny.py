@@ -16,8 +16,8 @@ select sites of a trained tiny model exactly as they do in a Hugging Face model:
     (torch.Size([2, 8, 11]), ['layers.0.attn', 'layers.1.attn'])
 
 A mechanism fits when its input layout is ``[B, T, C]`` and its forward needs nothing but ``x``
-(:func:`sequence_mechanisms` lists them). A causal decoder passes ``causal=True`` (or
-``is_causal=True``) to a mechanism that has the option; mechanisms that are causal by
+(:func:`sequence_mechanisms` lists them). A causal decoder passes ``is_causal=True`` to a
+mechanism that has the option; mechanisms that are causal by
 construction (:data:`CAUSAL_BY_CONSTRUCTION`) need none; bidirectional-only mechanisms are
 refused in a decoder, because they would let a position read the tokens it must predict.
 """
@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab import mechanisms
+from attnlab.core import hooks
 from attnlab.core.site import Site
 
 __all__ = ["CAUSAL_BY_CONSTRUCTION", "TinyTransformer", "check_mechanism", "sequence_mechanisms"]
@@ -38,7 +39,7 @@ __all__ = ["CAUSAL_BY_CONSTRUCTION", "TinyTransformer", "check_mechanism", "sequ
 # mechanisms with no causal option whose docstrings (and tests/models/test_tiny.py) show that
 # they are always causal; every other mechanism without the option is bidirectional-only
 CAUSAL_BY_CONSTRUCTION = frozenset({"linear", "normalized", "rcmha", "modality_mutual"})
-_CAUSAL_OPTIONS = ("causal", "is_causal")
+_CAUSAL_OPTIONS = ("is_causal",)  # the one name attend and every mechanism use
 POSITIONS = ("learned", "none", "rope")
 
 
@@ -74,7 +75,8 @@ def sequence_mechanisms(*, causal: bool | None = None) -> list[str]:
 def check_mechanism(name: str, *, causal: bool = True, positions: str = "learned", options: dict | None = None) -> dict:
     """The options to build mechanism ``name`` with in a tiny model; raises ``ValueError`` if it cannot be used.
 
-    Adds ``causal``/``is_causal`` and ``rope`` as the model needs them. Unknown names list the
+    Adds ``is_causal`` and ``rope`` as the model needs them (``causal`` is the model's own
+    option: a decoder or an encoder). Unknown names list the
     valid ones (from :func:`attnlab.mechanisms.get`).
     """
     options = dict(options or {})
@@ -133,20 +135,31 @@ def _rename_sites(attn: nn.Module, layer: int) -> None:
 
 
 class Block(nn.Module):
-    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))`` unless attention-only."""
+    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))`` unless attention-only.
 
-    def __init__(self, dim: int, attn: nn.Module, mlp: bool):
+    Its activations pass the hook points ``layers.{layer}.resid_pre``, ``attn.out``,
+    ``resid_mid``, ``mlp.out`` and ``resid_post`` (:mod:`attnlab.core.hooks`).
+    """
+
+    def __init__(self, dim: int, attn: nn.Module, mlp: bool, layer: int = 0):
         super().__init__()
+        self.layer = layer
         self.norm1 = nn.LayerNorm(dim)
         self.attn = attn
         self.norm2 = nn.LayerNorm(dim) if mlp else None
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)) if mlp else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))  # [B, T, C]
+        i = self.layer
+        x = hooks.block_in(i, x)  # [B, T, C]
+        x_in = x if hooks.keeps_input() else None
+        h = x + hooks.sublayer(i, x_in, self.attn(self.norm1(x)))  # [B, T, C]
+        if hooks.active():
+            h = hooks.emit(f"layers.{i}.resid_mid", h)
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))  # [B, T, C]
-        return x
+            m = self.mlp(self.norm2(h))  # [B, T, C]
+            h = h + (hooks.emit(f"layers.{i}.mlp.out", m) if hooks.active() else m)
+        return hooks.block_out(i, x_in, h)
 
 
 class TinyTransformer(nn.Module):
@@ -212,7 +225,7 @@ class TinyTransformer(nn.Module):
         for i in range(layers):
             attn = mechanisms.get(mechanism, dim=dim, heads=heads, **options)
             _rename_sites(attn, i)
-            block = Block(dim, attn, mlp)
+            block = Block(dim, attn, mlp, layer=i)
             self._init(block.mlp)
             self.layers.append(block)
         self.norm = nn.LayerNorm(dim)
@@ -237,6 +250,24 @@ class TinyTransformer(nn.Module):
         """
         return [v for m in self.modules() for v in vars(m).values() if isinstance(v, Site)]
 
+    def hook_points(self) -> list[str]:
+        """Every hook point of the model, in the order a forward pass reaches them (docs: "Hook points").
+
+        Attention points (``attn.q`` ... ``attn.z``) exist for each site of a layer's mechanism;
+        a mechanism that is not softmax attention has none. ``mlp.out`` exists when the blocks
+        have feed-forward layers.
+        """
+        points = ["embed"]
+        for block in self.layers:
+            i = block.layer
+            sites = [v for m in block.attn.modules() for v in vars(m).values() if isinstance(v, Site)]
+            points += [f"layers.{i}.resid_pre"]
+            points += [f"{s.name}.{p}" for s in sites for p in ("q", "k", "v", "probs", "z")]
+            points += [f"layers.{i}.attn.out", f"layers.{i}.resid_mid"]
+            points += [f"layers.{i}.mlp.out"] if block.mlp is not None else []
+            points += [f"layers.{i}.resid_post"]
+        return [*points, "final_norm", "logits"]
+
     def forward(self, inputs: Tensor, where: Tensor | None = None) -> Tensor:
         """Logits ``[B, T, V]``; with ``where`` (bool ``[B, T]``) only at those positions, ``[N, V]``.
 
@@ -244,7 +275,10 @@ class TinyTransformer(nn.Module):
         8 of 128), which is most of the work when the vocabulary is large.
         """
         h = self.hidden(inputs)  # [B, T, C]
-        return self.head(self.norm(h if where is None else h[where]))  # [B, T, V] or [N, V]
+        h = self.norm(h if where is None else h[where])  # [B, T, C] or [N, C]
+        if hooks.active():
+            return hooks.emit("logits", self.head(hooks.emit("final_norm", h)))
+        return self.head(h)  # [B, T, V] or [N, V]
 
     def hidden(self, inputs: Tensor) -> Tensor:
         """The last block's output ``[B, T, C]``, before the final norm and the output layer."""

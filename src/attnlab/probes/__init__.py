@@ -9,7 +9,7 @@ from attnlab.probes.entropy import Entropy
 from attnlab.probes.extreme import Extreme
 from attnlab.probes.layer_importance import LayerImportance
 from attnlab.probes.patterns import Patterns
-from attnlab.probes.retrieval import Retrieval, needle_in_a_haystack
+from attnlab.probes.retrieval import Retrieval
 from attnlab.probes.sink import Sink
 
 __all__ = [
@@ -24,6 +24,5 @@ __all__ = [
     "SiteProbe",
     "get",
     "names",
-    "needle_in_a_haystack",
     "registry",
 ]

@@ -13,9 +13,12 @@ from attnlab.registry import Registry
 registry = Registry("probe", "attnlab.probes")
 
 
-def register(name: str):
-    """Class decorator: make a probe available to ``attnlab scan --probes`` under ``name``."""
-    return registry.register(name)
+def register(name: str, *, paper: str):
+    """Class decorator: make a probe available to ``attnlab scan --probes`` under ``name``.
+
+    ``paper``: the PAPERS.md numbers it comes from, as text (``"68, 47, 12"``).
+    """
+    return registry.register(name, paper=paper)
 
 
 def names() -> list[str]:
@@ -30,19 +33,56 @@ def get(name: str, **options) -> SiteProbe:
 
 @dataclass
 class Findings:
-    """What a probe shows in a report: plain data, JSON-ready.
+    """What a probe shows in a report: plain data, JSON-ready, keyed by stable ids.
+
+    An id is a short snake_case name (``"first_token_mass"``, ``"retrieval_heads"``); with the
+    probe's name it is the finding's full id (``sink.first_token_mass``), which code uses to find
+    it. What a report prints is its title (``titles[id]``, the id itself when there is none).
 
     Attributes:
-        heatmaps: name -> ``[layer][head]`` values.
-        bars: name -> one value per layer.
-        tables: name -> rows (dicts with the same keys).
+        heatmaps: id -> ``[layer][head]`` values.
+        bars: id -> one value per layer.
+        tables: id -> rows (dicts with the same keys; ``layer``, ``head``, ``position`` and
+            ``token`` cells locate a row).
         notes: sentences that say what was found.
+        titles: id -> display title.
+
+    Example:
+        >>> f = Findings().heatmap("first_token_mass", "first-token mass", [[0.9, 0.1]])
+        >>> f.heatmaps, f.title("first_token_mass")
+        ({'first_token_mass': [[0.9, 0.1]]}, 'first-token mass')
     """
 
     heatmaps: dict[str, list[list[float]]] = field(default_factory=dict)
     bars: dict[str, list[float]] = field(default_factory=dict)
     tables: dict[str, list[dict]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    titles: dict[str, str] = field(default_factory=dict)
+
+    def heatmap(self, id: str, title: str, values: list[list[float]]) -> Findings:
+        """Add a ``[layer][head]`` heatmap under ``id``; returns self."""
+        return self._add(self.heatmaps, id, title, values)
+
+    def bar(self, id: str, title: str, values: list[float]) -> Findings:
+        """Add one value per layer under ``id``; returns self."""
+        return self._add(self.bars, id, title, values)
+
+    def table(self, id: str, title: str, rows: list[dict]) -> Findings:
+        """Add a table (rows with the same keys) under ``id``; returns self."""
+        return self._add(self.tables, id, title, rows)
+
+    def title(self, id: str) -> str:
+        """The display title of ``id``."""
+        return self.titles.get(id, id)
+
+    def _add(self, where: dict, id: str, title: str, value) -> Findings:
+        if not id.isidentifier() or id != id.lower():
+            raise ValueError(f"finding id {id!r} is not a snake_case name: give an id like 'first_token_mass' and the title apart")
+        if id in self.heatmaps or id in self.bars or id in self.tables:
+            raise ValueError(f"finding id {id!r} is used twice: every heatmap, bar chart and table of a probe needs its own id")
+        where[id] = value
+        self.titles[id] = title
+        return self
 
 
 class SiteProbe(Probe):

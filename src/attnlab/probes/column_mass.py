@@ -16,7 +16,7 @@ from attnlab.probes._base import SiteProbe, register
 __all__ = ["ColumnMass"]
 
 
-@register("column_mass")
+@register("column_mass", paper="68, 47, 12")
 class ColumnMass(SiteProbe):
     """Sum over query rows of the attention each key receives, per batch item and head.
 

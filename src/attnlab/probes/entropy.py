@@ -17,7 +17,7 @@ from attnlab.probes._base import Findings, SiteProbe, grid, register
 __all__ = ["Entropy"]
 
 
-@register("entropy")
+@register("entropy", paper="73, 68")
 class Entropy(SiteProbe):
     """Mean row entropy per head, raw (nats) and normalised by ``log(visible keys)``.
 
@@ -58,9 +58,8 @@ class Entropy(SiteProbe):
     def findings(self, sites):
         r = self.result()
         norm = {k: v["normalized"] for k, v in r.items()}
-        out = Findings(
-            heatmaps={"entropy (normalised)": grid(norm, sites), "entropy (nats)": grid({k: v["entropy"] for k, v in r.items()}, sites)}
-        )
+        out = Findings().heatmap("normalized", "entropy (normalised)", grid(norm, sites))
+        out.heatmap("nats", "entropy (nats)", grid({k: v["entropy"] for k, v in r.items()}, sites))
         flat = [(float(v), s.layer, h) for s in sites if s.name in norm for h, v in enumerate(norm[s.name])]
         if flat:
             lo, hi = min(flat), max(flat)

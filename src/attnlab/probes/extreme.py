@@ -19,7 +19,7 @@ from attnlab.probes._base import Findings, SiteProbe, register
 __all__ = ["Extreme"]
 
 
-@register("extreme")
+@register("extreme", paper="68")
 class Extreme(SiteProbe):
     """Per layer: value-norm and residual-norm ratios of the first token to the median token.
 
@@ -83,8 +83,12 @@ class Extreme(SiteProbe):
         out = Findings()
         for k, title in (("value_ratio", "value norm, first token ÷ median"), ("residual_ratio", "residual norm, first token ÷ median")):
             if r.get(k):
-                out.bars[title] = [r[k].get(s.layer, 0.0) for s in sites]
-        out.tables["largest residual-stream norms"] = r["peaks"][:15]
+                out.bar(k, title, [r[k].get(s.layer, 0.0) for s in sites])
+        out.table(
+            "residual_peaks",
+            "largest residual-stream norms",
+            [{("ratio_to_median" if c == "ratio to median" else c): v for c, v in p.items()} for p in r["peaks"][:15]],
+        )
         if r.get("residual_ratio"):
             layer, ratio = max(r["residual_ratio"].items(), key=lambda kv: kv[1])
             out.notes.append(f"Residual-state peak: the first token's residual norm is {ratio:.1f}× the median token's at layer {layer}.")

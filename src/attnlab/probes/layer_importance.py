@@ -22,7 +22,7 @@ from attnlab.probes._base import Findings, SiteProbe, register
 __all__ = ["LayerImportance"]
 
 
-@register("layer_importance")
+@register("layer_importance", paper="31")
 class LayerImportance(SiteProbe):
     """Per layer: ``S_l`` of the attention sublayer and of the block; the ranking by redundancy.
 
@@ -59,12 +59,16 @@ class LayerImportance(SiteProbe):
         out = Findings()
         for kind in ("attention", "block"):
             if r.get(kind):
-                out.bars[f"importance 1 − S ({kind})"] = [1.0 - r[kind].get(s.layer, float("nan")) for s in sites]
+                out.bar(f"importance_{kind}", f"importance 1 − S ({kind})", [1.0 - r[kind].get(s.layer, float("nan")) for s in sites])
         if r["ranking"]:
-            out.tables["attention sublayers, most redundant first"] = [
-                {"rank": i + 1, "layer": layer, "S": round(r["attention"][layer], 4), "importance": round(1 - r["attention"][layer], 4)}
-                for i, layer in enumerate(r["ranking"])
-            ]
+            out.table(
+                "redundancy_ranking",
+                "attention sublayers, most redundant first",
+                [
+                    {"rank": i + 1, "layer": layer, "S": round(r["attention"][layer], 4), "importance": round(1 - r["attention"][layer], 4)}
+                    for i, layer in enumerate(r["ranking"])
+                ],
+            )
             out.notes.append(
                 f"Most redundant attention sublayers (LLM-Drop would drop first): {', '.join(map(str, r['ranking'][:4]))}; most important: {r['ranking'][-1]}."
             )

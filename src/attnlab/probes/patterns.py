@@ -27,7 +27,7 @@ __all__ = ["Patterns"]
 _SCORES = ("previous_token", "duplicate_token", "induction", "distance")
 
 
-@register("patterns")
+@register("patterns", paper="5, 57, 52, 37")
 class Patterns(SiteProbe):
     """Per head: previous-token, duplicate-token and induction scores, mean distance, NMI and class.
 
@@ -144,13 +144,15 @@ class Patterns(SiteProbe):
             ("distance", "mean attention distance (tokens)"),
             ("nmi", "NMI (query, key position)"),
         ):
-            out.heatmaps[title] = grid({n: v[k] for n, v in r.items()}, sites)
+            out.heatmap(k, title, grid({n: v[k] for n, v in r.items()}, sites))
         for k in ("previous_token", "induction"):
             scores = [(float(x), s.layer, h, kv_group(s, h)) for s in sites if s.name in r for h, x in enumerate(r[s.name][k])]
             best = sorted(scores, reverse=True)[:5]
-            out.tables[f"top {k.replace('_', '-')} heads"] = [
-                {"layer": layer, "head": h, "kv group": g, "score": round(v, 3)} for v, layer, h, g in best
-            ]
+            out.table(
+                f"top_{k}",
+                f"top {k.replace('_', '-')} heads",
+                [{"layer": layer, "head": h, "kv_group": g, "score": round(v, 3)} for v, layer, h, g in best],
+            )
             if best:
                 out.notes.append(f"Strongest {k.replace('_', '-')} head: layer {best[0][1]} head {best[0][2]} (score {best[0][0]:.2f}).")
         kinds = [kind for v in r.values() for kind in v["kind"]]

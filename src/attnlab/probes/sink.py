@@ -25,7 +25,7 @@ from attnlab.probes._base import Findings, SiteProbe, grid, register
 __all__ = ["Sink"]
 
 
-@register("sink")
+@register("sink", paper="68, 47, 12")
 class Sink(SiteProbe):
     """Per head: first-token mass, sink-head flags (α_0 > ε) and hidden sinks (α_j > τ, j ≥ 1).
 
@@ -104,21 +104,27 @@ class Sink(SiteProbe):
 
     def findings(self, sites: list[Site]) -> Findings:
         r = self.result()
-        out = Findings(heatmaps={"first-token mass": grid({k: v["first_mass"] for k, v in r.items()}, sites)})
+        out = Findings().heatmap("first_token_mass", "first-token mass", grid({k: v["first_mass"] for k, v in r.items()}, sites))
         n_heads = sum(len(v["alpha0"]) for v in r.values())
         n_sink = sum(int(v["sink_head"].sum()) for v in r.values())
         if n_heads:
-            out.bars["sink rate (fraction of heads with α₀ > ε)"] = [
-                float(r[s.name]["sink_head"].double().mean()) if s.name in r else 0.0 for s in sites
-            ]
+            out.bar(
+                "sink_rate",
+                "sink rate (fraction of heads with α₀ > ε)",
+                [float(r[s.name]["sink_head"].double().mean()) if s.name in r else 0.0 for s in sites],
+            )
             out.notes.append(
                 f"Sink rate: {n_sink} of {n_heads} heads ({n_sink / n_heads:.0%}) put more than ε={self.epsilon} of each query's attention on the first token."
             )
         by_token = Counter(h["token"] for h in self.hidden)
-        out.tables["sink tokens (hidden sinks, α_j > τ, j ≥ 1)"] = [
-            {"token": repr(tok), "heads × inputs": n, "max α": max(h["alpha"] for h in self.hidden if h["token"] == tok)}
-            for tok, n in by_token.most_common(20)
-        ]
+        out.table(
+            "sink_tokens",
+            "sink tokens (hidden sinks, α_j > τ, j ≥ 1)",
+            [
+                {"token": repr(tok), "head_input_pairs": n, "max_alpha": max(h["alpha"] for h in self.hidden if h["token"] == tok)}
+                for tok, n in by_token.most_common(20)
+            ],
+        )
         if by_token:
             tok, n = by_token.most_common(1)[0]
             out.notes.append(f"Most frequent hidden sink token: {tok!r} ({n} head-input pairs with α > τ={self.tau}).")

@@ -112,8 +112,8 @@ scanned {{ meta.created }} in {{ meta.wall_s }} s · attnlab {{ meta.versions.at
 <section><h2>{{ probe }}</h2>
 {% for title, svg in f.heat %}<figure><figcaption>{{ title }} (layer × head)</figcaption>{{ svg|safe }}</figure>{% endfor %}
 {% for title, svg in f.bar %}<figure><figcaption>{{ title }} (per layer)</figcaption>{{ svg|safe }}</figure>{% endfor %}
-{% for title, rows in f.tables.items() %}{% if rows %}<details{% if loop.first %} open{% endif %}><summary>{{ title }} ({{ rows|length }})</summary>
-<table><tr>{% for k in rows[0].keys() %}<th>{{ k }}</th>{% endfor %}</tr>
+{% for title, rows in f.tables %}{% if rows %}<details{% if loop.first %} open{% endif %}><summary>{{ title }} ({{ rows|length }})</summary>
+<table><tr>{% for k in rows[0].keys() %}<th>{{ k|replace("_", " ") }}</th>{% endfor %}</tr>
 {% for r in rows %}<tr>{% for v in r.values() %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table></details>{% endif %}{% endfor %}
 </section>{% endfor %}
 {% if maps %}<section><h2>Attention maps of a short prompt</h2>
@@ -140,14 +140,18 @@ def _short(token: str) -> str:
 
 
 def render(result, *, standalone: bool = True) -> str:
-    """The report of a :class:`attnlab.scanner.ScanResult` as HTML (a whole page, or a fragment)."""
+    """The report of a :class:`attnlab.results.ScanResult` as HTML (a whole page, or a fragment).
+
+    Findings are shown under their titles (``findings[probe]["titles"][id]``, else the id).
+    """
     findings = {}
     for probe, f in result.findings.items():
+        titles = f.get("titles", {})
         findings[probe] = {
             "notes": f.get("notes", []),
-            "heat": [(title, heatmap_svg(grid)) for title, grid in f.get("heatmaps", {}).items() if any(grid)],
-            "bar": [(title, bars_svg(vals)) for title, vals in f.get("bars", {}).items() if vals],
-            "tables": f.get("tables", {}),
+            "heat": [(titles.get(k, k), heatmap_svg(grid)) for k, grid in f.get("heatmaps", {}).items() if any(grid)],
+            "bar": [(titles.get(k, k), bars_svg(vals)) for k, vals in f.get("bars", {}).items() if vals],
+            "tables": [(titles.get(k, k), rows) for k, rows in f.get("tables", {}).items()],
         }
     maps = [
         {

@@ -28,10 +28,11 @@ import torch
 
 from attnlab import tasks
 from attnlab.models.tiny import TinyTransformer, check_mechanism
+from attnlab.results import versions
 from attnlab.tasks import Task
 from attnlab.train.data import cores, generator
 from attnlab.train.loop import train
-from attnlab.train.result import SweepResult, versions
+from attnlab.train.result import SweepResult
 
 __all__ = ["EXECUTORS", "RunSpec", "build_model", "make_task", "run_one", "sweep"]
 

@@ -32,6 +32,8 @@ class Inputs:
         dense_mask: a boolean tensor ``[B|1, H|1, Tq, Tk]``, or None.
         bias: an additive float tensor ``[B|1, H|1, Tq|1, Tk]``, or None.
         score_mod: the composed logit edits ``fn(score, b, h, q_idx, kv_idx)``, or None.
+        normalizer: ``"softmax"``, or ``"relu"`` (paper 68: ``ReLU(s) / n_visible``), which only
+            backends listing it in their ``normalizers`` compute.
     """
 
     q: Tensor
@@ -42,6 +44,7 @@ class Inputs:
     dense_mask: Tensor | None = None
     bias: Tensor | None = None
     score_mod: Callable | None = None
+    normalizer: str = "softmax"
 
     def allowed(self, dense: bool = False) -> Tensor | None:
         """The boolean mask as a tensor ``[B|1, H|1, Tq, Tk]`` (None if everything is allowed)."""
@@ -58,9 +61,14 @@ class Inputs:
 
 
 class Backend(Protocol):
-    """A softmax attention implementation: ``backend(inputs) -> out [B, H, Tq, Dv]``."""
+    """A softmax attention implementation: ``backend(inputs) -> out [B, H, Tq, Dv]``.
+
+    ``normalizers`` lists what it computes: ``("softmax",)``, or more (the reference backend
+    also computes ReLU attention).
+    """
 
     name: str
+    normalizers: tuple[str, ...]
 
     def __call__(self, x: Inputs) -> Tensor: ...
 

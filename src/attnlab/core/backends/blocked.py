@@ -45,6 +45,7 @@ class Blocked:
     """
 
     name = "blocked"
+    normalizers = ("softmax",)
 
     def __init__(self, q_tile: int = 128, k_tile: int = 128, kv_chunk: int = 2048, grid_tile: int = 32):
         for k, val in {"q_tile": q_tile, "k_tile": k_tile, "kv_chunk": kv_chunk, "grid_tile": grid_tile}.items():

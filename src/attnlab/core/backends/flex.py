@@ -37,6 +37,7 @@ class Flex:
     """FlexAttention via ``torch.compile``; on CPU forward only (see the module's fallback rule)."""
 
     name = "flex"
+    normalizers = ("softmax",)
     _warned = False
 
     def __call__(self, x: Inputs) -> Tensor:

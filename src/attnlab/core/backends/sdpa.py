@@ -47,6 +47,7 @@ class Sdpa:
     """PyTorch SDPA (flash/math kernels chosen by PyTorch). Rows with no visible key give 0."""
 
     name = "sdpa"
+    normalizers = ("softmax",)
 
     def __call__(self, x: Inputs) -> Tensor:
         if x.score_mod is not None:

@@ -3,8 +3,9 @@
 A scan instruments a Hugging Face model (every attention call goes through
 :func:`attnlab.core.attend` at a site), runs the chosen probes over text inputs, repeated random
 token sequences (for the head-pattern detectors) and needle-in-a-haystack trials (for retrieval
-heads), and returns a :class:`ScanResult`: JSON-ready findings per probe, the settings and
-versions that produced them, and a few whole attention maps of a short prompt for the report.
+heads), and returns a :class:`~attnlab.results.ScanResult`: JSON-ready findings per probe, the
+settings and versions that produced them, and a few whole attention maps of a short prompt for
+the report. Results are saved and loaded by :mod:`attnlab.results`.
 
     >>> model, tok = attnlab.models.hf.load("smollm2-135m")          # doctest: +SKIP
     >>> result = attnlab.scan(model, tok, [text], probes=["sink", "entropy"])  # doctest: +SKIP
@@ -13,26 +14,21 @@ versions that produced them, and a few whole attention maps of a short prompt fo
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
+from dataclasses import asdict
 
 import torch
 
-import attnlab
 from attnlab.core import Probe, Site, attach
+from attnlab.models.hf_load import input_device
 from attnlab.probes import _base as probe_registry
-from attnlab.probes.retrieval import Retrieval, needle_in_a_haystack
+from attnlab.probes.retrieval import Retrieval
+from attnlab.results import ScanResult, make_meta, model_meta
+from attnlab.runs.needle import needle_in_a_haystack
 
-__all__ = ["DEFAULT_PROBES", "SCHEMA", "ScanResult", "repeated_tokens", "scan"]
+__all__ = ["DEFAULT_PROBES", "ScanResult", "repeated_tokens", "scan"]
 
-SCHEMA = 1
 DEFAULT_PROBES = ("sink", "entropy", "patterns", "extreme", "layer_importance", "retrieval")
 MAP_TOKENS = 20  # attention maps in the report: a prompt of this many tokens, said twice
 
@@ -40,97 +36,6 @@ MAP_TOKENS = 20  # attention maps in the report: a prompt of this many tokens, s
 def _tokens(tokenizer, ids: torch.Tensor) -> list[str]:
     """Each token as the text it stands for (not the tokenizer's internal pieces like 'Ġthe')."""
     return [tokenizer.decode([i]) for i in ids.tolist()]
-
-
-@dataclass
-class ScanResult:
-    """What a scan found, with everything needed to regenerate it.
-
-    Attributes:
-        meta: schema version, versions of attnlab/torch/transformers, model identity, every
-            setting, the inputs (kind, length) and the wall time.
-        sites: ``{"name", "layer", "num_heads", "num_kv_heads"}`` per attention site.
-        findings: per probe, its :class:`attnlab.probes.Findings` as a dict.
-        maps: a few whole attention maps of a short prompt: ``{"layer", "head", "why", "tokens", "matrix"}``.
-    """
-
-    meta: dict
-    sites: list[dict]
-    findings: dict[str, dict]
-    maps: list[dict] = field(default_factory=list)
-
-    def to_pandas(self):
-        """Every heatmap value as a long table: probe, metric, layer, head, value."""
-        try:
-            import pandas as pd
-        except ImportError as e:  # pragma: no cover - depends on the install
-            raise ValueError("to_pandas needs pandas: pip install pandas") from e
-        rows = [
-            {"probe": probe, "metric": metric, "layer": layer, "head": head, "value": value}
-            for probe, f in self.findings.items()
-            for metric, grid in f["heatmaps"].items()
-            for layer, row in enumerate(grid)
-            for head, value in enumerate(row)
-        ]
-        return pd.DataFrame(rows, columns=["probe", "metric", "layer", "head", "value"])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the result as JSON (written whole to a temporary file, then renamed)."""
-        return _write_atomic(Path(path), json.dumps(self.to_dict(), indent=1, default=_jsonable))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ScanResult:
-        """Read a result saved by :meth:`save`; a ValueError says what is wrong with a bad file."""
-        data = _read_result(Path(path), "scan", SCHEMA)
-        return cls(data["meta"], data["sites"], data["findings"], data.get("maps", []))
-
-    def report(self, path: str | os.PathLike) -> Path:
-        """Write the self-contained HTML report."""
-        from attnlab.report.html import render
-
-        return _write_atomic(Path(path), render(self))
-
-    def _repr_html_(self) -> str:
-        from attnlab.report.html import render
-
-        return render(self, standalone=False)
-
-
-def _jsonable(x):
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    raise TypeError(f"cannot store {type(x).__name__} in a scan result")
-
-
-def _read_result(path: Path, kind: str, schema: int) -> dict:
-    """The JSON object of an attnlab ``kind`` result of ``schema`` at ``path``; a ValueError says what is wrong."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ValueError(f"{path} does not exist") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a {kind} result (not JSON: {e})") from e
-    if not isinstance(data, dict) or data.get("meta", {}).get("schema") != schema:
-        raise ValueError(f"{path} is not an attnlab {kind} result of schema {schema}")
-    return data
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory: give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def repeated_tokens(tokenizer, *, n: int = 64, count: int = 4, seed: int = 0) -> torch.Tensor:
@@ -179,7 +84,7 @@ def scan(
     """
     from attnlab.models import hf
 
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     trained = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     max_len = max_len or trained or 2048
     if trained and max_len > trained and not allow_extrapolation:
@@ -220,19 +125,19 @@ def scan(
         record += [{"kind": "needle", "tokens": t.length, "depth": t.depth, "recalled": t.recalled} for t in trials]
         findings["retrieval"] = asdict(r.findings(sites))
     maps = _attention_maps(model, tokenizer, texts, findings, sites)
-    meta = {
-        "schema": SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "model": {
-            "identity": getattr(model, "attnlab_identity", type(model).__name__),
-            "type": model.config.model_type,
-            "layers": len(sites),
-            "heads": sites[0].num_heads,
-            "kv_heads": sites[0].num_kv_heads,
-            "trained_positions": trained,
-        },
-        "settings": {
+    meta = make_meta(
+        "scan",
+        started=started,
+        wall_s=time.perf_counter() - t0,
+        model=model_meta(
+            model,
+            type=model.config.model_type,
+            layers=len(sites),
+            heads=sites[0].num_heads,
+            kv_heads=sites[0].num_kv_heads,
+            trained_positions=trained,
+        ),
+        settings={
             "probes": list(probes),
             "repeated": repeated,
             "needle_lengths": list(needle_lengths),
@@ -243,9 +148,8 @@ def scan(
             "backend": backend,
             **(settings or {}),
         },
-        "inputs": record,
-        "wall_s": round(time.perf_counter() - t0, 2),
-    }
+        inputs=record,
+    )
     site_rows = [{"name": s.name, "layer": s.layer, "num_heads": s.num_heads, "num_kv_heads": s.num_kv_heads} for s in sites]
     return ScanResult(meta, site_rows, findings, maps)
 
@@ -286,7 +190,7 @@ def _run(model, tokenizer, ids: torch.Tensor, probes: list, ticker: _Layers | No
     for p in probes:
         p.begin(ids, tokens)
     with attach(probes=[*probes, *([ticker] if ticker and ticker.progress else [])]):
-        model(input_ids=ids)
+        model(input_ids=ids.to(input_device(model)))
     for p in probes:
         p.end()
 
@@ -313,18 +217,14 @@ def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) 
     """
     wanted: list[tuple[int, int, str]] = []
     for probe, table, why in (
-        ("patterns", "top previous-token heads", "strongest previous-token head"),
-        ("patterns", "top induction heads", "strongest induction head"),
-        (
-            "retrieval",
-            next((k for k in findings.get("retrieval", {}).get("tables", {}) if k.startswith("retrieval heads")), ""),
-            "strongest retrieval head",
-        ),
+        ("patterns", "top_previous_token", "strongest previous-token head"),
+        ("patterns", "top_induction", "strongest induction head"),
+        ("retrieval", "retrieval_heads", "strongest retrieval head"),
     ):
         rows = findings.get(probe, {}).get("tables", {}).get(table) or []
         if rows:
             wanted.append((rows[0]["layer"], rows[0]["head"], why))
-    sink = findings.get("sink", {}).get("heatmaps", {}).get("first-token mass")
+    sink = findings.get("sink", {}).get("heatmaps", {}).get("first_token_mass")
     if sink:
         layer, head = max(((layer, h) for layer, row in enumerate(sink) for h in range(len(row))), key=lambda lh: sink[lh[0]][lh[1]])
         wanted.append((layer, head, "strongest first-token sink head"))
@@ -336,7 +236,7 @@ def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) 
     ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :MAP_TOKENS].repeat(1, 2)
     cap = _Maps({layer for layer, _, _ in wanted})
     with torch.no_grad(), attach(probes=[cap]):
-        model(input_ids=ids)
+        model(input_ids=ids.to(input_device(model)))
     tokens = _tokens(tokenizer, ids[0])
     why: dict[tuple[int, int], list[str]] = {}
     for layer, head, reason in wanted:
@@ -352,14 +252,3 @@ def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) 
         for (layer, head), reasons in why.items()
         if layer in cap.maps
     ]
-
-
-def _versions() -> dict:
-    out = {"attnlab": attnlab.__version__, "torch": torch.__version__, "python": platform.python_version()}
-    try:
-        import transformers
-
-        out["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return out

@@ -1,14 +1,14 @@
-"""The evaluation harness: paired before/after measurements with a confidence interval."""
+"""The evaluation run: paired before/after measurements with a confidence interval."""
 
 import torch
 
 from attnlab.core.site import Edit
-from attnlab.evaluate import MetricResult, compare, ioi_prompts, logit_difference, perplexity
 from attnlab.models import hf
+from attnlab.runs.evaluate import MetricResult, compare, ioi_prompts, logit_difference, perplexity
 
 
 class ZeroLayer(Edit):
-    """A test edit: zero the attention output of one layer; counts prepare() calls."""
+    """A test edit: zero the attention output of one layer; counts the inputs it was prepared on (input_probe calls)."""
 
     stage = "output"
 
@@ -18,8 +18,9 @@ class ZeroLayer(Edit):
     def at(self, site):
         return (lambda o: o * 0) if site.layer == self.layer else None
 
-    def prepare(self, model, ids):
+    def input_probe(self, input_ids):
         self.prepared += 1
+        return None
 
 
 def test_paired_difference_and_summary():

@@ -9,8 +9,8 @@ Three measurements, each returning one number per example so that before and aft
 
 :func:`compare` runs them without and with the edits and reports each metric's means and the
 mean paired difference with its 95% confidence interval (:func:`attnlab.stats.mean_ci`).
-Edits are attached with :func:`attnlab.attach` around each forward pass; an edit's ``prepare``
-sees the input first.
+Edits are attached with :func:`attnlab.attach` around each forward pass, after the unedited
+passes they ask for on that input (:func:`attnlab.runs.edit.prepare`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from attnlab.core import attach
+from attnlab.models.hf_load import input_device
+from attnlab.runs.edit import prepare
 from attnlab.stats import Estimate, mean_ci
 
-__all__ = ["METRICS", "MetricResult", "compare", "logit_difference", "needle", "perplexity"]
+__all__ = ["METRICS", "MetricResult", "compare", "ioi_prompts", "logit_difference", "needle", "perplexity"]
 
 
 @dataclass
@@ -54,10 +56,9 @@ class MetricResult:
 
 
 def _forward(model, ids: torch.Tensor, edits: Sequence) -> torch.Tensor:
-    for e in edits:
-        e.prepare(model, ids) if hasattr(e, "prepare") else None
+    prepare(model, edits, ids)
     with torch.no_grad(), attach(edits=list(edits)):
-        return model(input_ids=ids).logits
+        return model(input_ids=ids.to(input_device(model))).logits.cpu()
 
 
 def perplexity(
@@ -91,7 +92,8 @@ def needle(
 ) -> list[float]:
     """Needle recall per trial (1.0 if ROUGE-1 recall of the needle sentence > 50%, else 0.0)."""
     from attnlab.data import haystack
-    from attnlab.probes.retrieval import Retrieval, needle_in_a_haystack
+    from attnlab.probes.retrieval import Retrieval
+    from attnlab.runs.needle import needle_in_a_haystack
 
     trials = needle_in_a_haystack(
         model, tokenizer, Retrieval(), haystack=haystack(), lengths=lengths, depths=depths, edits=edits, progress=progress

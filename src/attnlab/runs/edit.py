@@ -1,0 +1,137 @@
+"""Edits on a model: bind them, prepare them on an input, measure them (``attnlab edit``).
+
+An edit declares what it needs (:class:`attnlab.core.Edit`'s events); the functions here give it:
+
+- :func:`bind`: instrument the model if needed, hand each edit the sites;
+- :func:`prepare`: before an edited pass, the unedited passes each edit asks for on that input
+  (:meth:`~attnlab.core.Edit.input_probe`, :meth:`~attnlab.core.Edit.prepared`);
+- :func:`unedited`: one pass with only an observer attached, whatever encloses it;
+- :func:`run_edit`: calibrate, measure the evaluations before and after, keep the result.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from attnlab.core import attach
+from attnlab.core.site import Edit, Probe, Site
+from attnlab.edits import SiteEdit
+from attnlab.models.hf_load import input_device
+from attnlab.results import EditResult, make_meta, model_meta
+
+__all__ = ["bind", "prepare", "run_edit", "unedited"]
+
+MAX_ROUNDS = 8  # unedited passes one edit may ask for on one input
+
+
+def bind(model, edits: Sequence[Edit], *, backend: str | None = None) -> list[Site]:
+    """Make ``model`` ready for ``edits``; their :meth:`~attnlab.core.Edit.validate` sees its sites.
+
+    Instruments the model (with ``backend``, or once with the default when it is not yet); its
+    hook graph applies attached edits' :meth:`~attnlab.core.Edit.sublayer` functions.
+
+    Returns:
+        The model's sites, in layer order.
+    """
+    from attnlab.models import hf
+
+    if backend is not None:
+        hf.instrument(model, backend=backend)
+    elif not getattr(model, "_attnlab_hooks", None):
+        hf.instrument(model)
+    sites = hf.sites(model)
+    for e in edits:
+        e.validate(sites)
+    return sites
+
+
+def unedited(model, input_ids: Tensor, observer: Probe | Edit) -> None:
+    """One forward pass over ``input_ids`` with only ``observer`` attached (a probe, or an edit that records).
+
+    The pass runs in a fresh context: edits and probes attached around the call stay out of it.
+    A probe is told :meth:`~attnlab.core.Probe.begin` / :meth:`~attnlab.core.Probe.end` around
+    the input (with no token strings).
+    """
+    ids = input_ids.to(input_device(model))
+
+    def run() -> None:
+        is_probe = isinstance(observer, Probe)
+        if is_probe:
+            observer.begin(ids, [])
+        with torch.no_grad(), attach(probes=[observer] if is_probe else [], edits=[] if is_probe else [observer]):
+            model(input_ids=ids)
+        if is_probe:
+            observer.end()
+
+    contextvars.Context().run(run)
+
+
+def prepare(model, edits: Sequence[Edit], input_ids: Tensor) -> None:
+    """Before an edited pass over ``input_ids``: bind the edits and run the unedited passes they ask for.
+
+    Each edit's :meth:`~attnlab.core.Edit.input_probe` is asked for a probe; the probe is run on
+    the input and given back with :meth:`~attnlab.core.Edit.prepared`, until the edit asks for
+    none. Without edits nothing happens (the model is not even instrumented).
+    """
+    if not edits:
+        return
+    bind(model, edits)
+    for e in edits:
+        for _ in range(MAX_ROUNDS):
+            probe = e.input_probe(input_ids)
+            if probe is None:
+                break
+            unedited(model, input_ids, probe)
+            e.prepared(probe)
+        else:
+            raise RuntimeError(f"{e!r} asked for more than {MAX_ROUNDS} unedited passes on one input: its input_probe never returns None")
+
+
+def run_edit(
+    model,
+    tokenizer,
+    edits: Sequence[Edit],
+    evals: Sequence[str],
+    *,
+    specs_text: Sequence[str] = (),
+    model_name: str = "",
+    backend: str = "auto",
+    progress: Callable[[str], None] | None = None,
+) -> EditResult:
+    """Instrument ``model``, check and calibrate the edits, and measure ``evals`` without and with them.
+
+    Each edit is checked against the model's sites (:meth:`~attnlab.core.Edit.validate`) and
+    calibrated as it declares (:func:`attnlab.runs.calibrate.calibrate`; a mean ablation on held-out
+    sonnets, the other calibrations on *Lucrece*), then :func:`attnlab.runs.evaluate.compare`
+    measures each evaluation without and with the edits; every edit is closed afterwards.
+    """
+    from attnlab.runs.calibrate import calibrate
+    from attnlab.runs.evaluate import compare
+
+    t0, started = time.perf_counter(), time.time()
+    sites = bind(model, edits, backend=backend)
+    for e in edits:
+        if e.calibration is not None and progress:
+            progress(f"calibrating {(e.name if isinstance(e, SiteEdit) else '') or type(e).__name__}")
+        calibrate(e, model, tokenizer)
+    try:
+        results = compare(model, tokenizer, edits, evals, progress=progress)
+    finally:
+        for e in edits:
+            e.close()
+    meta = make_meta(
+        "edit",
+        started=started,
+        wall_s=time.perf_counter() - t0,
+        settings={"edits": list(specs_text) or [repr(e) for e in edits], "evals": list(evals), "backend": backend, "model": model_name},
+        model=model_meta(model, name=model_name, layers=len(sites), heads=sites[0].num_heads),
+        applied=[repr(e) for e in edits],  # after calibration: the layers and heads each edit chose
+        composition="stages run logits → probs → output; within a stage, edits act in the order given",
+        metrics=[r.summary() for r in results],
+    )
+    return EditResult(meta, {r.name: {"before": r.before, "after": r.after} for r in results})

@@ -1,0 +1,160 @@
+"""Needle-in-a-haystack trials (paper 33, "Retrieval Head Mechanistically Explains Long-Context Factuality").
+
+A needle sentence is hidden at some depth of a long haystack (shipped with attnlab:
+:func:`attnlab.data.haystack`) and the model answers a question about it with greedy decoding
+and a KV cache. The answer recalls the needle when the ROUGE-1 recall of the needle sentence is
+above 50% (words lower-cased, no stemming). :func:`needle_in_a_haystack` runs the trials over
+context lengths × depths and feeds a :class:`attnlab.probes.Retrieval` probe every decode step
+after the prefill, which scores the retrieval heads.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from attnlab.core import attach
+from attnlab.core.site import Edit
+from attnlab.models.hf_load import input_device
+from attnlab.probes.retrieval import Retrieval
+from attnlab.runs.edit import prepare
+
+__all__ = ["NEEDLE", "Needle", "Trial", "needle_in_a_haystack", "rouge1_recall"]
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A needle sentence and the question that asks for it."""
+
+    sentence: str
+    question: str
+
+
+NEEDLE = Needle(
+    sentence="The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+    question="What is the best thing to do in San Francisco?",
+)
+
+
+@dataclass
+class Trial:
+    """One needle trial's outcome."""
+
+    length: int
+    depth: float
+    recalled: bool
+    answer: str
+    recall: float
+    span: tuple[int, int] = field(default=(0, 0))
+
+
+def rouge1_recall(reference: str, candidate: str) -> float:
+    """Unigram recall of ``reference`` in ``candidate`` (lower-cased alphanumeric words, clipped counts)."""
+    ref = re.findall(r"[a-z0-9]+", reference.lower())
+    cand = re.findall(r"[a-z0-9]+", candidate.lower())
+    if not ref:
+        return 0.0
+    counts: dict[str, int] = {}
+    for w in cand:
+        counts[w] = counts.get(w, 0) + 1
+    hit = 0
+    for w in ref:
+        if counts.get(w, 0) > 0:
+            counts[w] -= 1
+            hit += 1
+    return hit / len(ref)
+
+
+def _prompt(tokenizer, context: str, question: str) -> str:
+    user = f"{context}\n\nBased on the content of the text above, answer the question in one sentence.\nQuestion: {question}"
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    return f"{user}\nAnswer:"
+
+
+def _needle_span(ids: list[int], needle_ids: list[int]) -> tuple[int, int]:
+    """Where the needle's tokens sit in the prompt: the first window sharing ≥90% of its tokens."""
+    want = set(needle_ids)
+    n = len(needle_ids)
+    for i in range(len(ids) - n + 1):
+        if len(want & set(ids[i : i + n])) >= 0.9 * len(want):
+            return i, i + n
+    raise ValueError("the needle's tokens were not found in the prompt: the tokenizer split it differently in context")
+
+
+def needle_in_a_haystack(
+    model,
+    tokenizer,
+    probe: Retrieval,
+    *,
+    haystack: str,
+    lengths: Sequence[int] = (1024,),
+    depths: Sequence[float] = (0.1, 0.5, 0.9),
+    needle: Needle = NEEDLE,
+    max_new_tokens: int = 32,
+    edits: Sequence[Edit] = (),
+    progress: Callable[[str], None] | None = None,
+) -> list[Trial]:
+    """Run needle trials with greedy decoding, feeding ``probe`` the decode steps.
+
+    Args:
+        lengths: prompt lengths in tokens (the haystack is cut so the whole prompt fits).
+        depths: where the needle goes, as a fraction of the context (0 = start, 1 = end).
+        max_new_tokens: decode budget; decoding stops at a newline or the end-of-sequence token.
+        edits: attached to the prefill and every decode step, prepared on the prompt first
+            (:func:`attnlab.runs.edit.prepare`: the unedited passes they ask for).
+        progress: called with a line per trial.
+    """
+    hay_ids = tokenizer(haystack, add_special_tokens=False)["input_ids"]
+    needle_ids = tokenizer(" " + needle.sentence, add_special_tokens=False)["input_ids"]
+    overhead = len(tokenizer(_prompt(tokenizer, "", needle.question), add_special_tokens=False)["input_ids"]) + len(needle_ids) + 8
+    trials = []
+    eos = tokenizer.eos_token_id
+    for length in lengths:
+        budget = length - overhead
+        if budget < 16 or budget > len(hay_ids):
+            raise ValueError(f"needle trial length {length} needs between {overhead + 16} and {len(hay_ids) + overhead} tokens of prompt")
+        for depth in depths:
+            cut = hay_ids[:budget]
+            at = int(depth * budget)
+            before, after = tokenizer.decode(cut[:at]), tokenizer.decode(cut[at:])
+            context = before.rstrip() + " " + needle.sentence + " " + after.lstrip()
+            ids = tokenizer(_prompt(tokenizer, context, needle.question), add_special_tokens=False, return_tensors="pt")["input_ids"]
+            span = _needle_span(ids[0].tolist(), tokenizer(needle.sentence, add_special_tokens=False)["input_ids"])
+            probe.start_trial(ids[0], span)
+            prepare(model, edits, ids)
+            generated = _greedy(model, ids, probe, max_new_tokens, eos, tokenizer, edits)
+            answer = tokenizer.decode(generated, skip_special_tokens=True).strip()
+            recall = rouge1_recall(needle.sentence, answer)
+            trial = Trial(int(ids.shape[1]), float(depth), recall > 0.5, answer, round(recall, 3), span)
+            probe.end_trial(trial.recalled, length=trial.length, depth=depth, recall=trial.recall, answer=answer)
+            trials.append(trial)
+            if progress:
+                progress(f"needle at depth {depth:.0%} of {trial.length} tokens: recall {recall:.0%} — {answer[:60]!r}")
+    return trials
+
+
+@torch.no_grad()
+def _greedy(model, ids: Tensor, probe: Retrieval, max_new_tokens: int, eos: int | None, tokenizer, edits: Sequence[Edit] = ()) -> list[int]:
+    """Greedy decoding with a KV cache; the probe sees every decode step after the prefill."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # transformers renamed it
+    with attach(edits=list(edits)):
+        out = model(input_ids=ids.to(input_device(model)), use_cache=True)
+    cache = getattr(out, name)
+    token = int(out.logits[0, -1].argmax())
+    generated = [token]
+    for _ in range(max_new_tokens - 1):
+        if token == eos or "\n" in tokenizer.decode([token]):
+            break
+        with attach(probes=[probe], edits=list(edits)):
+            out = model(input_ids=torch.tensor([[token]], device=input_device(model)), use_cache=True, **{name: cache})
+        cache = getattr(out, name)
+        token = int(out.logits[0, -1].argmax())
+        probe.step(token)
+        generated.append(token)
+    return generated
