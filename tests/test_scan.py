@@ -29,6 +29,8 @@ def test_result_carries_settings_versions_and_model(result):
     assert m["settings"]["needle_lengths"] == [512] and m["settings"]["test"] is True
     assert {"attnlab", "torch", "transformers"} <= set(m["versions"])
     assert m["model"]["identity"] == "smollm2-135m" and m["model"]["layers"] == 30 and m["model"]["heads"] == 9
+    w = m["model"]["weights"]  # the exact weights: the embedded GGUF, dequantised
+    assert w["format"] == "gguf Q4_1 dequantised to float32" and len(w["sha256"]) == 64
     assert [i["kind"] for i in m["inputs"]] == ["text", "repeated", "needle"]
 
 
@@ -49,6 +51,7 @@ def test_save_load_and_report_are_self_contained(result, tmp_path):
     assert again.findings == json.loads(json.dumps(result.findings))
     html = again.report(tmp_path / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "<svg" in html and "retrieval heads" in html
+    assert f"sha256 {result.meta['model']['weights']['sha256'][:16]}" in html and "Q4_1" in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html and "<script" not in html
     assert result._repr_html_().startswith('<div class="attnlab-report">') or "attnlab-report" in result._repr_html_()
 

@@ -18,6 +18,7 @@ svg text{font-size:10px;fill:#444}.meta{color:#666}figure{display:inline-block;m
 <h1>Edit: {{ meta.settings.edits|join(" then ") }}</h1>
 <p class="meta">{{ meta.model.identity }} · {{ meta.model.layers }} layers · {{ meta.created }} · {{ meta.wall_s }} s ·
 attnlab {{ meta.versions.attnlab }}, torch {{ meta.versions.torch }} · {{ meta.composition }}</p>
+{% set w = meta.model.weights %}{% if w %}<p class="meta">weights: {{ w.description or w.name }} · {{ w.format }} · {{ w.dtype }}{% if w.sha256 %} · sha256 {{ w.sha256[:16] }}…{% endif %}{% if w.revision %} · revision {{ w.revision }}{% endif %} · {{ w.source }}</p>{% endif %}
 {% if meta.applied %}<p class="meta">As applied (after calibration): {{ meta.applied|join("; ") }}</p>{% endif %}
 <table><tr><th>metric</th><th>before</th><th>after</th><th>after − before</th><th>95% CI</th><th>examples</th><th>better is</th></tr>
 {% for m in meta.metrics %}<tr><td>{{ m.metric }}</td><td>{{ "%.4g"|format(m.before) }}</td><td>{{ "%.4g"|format(m.after) }}</td>
