@@ -8,28 +8,128 @@
 - ``attnlab train``: train a tiny transformer with one mechanism on a synthetic task.
 - ``attnlab bench tasks``: compare mechanisms on a task over seeds (mean ± 95% CI).
 
-User errors print one line and exit with status 1 (2 for bad command-line syntax), never a
-traceback, and leave no half-written output.
+Errors and outputs (one boundary, :class:`_Guarded`):
+
+- an expected failure (a bad argument, a missing, unreadable or malformed file, a folder that
+  cannot be written, an unusable device) prints ``error: <what> (<path>): <how to fix>`` on
+  stderr and exits 1; bad command-line syntax exits 2; Ctrl-C prints ``interrupted`` and exits
+  130; anything else is an attnlab bug: one line, exit 1, and ``attnlab --debug ...`` re-raises
+  it with the traceback;
+- user text (paths, specs, model tokens in notes) is printed literally, never as Rich markup;
+- ``--out`` is checked before any model work: it must be a folder that can be written, and one
+  that already holds results (results.json or report.html) is refused unless ``--force``
+  (``attnlab train`` resumes from the checkpoint.pt it finds there: resuming is not overwriting;
+  ``train --force`` starts afresh);
+- results.json and report.html are both rendered, written to temporary files, then renamed: they
+  appear together or not at all, with the umask's permissions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import inspect
 import json
 import sys
+import tempfile
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from attnlab.runs.scan import DEFAULT_PROBES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="attnlab: a laboratory for attention in transformers.")
-console = Console()
+console = Console(emoji=False, highlight=False)
+_stderr = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)  # no wrapping: paths stay whole
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Print ``text`` literally: no markup, emoji codes or highlighting (it holds paths, specs, tokens)."""
+    (_stderr if err else console).print(text, markup=False, emoji=False, highlight=False)
+
+
+def _row(table: Table, *cells: str) -> None:
+    """Add a row of plain text cells (a Table reads strings as markup)."""
+    table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))
+
+
+_EXPECTED = (ValueError, TypeError, OSError)  # what users can get wrong; anything else is a bug
+
+
+def _os_message(e: OSError) -> str:
+    """``<what> (<path>): <how to fix>`` for an OS error reading or writing a file."""
+    if not e.strerror:  # raised with a message of its own (FileNotFoundError("... does not exist"))
+        return str(e)
+    fix = {
+        errno.EACCES: "check its permissions, or give a path you can use",
+        errno.EPERM: "check its permissions, or give a path you can use",
+        errno.ENOENT: "check the path",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: give another path",
+        errno.EISDIR: "it is a folder: give a file",
+        errno.EEXIST: "it exists already: give another path",
+        errno.ENOSPC: "the disk is full: free some space, or give a path on another disk",
+        errno.EDQUOT: "the disk quota is used up: free some space, or give another path",
+        errno.EROFS: "the file system is read-only: give a path on a writable one",
+        errno.ENAMETOOLONG: "give a shorter path",
+    }.get(e.errno, "check the path, or give another one")
+    where = f" ({e.filename})" if e.filename is not None else ""
+    if e.filename2 is not None:
+        where = f" ({e.filename} -> {e.filename2})"
+    return f"{e.strerror}{where}: {fix}"
+
+
+def _message(e: BaseException) -> str:
+    text = _os_message(e) if isinstance(e, OSError) else str(e)
+    return text or type(e).__name__
+
+
+class _Guarded(TyperGroup):
+    """The CLI's one error boundary: every command runs inside :meth:`invoke`.
+
+    An expected error (:data:`_EXPECTED`) prints ``error: <message>`` and exits 1; Ctrl-C prints
+    ``interrupted`` and exits 130 (outputs are written whole at the end, so nothing is
+    half-written); any other exception is an attnlab bug: one line naming it, exit 1, or its
+    traceback under ``attnlab --debug``.
+    """
+
+    def invoke(self, ctx):
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException, BrokenPipeError):  # --help, usage errors, `| head`: typer's own
+            raise
+        except KeyboardInterrupt:
+            _say("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except _EXPECTED as e:
+            if debug:
+                raise
+            _say(f"error: {_message(e)}", err=True)
+            raise typer.Exit(1) from None
+        except Exception as e:
+            if debug:
+                raise
+            first = (_message(e).strip().splitlines() or [""])[0]
+            _say(f"error: {type(e).__name__}: {first} (an attnlab bug: run with --debug for the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_Guarded,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="attnlab: a laboratory for attention in transformers.",
+)
 
 
 class Category(str, Enum):
@@ -45,13 +145,14 @@ def _version(value: bool):
     if value:
         import attnlab
 
-        console.print(f"attnlab {attnlab.__version__}")
+        _say(f"attnlab {attnlab.__version__}")
         raise typer.Exit()
 
 
 @app.callback()
 def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="On an error, show the Python traceback instead of one line.")] = False,
 ):
     """attnlab: build, probe, edit and benchmark attention."""
 
@@ -105,14 +206,14 @@ def rows(category: Category) -> list[tuple[str, ...]]:
 @app.command("list")
 def list_(category: Annotated[Category, typer.Argument(help="What to list.")]):
     """List the backends, edits, masks, mechanisms, probes or tasks this attnlab has, with the paper each comes from."""
-    table = Table(title=f"attnlab {category.value}")
+    table = Table(title=Text(f"attnlab {category.value}"))
     for col in ("name", "paper", "what it is"):
         table.add_column(col, style="bold" if col == "name" else None)
     if category is Category.mechanisms:
         for col in ("input", "time", "memory"):
             table.add_column(col)
     for row in rows(category):
-        table.add_row(*row)
+        _row(table, *row)
     console.print(table)
 
 
@@ -146,7 +247,7 @@ def check(
             d_grad = max((a - b).abs().max().item() for a, b in zip(grads, ref_g))
             ok = d_out < 1e-5 and d_grad < 1e-4
             ok_all &= ok
-            table.add_row(name, backend, f"{d_out:.1e}", f"{d_grad:.1e}", "yes" if ok else "[red]NO[/red]")
+            _row(table, name, backend, f"{d_out:.1e}", f"{d_grad:.1e}", "yes" if ok else Text("NO", style="red"))
     console.print(table)
     if not ok_all:
         raise typer.Exit(1)
@@ -180,7 +281,72 @@ def _load(model: str, device: str | None, dtype: str, device_map: str | None):
             raise ValueError(
                 f'--device-map {device_map!r} is not a JSON object ({e.msg}): give auto, a device or e.g. \'{{"": "cuda:1"}}\''
             ) from e
-    return load(model, dtype=dtype, device=device, device_map=placement)
+    try:
+        return load(model, dtype=dtype, device=device, device_map=placement)
+    except (OSError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a reader's own error for a damaged file (SafetensorError, struct.error, ...)
+        if type(e) in (ValueError, TypeError):  # attnlab's messages already name the file and the fix
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"cannot load --model {model} ({type(e).__name__}: {first}): its files may be damaged or incomplete; "
+            "save or download the model again (attnlab --debug ... shows where it failed)"
+        ) from e
+
+
+_Force = Annotated[bool, typer.Option("--force", help="Replace the results --out already holds (refused without it).")]
+OUTPUTS = ("results.json", "report.html")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Before any model work: ``out`` is (or can be made) a folder this process can write in, holding no results unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
+    _check_writable(out, f"--out {out}")
+    held = [name for name in OUTPUTS if (out / name).exists()]
+    if held and not force:
+        raise ValueError(f"--out {out} already holds results ({', '.join(held)}): give another --out, or --force to replace them")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """``folder`` can be made and written in: its nearest existing ancestor is a folder that takes new files."""
+    here = folder.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise ValueError(f"{what} is inside {here}, which is a file, not a directory: give a path in a directory")
+    try:
+        with tempfile.TemporaryFile(dir=here):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"{what} cannot be written: {here} refuses new files ({e.strerror or e}): give a directory you can write to"
+        ) from None
+
+
+def _write_error(what: str, e: OSError) -> ValueError:
+    """A failed write, named by what was being written rather than by its temporary file."""
+    return ValueError(f"cannot write {what} ({e.strerror or e}): give a path in a folder you can write to, on a disk with space")
+
+
+def _write_outputs(out: Path, result) -> tuple[Path, Path]:
+    """Write results.json and report.html into ``out`` together or not at all (both rendered first)."""
+    from attnlab.results import to_json, write_together
+
+    texts = {out / "results.json": to_json(result), out / "report.html": result.html()}
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_together(texts)
+    except BaseException as e:
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: nothing of this run is left behind
+        if isinstance(e, OSError):
+            raise _write_error(f"the results into --out {out}", e) from None
+        raise
+    return out / "results.json", out / "report.html"
 
 
 @app.command()
@@ -202,9 +368,16 @@ def scan(
     allow_extrapolation: Annotated[
         bool, typer.Option(help="Allow --max-len beyond the positions the model was trained on (memory/speed measurement).")
     ] = False,
-    probes: Annotated[str, typer.Option(help="Comma-separated probes (attnlab list probes).")] = ",".join(DEFAULT_PROBES),
+    probes: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Comma-separated probes (attnlab list probes; default: {','.join(DEFAULT_PROBES)}, those the inputs feed). retrieval reads --synthetic needle, the others text or repeated tokens.",
+            show_default=False,
+        ),
+    ] = None,
     needle_lengths: Annotated[str, typer.Option(help="Needle trial lengths in tokens, comma-separated.")] = "512,768",
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-scan"),
+    force: _Force = False,
     backend: Annotated[str, typer.Option(help="Attention backend: auto, reference, sdpa, blocked, flex.")] = "auto",
     device: _Device = None,
     dtype: _Dtype = "float32",
@@ -218,7 +391,10 @@ def scan(
     from attnlab.probes import names as probe_registry
     from attnlab.runs.scan import scan as run_scan
 
-    probe_names = [p.strip() for p in probes.split(",") if p.strip()]
+    explicit = probes is not None
+    probe_names = [p.strip() for p in (probes if explicit else ",".join(DEFAULT_PROBES)).split(",") if p.strip()]
+    if not probe_names:
+        raise ValueError(f"--probes {probes!r} names no probe: give some of {', '.join(probe_registry())}")
     for p in probe_names:
         if p not in probe_registry():
             raise ValueError(f"unknown probe {p!r}: choose from {', '.join(probe_registry())}")
@@ -229,20 +405,17 @@ def scan(
     lengths = _ints(needle_lengths, "--needle-lengths")
     texts = _read_inputs(text, prompts)
     default_sample = not texts and not kinds
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
-    with console.status(f"loading {model}"):
+    if default_sample:  # the built-in sample, plus the synthetic inputs the probes read
+        kinds = {"repeated", *(["needle"] if "retrieval" in probe_names else [])}
+    probe_names = _fed_probes(probe_names, explicit, has_text=bool(texts) or default_sample, kinds=kinds)
+    _check_out(out, force)
+    with console.status(f"loading {escape(model)}"):
         m, tok = _load(model, device, dtype, device_map)
     if default_sample:
         from attnlab.data import sample_text
 
         texts = [sample_text()]
         max_len, truncate = max_len or 1024, True  # the built-in sample is cut to a chosen length
-        kinds = {"needle", "repeated"}
-    if not texts and "retrieval" not in probe_names and kinds == {"needle"}:
-        probe_names.append("retrieval")
-    if "needle" not in kinds and "retrieval" in probe_names and not default_sample:
-        probe_names.remove("retrieval")
     settings = {
         "model": model,
         "text": str(text) if text else None,
@@ -252,11 +425,12 @@ def scan(
     }
     from rich.progress import Progress
 
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=console, transient=True) as bar, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
         task = bar.add_task("scanning", total=None)
 
         def progress(what, done, total):
-            bar.update(task, description=what, completed=done, total=total or None)
+            bar.update(task, description=escape(what), completed=done, total=total or None)
 
         result = run_scan(
             m,
@@ -272,13 +446,49 @@ def scan(
             progress=progress,
             settings=settings,
         )
-    out.mkdir(parents=True, exist_ok=True)
-    result.save(out / "results.json")
-    result.report(out / "report.html")
+    _show_warnings(caught)
+    written = _write_outputs(out, result)
     for probe, f in result.findings.items():
-        for note in f["notes"]:
-            console.print(f"[bold]{probe}[/bold]: {note}", highlight=False)
-    console.print(f"wrote {out / 'results.json'} and {out / 'report.html'} ({result.meta['wall_s']} s)")
+        for note in f["notes"]:  # notes quote model tokens: printed literally
+            console.print(Text.assemble((probe, "bold"), ": ", str(note)))
+    _say(f"wrote {written[0]} and {written[1]} ({result.meta['wall_s']} s)")
+
+
+def _show_warnings(caught: list) -> None:
+    """attnlab's own warnings (a scan's inputs too short to mean much) as ``warning: ...`` lines; others as Python shows them."""
+    for w in caught:
+        if w.category.__module__.startswith("attnlab"):
+            _say(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _fed_probes(probes: list[str], explicit: bool, *, has_text: bool, kinds: set[str]) -> list[str]:
+    """The probes a scan runs: every requested probe gets the inputs it reads, or the scan is refused.
+
+    ``retrieval`` reads the needle trials (``--synthetic needle``); the other probes read texts or
+    repeated random tokens. With the default probes (``--probes`` not given), those the inputs do
+    not feed are left out; probes given with ``--probes`` must all be fed, and every requested
+    input must feed a probe.
+    """
+    passive = [p for p in probes if p != "retrieval"]
+    out = list(probes)
+    if "retrieval" in out and "needle" not in kinds:
+        if explicit:
+            raise ValueError(
+                "--probes retrieval runs needle-in-a-haystack trials: add --synthetic needle (or leave retrieval out of --probes)"
+            )
+        out.remove("retrieval")
+    if "needle" in kinds and "retrieval" not in out:
+        raise ValueError("--synthetic needle feeds only the retrieval probe: add retrieval to --probes, or leave --synthetic needle out")
+    if passive and not (has_text or "repeated" in kinds):
+        if explicit:
+            raise ValueError(
+                f"--probes {','.join(passive)} read text or repeated tokens, and --synthetic needle alone gives them none: "
+                "add --text, --prompts or --synthetic repeated (or ask only for --probes retrieval)"
+            )
+        out = [p for p in out if p == "retrieval"]
+    return out
 
 
 @app.command()
@@ -287,14 +497,26 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Where to write the HTML (default: report.html beside the results).")] = None,
 ):
     """Re-render the HTML report of a saved result of any kind (scan, edit or sweep)."""
-    from attnlab.results import load
+    from attnlab.results import load, write_atomic
 
     target = out or results.with_name("report.html")
     if target.resolve() == results.resolve():
         raise ValueError(f"--out {target} is the results file itself: give another path for the HTML")
     result = load(results)
-    path = result.report(target)
-    console.print(f"wrote {path} ({result.meta['kind']} report)")
+    _check_writable(target.parent, f"--out {target}" if out else f"the report {target}")
+    try:
+        html = result.html()
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # fields of the wrong shape
+        kind = result.meta.get("kind")
+        raise ValueError(
+            f"{results} is not a well-formed attnlab {kind} result ({type(e).__name__}: {e}): "
+            "was it edited by hand? re-run what wrote it (attnlab --debug report ... shows where it broke)"
+        ) from e
+    try:
+        path = write_atomic(target, html)
+    except OSError as e:
+        raise _write_error(f"the report to {target}", e) from None
+    _say(f"wrote {path} ({result.meta['kind']} report)")
 
 
 @app.command()
@@ -305,6 +527,10 @@ def edit(
     model: _Model = "smollm2-135m",
     eval: Annotated[str, typer.Option("--eval", help="Comma-separated measurements: ppl, needle, logit_diff.")] = "ppl,needle",
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-edit"),
+    force: _Force = False,
+    allow_extrapolation: Annotated[
+        bool, typer.Option(help="Allow evaluation inputs beyond the positions the model was trained on (as attnlab scan).")
+    ] = False,
     backend: Annotated[str, typer.Option(help="Attention backend for the edited model.")] = "auto",
     device: _Device = None,
     dtype: _Dtype = "float32",
@@ -321,22 +547,26 @@ def edit(
     evals = [e.strip() for e in eval.split(",") if e.strip()]
     from attnlab.runs.evaluate import METRICS
 
+    if not evals:
+        raise ValueError(f"--eval {eval!r} names no evaluation: give some of {', '.join(METRICS)}")
     for name in evals:
         if name not in METRICS:
             raise ValueError(f"unknown evaluation {name!r}: choose from {', '.join(METRICS)}")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
-    with console.status(f"loading {model}"):
+    _check_out(out, force)
+    _refuse_encoder(model, evals)
+    with console.status(f"loading {escape(model)}"):
         m, tok = _load(model, device, dtype, device_map)
     with console.status("measuring") as status:
         result = run_edit(
-            m, tok, specs, evals, specs_text=list(edit), model_name=model, backend=backend, progress=lambda line: status.update(line)
-        )
+            m, tok, specs, evals, specs_text=list(edit), model_name=model, backend=backend,
+            allow_extrapolation=allow_extrapolation, progress=lambda line: status.update(escape(line)),
+        )  # fmt: skip
     table = Table(title="before / after")
     for col in ("metric", "before", "after", "after − before", "95% CI", "examples"):
         table.add_column(col)
     for r in result.meta["metrics"]:
-        table.add_row(
+        _row(
+            table,
             r["metric"],
             f"{r['before']:.4g}",
             f"{r['after']:.4g}",
@@ -345,10 +575,20 @@ def edit(
             str(r["examples"]),
         )
     console.print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    result.save(out / "results.json")
-    result.report(out / "report.html")
-    console.print(f"wrote {out / 'results.json'} and {out / 'report.html'}")
+    written = _write_outputs(out, result)
+    _say(f"wrote {written[0]} and {written[1]}")
+
+
+def _refuse_encoder(model: str, evals: list[str]) -> None:
+    """Before loading: ``attnlab edit`` measures next-token logits, which an encoder does not have."""
+    from attnlab.models.hf_load import resolve
+
+    _, kind, _ = resolve(model)
+    if kind == "encoder":
+        raise ValueError(
+            f"--model {model} is an encoder: attnlab edit's evaluations ({', '.join(evals)}) read a causal LM's next-token logits; "
+            "give a causal LM (e.g. smollm2-135m), or look at the encoder's attention with attnlab scan"
+        )
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -440,12 +680,6 @@ def _task_class_or_name(task: str):
     return cls
 
 
-def _out_dir(out: Path) -> Path:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
-    return out
-
-
 def _model_options(dim: int, heads: int, layers: int, mlp: bool, positions: str, causal: bool | None, **more) -> dict:
     opts = {"dim": dim, "heads": heads, "layers": layers, "mlp": mlp, "positions": positions, **more}
     return opts if causal is None else {**opts, "causal": causal}
@@ -477,8 +711,14 @@ def train(
         int | None, typer.Option(min=1, help="torch CPU threads (default: every core unless OMP_NUM_THREADS is set).")
     ] = None,
     out: Annotated[
-        Path, typer.Option(help="Directory for checkpoint.pt, results.json and report.html; an existing checkpoint resumes.")
+        Path,
+        typer.Option(
+            help="Directory for checkpoint.pt, results.json and report.html; a checkpoint.pt there resumes (same settings), results without one are refused unless --force."
+        ),
     ] = Path("attnlab-train"),
+    force: Annotated[
+        bool, typer.Option("--force", help="Start afresh in --out: remove its checkpoint.pt and replace its results.")
+    ] = False,
 ):
     """Train a tiny transformer with one mechanism on a synthetic task; print its curves.
 
@@ -495,28 +735,32 @@ def train(
     task_options = _key_values(task_option, "--task-option")
     mech_options = _key_values(mechanism_option, "--mechanism-option")
     the_task = make_task(spec, task_options)
-    _out_dir(out)
+    checkpoint = out / "checkpoint.pt"
+    _check_out(out, force=force or checkpoint.is_file())  # resuming a run is not overwriting it
+    _check_device(device)
     model_options = _model_options(
         dim, heads, layers, mlp, positions, causal, **({"mechanism_options": mech_options} if mech_options else {})
     )
     torch.manual_seed(seed)
     model = build_model(the_task, mechanism, model_options)
-    checkpoint = out / "checkpoint.pt"
+    if force and checkpoint.is_file():
+        checkpoint.unlink()
+        _say(f"--force: removed {checkpoint}, starting afresh")
     if checkpoint.exists():
-        console.print(f"resuming from {checkpoint}")
+        _say(f"resuming from {checkpoint}")
     r = run_train(
         the_task, model, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed, target=target,
         eval_every=eval_every, eval_batches=eval_batches, checkpoint=checkpoint, device=device, threads=threads,
     )  # fmt: skip
-    table = Table(title=f"{mechanism} on {the_task.name or task}: curves")
+    table = Table(title=Text(f"{mechanism} on {the_task.name or task}: curves"))
     for col in ("step", "train loss", "test loss", "test metric"):
         table.add_column(col, justify="right")
     shown = sorted({*range(0, len(r.steps), max(1, len(r.steps) // 10)), len(r.steps) - 1})
     for i in shown:
-        table.add_row(str(r.steps[i]), f"{r.train_loss[i]:.4f}", f"{r.test_loss[i]:.4f}", f"{r.test_metric[i]:.4f}")
+        _row(table, str(r.steps[i]), f"{r.train_loss[i]:.4f}", f"{r.test_loss[i]:.4f}", f"{r.test_metric[i]:.4f}")
     console.print(table)
     reached = f", target {target} reached at step {r.steps_to_target}" if r.steps_to_target is not None else ""
-    console.print(f"final test metric {r.final_metric:.4f} after {r.steps_done} steps{reached}; {r.steps_per_s} steps/s, {r.wall_s} s")
+    _say(f"final test metric {r.final_metric:.4f} after {r.steps_done} steps{reached}; {r.steps_per_s} steps/s, {r.wall_s} s")
     settings = {
         "task": task, "task_options": task_options, "task_settings": r.settings["task"], "mechanisms": [mechanism], "seeds": [seed],
         "model_options": model_options, "train": {k: v for k, v in r.settings.items() if k not in ("task", "model", "seed")},
@@ -525,9 +769,30 @@ def train(
     result = SweepResult.from_runs(
         [{"mechanism": mechanism, "seed": seed, **r.to_dict()}], {"settings": settings, "versions": versions(), "wall_s": r.wall_s}
     )
-    result.save(out / "results.json")
-    result.report(out / "report.html")
-    console.print(f"wrote {checkpoint}, {out / 'results.json'} and {out / 'report.html'}")
+    written = _write_outputs(out, result)
+    _say(f"wrote {checkpoint}, {written[0]} and {written[1]}")
+
+
+def _check_device(device: str | None) -> None:
+    """Before any work: a device torch knows and this machine has (``train --device cuda`` on a CPU machine)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--device {device!r} is not a torch device ({e}): give cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"--device {device} but this machine has no CUDA GPU (or torch was built without CUDA): use --device cpu")
+        if d.index is not None and d.index >= n:
+            raise ValueError(f"--device {device} but this machine has {n} CUDA device(s): give cuda:0 .. cuda:{n - 1}")
+    elif d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device} but MPS (Apple GPU) is not available here: use --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: attnlab trains on cpu, cuda, cuda:N or mps")
 
 
 @bench_app.callback()
@@ -558,6 +823,7 @@ def bench_tasks(
     positions: Annotated[str, typer.Option(help="learned, none or rope.")] = "learned",
     causal: Annotated[bool | None, typer.Option("--causal/--encoder", help="Decoder or encoder (default: what the task asks).")] = None,
     out: Annotated[Path, typer.Option(help="Directory for results.json and report.html.")] = Path("attnlab-bench"),
+    force: _Force = False,
 ):
     """Train every mechanism with every seed on one task, same data and budget; print mean ± 95% CI.
 
@@ -584,7 +850,7 @@ def bench_tasks(
     }
     if warmup is not None:
         train_options["warmup"] = warmup
-    _out_dir(out)
+    _check_out(out, force)
     with Progress(console=console, transient=True) as bar:
         job = bar.add_task(f"{len(names)} mechanisms × {seeds} seeds", total=len(names) * seeds)
         try:
@@ -595,24 +861,19 @@ def bench_tasks(
             )  # fmt: skip
         except ImportError as e:  # Ray missing: one line, not a traceback
             raise ValueError(str(e)) from e
-    table = Table(title=f"{task}: final test metric over {seeds} seeds (mean ± 95% CI half-width)")
+    table = Table(title=Text(f"{task}: final test metric over {seeds} seeds (mean ± 95% CI half-width)"))
     for col in result.HEADER:
         table.add_column(col)
     for row in result.rows():
-        table.add_row(*row)
+        _row(table, *row)
     console.print(table)
-    result.save(out / "results.json")
-    result.report(out / "report.html")
-    console.print(f"wrote {out / 'results.json'} and {out / 'report.html'} ({result.meta['wall_s']} s)")
+    written = _write_outputs(out, result)
+    _say(f"wrote {written[0]} and {written[1]} ({result.meta['wall_s']} s)")
 
 
 def main() -> None:
-    """Entry point: user errors print one line and exit 1, without a traceback."""
-    try:
-        app()
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {e}", highlight=False)  # no wrapping: paths stay whole
-        sys.exit(1)
+    """Entry point: the app, whose one error boundary is :class:`_Guarded` (``--debug`` for tracebacks)."""
+    app()
 
 
 if __name__ == "__main__":

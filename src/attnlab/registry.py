@@ -81,6 +81,8 @@ class Registry:
     def lookup(self, name: str) -> type:
         """The class registered as ``name``; an unknown name raises ``ValueError`` with the closest ones."""
         self._load()
+        if not isinstance(name, str):
+            raise TypeError(f"{self.kind} names are strings, got {name!r}: valid {self.kind}s are {', '.join(sorted(self._classes))}")
         if name not in self._classes:
             close = difflib.get_close_matches(name, list(self._classes), n=3)
             hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""

@@ -30,6 +30,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,13 +43,17 @@ __all__ = [
     "EditResult",
     "Result",
     "ScanResult",
+    "atomic_path",
+    "file_mode",
     "load",
     "make_meta",
     "model_meta",
     "read",
     "save",
+    "to_json",
     "versions",
     "write_atomic",
+    "write_together",
 ]
 
 FORMAT = "attnlab.result"
@@ -169,27 +174,78 @@ def _umask() -> int:
         return mask
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` whole: a temporary file in the same folder, then ``os.replace``.
+def file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` gives a new file here: ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
 
-    The file gets the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask); a
-    failed write removes the temporary file and leaves ``path`` as it was.
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on a clean exit it is renamed over ``path``.
+
+    The file gets :func:`file_mode` (``tempfile.mkstemp`` creates ``0o600``). On any exception,
+    ``KeyboardInterrupt`` included, the temporary file is removed and ``path`` is left as it was.
+
+        >>> with atomic_path("run/checkpoint.pt") as tmp:  # doctest: +SKIP
+        ...     torch.save(state, tmp)
     """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory: give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    return path
+
+
+def write_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
+    """Write ``text`` (or bytes) to ``path`` whole: a temporary file in the same folder, then ``os.replace``.
+
+    The file gets the permissions a plain ``open(path, "w")`` would (:func:`file_mode`); a failed
+    write removes the temporary file and leaves ``path`` as it was.
+    """
+    with atomic_path(path) as tmp:
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_together(files: dict[str | os.PathLike, str | bytes]) -> list[Path]:
+    """Write several files so that they appear together or not at all (results.json and report.html).
+
+    Every text is first written whole to a temporary file beside its target; only when all are
+    written are they renamed over their targets, one after the other. A failure (a full disk, a
+    Ctrl-C) before the renames leaves every target as it was and no temporary file behind.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, text in files.items():
+            target = Path(target)
+            if target.is_dir():
+                raise ValueError(f"{target} is a directory: give a file name")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            staged.append((Path(tmp), target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
+            os.chmod(tmp, file_mode())
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        raise
+    return [target for _, target in staged]
 
 
 def save(result, path: str | os.PathLike) -> Path:

@@ -107,7 +107,8 @@ def test_threads_are_restored_after_training():
     [
         ({"steps": 0}, "steps must be a positive int"),
         ({"seed": -1}, "seed must be an int >= 0"),
-        ({"lr": 0.0}, "need lr > 0"),
+        ({"lr": 0.0}, "lr must be a positive finite learning rate"),
+        ({"lr": float("inf")}, r"lr must be a positive finite learning rate \(e.g. lr=1e-3\), got lr=inf"),
         ({"threads": 0}, "threads must be a positive int"),
     ],
 )

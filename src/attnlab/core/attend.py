@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -90,7 +91,10 @@ def attend(
     ctx_probes, ctx_edits = attached()
     probes, edits = (*ctx_probes, *probes), (*ctx_edits, *edits)
     bound = _bind(edits, site)
+    if isinstance(q_offset, bool) or not isinstance(q_offset, numbers.Integral):
+        raise TypeError(f"q_offset must be an integer (the position of the first query), got q_offset={q_offset!r}")
     if q_offset:
+        q_offset = int(q_offset)
         bound["logits"] = [_shift_logits(fn, q_offset) for fn in bound["logits"]]
         bound["probs"] = [_shift_probs(fn, q_offset) for fn in bound["probs"]]
     x.score_mod = _compose_logits(bound["logits"])
@@ -107,13 +111,18 @@ def attend(
         out = row_pass(x, probs_edits=bound["probs"], probes=probes, site=site)
         for r in readers:
             r.done()
-    elif x.q.shape[2] == 0 or x.k.shape[2] == 0:
+    elif 0 in (x.q.shape[2], x.k.shape[2], x.v.shape[-1]):  # no query, no key (rows see nothing) or no value dim
         out = x.q.new_zeros(*x.q.shape[:3], x.v.shape[-1])
     else:
         chosen = choose_backend(x) if backend == "auto" else _backends.get(backend)
         if x.score_mod is not None and chosen.name == "sdpa":
             raise ValueError("backend='sdpa' cannot apply logit edits: use 'blocked', 'reference' or 'auto'")
-        out = chosen(x)
+        # Fused kernels lose or spread NaN (PyTorch's CPU kernels give 0 on a row whose logits
+        # are all NaN; 0 · NaN carries a value's NaN to rows that cannot see it), and compiled
+        # FlexAttention gets head_dim 0 wrong: with a NaN in the inputs or no head dim, the row
+        # pass computes the call, by the rules the reference follows.
+        exact = chosen.name != "reference" and (x.q.shape[-1] == 0 or _holds_nan(x))
+        out = row_pass(x, probs_edits=(), probes=(), site=site) if exact else chosen(x)
     for fn in bound["output"]:
         out = fn(out)
     return hooks.z(site, out) if tapped else out
@@ -139,6 +148,17 @@ def choose_backend(x: Inputs) -> Backend:
         if blocked.plan(x).density() <= 0.5:
             return blocked
     return _backends.BACKENDS["sdpa"]
+
+
+def _holds_nan(x: Inputs) -> bool:
+    """Whether q, k, v or the bias hold a NaN: one float32 sum each, as a NaN survives any sum.
+
+    A sum that overflows to ``inf - inf`` reads as NaN too; that costs the exact path only.
+    """
+    total = x.q.sum(dtype=torch.float32).add_(x.k.sum(dtype=torch.float32)).add_(x.v.sum(dtype=torch.float32))
+    if x.bias is not None:
+        total.add_(x.bias.sum(dtype=torch.float32))
+    return bool(total.isnan())
 
 
 def _bind(edits: Sequence[Edit], site: Site) -> dict[str, list]:
@@ -203,11 +223,8 @@ def _check(q, k, v, mask, bias, is_causal, scale, normalizer="softmax") -> Input
     if Hkv == 0 or H % Hkv:
         raise ValueError(f"k has {Hkv} heads, q has {H}: q heads must be a multiple of k heads")
     Tk = k.shape[2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(D) if D else 1.0
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise TypeError(f"scale must be a finite float or None, got scale={scale!r}")
-    x = Inputs(q, k, v, float(scale), normalizer=normalizer)
+    scale = _real(scale, "scale") if scale is not None else (1.0 / math.sqrt(D) if D else 1.0)
+    x = Inputs(q, k, v, scale, normalizer=normalizer)
     if isinstance(mask, M.Mask):
         mask.check_lengths(Tq, Tk)
         x.mask = mask
@@ -233,6 +250,15 @@ def _check(q, k, v, mask, bias, is_causal, scale, normalizer="softmax") -> Input
         else:
             x.mask = M.causal if x.mask is None else x.mask & M.causal
     return x
+
+
+def _real(value, name: str) -> float:
+    """A finite real number (Python, numpy or a 0-d float tensor) as a float; bool is refused."""
+    if isinstance(value, Tensor) and value.dim() == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite float or None (a Python or numpy real, or a 0-d tensor), got {name}={value!r}")
+    return float(value)
 
 
 def _as_4d(t: Tensor, name: str, B: int, H: int, Tq: int, Tk: int, device) -> Tensor:

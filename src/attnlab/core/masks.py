@@ -23,6 +23,7 @@ Index convention: token ``i`` of an N-d grid of ``shape`` has row-major coordina
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -540,9 +541,9 @@ def _check_int(**kw) -> None:
 
 def _check_shape(shape) -> tuple[int, ...]:
     shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else (shape,)
-    if not 1 <= len(shape) <= 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+    if not 1 <= len(shape) <= 3 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in shape):
         raise ValueError(f"shape must be 1 to 3 positive integers (the token grid), got shape={shape!r}")
-    return shape
+    return tuple(int(s) for s in shape)
 
 
 def _dilation_order(n: int, d: int) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from attnlab.core.backends.base import Inputs, compute_dtype
+from attnlab.core.backends.reference import weigh_values
 from attnlab.core.masks import EMPTY, FULL, Order
 from attnlab.core.site import AttentionChunk, Probe, Site
 
@@ -41,6 +42,7 @@ def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Pro
     dt = compute_dtype(x.q)
     rows = max(1, min(Tq, CHUNK_BYTES // max(1, 4 * B * H * Tk)))
     k, v = x.k.to(dt), x.v.to(dt)
+    nan_values = bool(v.isnan().any())  # then a value reaches only the queries that see it (0 · NaN is NaN)
     hidden = torch.finfo(dt).min  # hidden keys: finite, so logits stay usable (0·min = 0), and exp underflows to 0
     spans = _spans(x, rows)
     outs = []
@@ -68,6 +70,7 @@ def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Pro
         if x.bias is not None:
             bq = x.bias[:, :, q0:q1] if x.bias.shape[2] > 1 else x.bias  # [B|1, H|1, n|1, Tk]
             s = s + bq[..., k0:k1].to(dt)
+            visible = visible & ~torch.isneginf(bq[..., k0:k1])  # a -inf bias hides the key, even from a NaN logit
         if x.score_mod is not None:
             b = torch.arange(B, device=dev).view(-1, 1, 1, 1)
             h = torch.arange(H, device=dev).view(1, -1, 1, 1)
@@ -96,7 +99,12 @@ def row_pass(x: Inputs, *, probs_edits: Sequence[Callable], probes: Sequence[Pro
             )  # fmt: skip
             for probe in probes:
                 probe.observe(chunk, site)
-        o = torch.matmul(p.reshape(B, Hkv, G * n, k1 - k0), v[:, :, k0:k1])  # [B, Hkv, G*n, Dv]
+        pv = p.reshape(B, Hkv, G * n, k1 - k0)
+        if nan_values:
+            seen = visible.expand(B, H, n, k1 - k0).reshape(B, Hkv, G * n, k1 - k0)
+            o = weigh_values(pv, v[:, :, k0:k1], seen)  # [B, Hkv, G*n, Dv]
+        else:
+            o = torch.matmul(pv, v[:, :, k0:k1])  # [B, Hkv, G*n, Dv]
         outs.append(o.view(B, H, n, Dv))
     return torch.cat(outs, dim=2).to(x.q.dtype) if outs else x.q.new_zeros(B, H, 0, Dv)
 
@@ -113,6 +121,8 @@ def _spans(x: Inputs, rows: int) -> list[tuple[int, int, int]] | None:
     if x.mask is None or x.dense_mask is not None or (x.bias is not None and bool(torch.isneginf(x.bias).any())):
         return None
     Tq, Tk = x.q.shape[2], x.k.shape[2]
+    if Tq == 0 or Tk == 0:
+        return None
     x.mask.check_lengths(Tq, Tk)
     bounds = x.mask.tile_bounds(Order.natural(Tq, Tk, rows, KEY_TILE))  # [nq, nk]
     if bounds is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 import re
 from collections.abc import Callable, Sequence
 
@@ -30,8 +33,10 @@ class SiteEdit(Edit):
     name = ""
 
     def __init__(self, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, sites=None):
-        self.layers = None if layers is None else sorted({int(x) for x in layers})
-        self.heads = None if heads is None else sorted({int(x) for x in heads})
+        edit = self.name or type(self).__name__
+        self.layers = None if layers is None else sorted(set(integers(layers, "layers", edit)))
+        self.heads = None if heads is None else sorted(set(integers(heads, "heads", edit)))
+        self.site_selection = sites  # as given, for messages
         self._match = site_matcher(sites)
 
     def acts_at(self, site: Site) -> bool:
@@ -44,7 +49,13 @@ class SiteEdit(Edit):
         raise NotImplementedError
 
     def validate(self, sites: Sequence[Site]) -> None:
-        """Raise ``ValueError`` if the edit names layers or heads the model does not have."""
+        """Raise ``ValueError`` if the edit names layers or heads the model does not have, or selects no site.
+
+        An edit whose site selection (``sites=``) matches none of the model's sites, or whose
+        layers and site selection have no site in common, would act nowhere: that is an error.
+        An explicitly empty choice (``heads=[]``, ``layers=[]``, ``top=0``) is a deliberate no-op
+        and passes.
+        """
         n_layers = len(sites)
         for layer in self.layers or []:
             if not 0 <= layer < n_layers:
@@ -53,9 +64,77 @@ class SiteEdit(Edit):
         for h in self.heads or []:
             if heads is not None and not 0 <= h < heads:
                 raise ValueError(f"{self.name}: head {h} is out of range: the model has heads 0..{heads - 1}")
+        check_selects_a_site(self, sites, self.layers)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layers={self.layers}, heads={self.heads})"
+
+
+def _site_names(sites: Sequence[Site]) -> str:
+    names = [s.name for s in sites]
+    return ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]}, ..., {names[-1]}"
+
+
+def check_selects_a_site(edit: SiteEdit, sites: Sequence[Site], layers: Sequence[int] | None) -> None:
+    """Raise ``ValueError`` when ``edit``'s site selection matches no site of ``sites``, or none of ``layers``.
+
+    ``layers`` None: any layer; ``[]``: an explicit no-op, not checked.
+    """
+    if not sites or layers == []:
+        return
+    matched = [s for s in sites if edit._match(s)]
+    given = getattr(edit, "site_selection", None)
+    if not matched:
+        raise ValueError(
+            f"{edit.name}: sites={given!r} matches none of the model's {len(sites)} sites ({_site_names(sites)}): "
+            "give a site name or glob such as sites=layers.1*.attn, or leave sites out for every site"
+        )
+    if layers is not None and not any(s.layer in layers for s in matched):
+        raise ValueError(
+            f"{edit.name}: layers={list(layers)} and sites={given!r} select no site in common "
+            f"(the sites are in layers {sorted({s.layer for s in matched})}): the edit would act nowhere; change layers= or sites="
+        )
+
+
+def integers(values, name: str, edit: str = "") -> list[int]:
+    """``values`` (one int or a list of them) as a list of Python ints; anything else raises ``TypeError``.
+
+    numpy and torch integer scalars are accepted; bools, floats (``1.5``, ``inf``) and strings are refused.
+    """
+    out = []
+    for x in as_list(values) or []:
+        if not isinstance(x, numbers.Integral) and not isinstance(x, bool):
+            try:
+                x = operator.index(x)  # a numpy or torch integer scalar
+            except TypeError:
+                x = None
+        if x is None or isinstance(x, bool) or not isinstance(x, numbers.Integral):
+            raise TypeError(f"{edit + ': ' if edit else ''}{name} must be integers (e.g. {name}=3+4 or {name}=0-5), got {name}={values!r}")
+        out.append(int(x))
+    return out
+
+
+def number(
+    x, name: str, edit: str, *, low: float | None = None, high: float | None = None, low_open: bool = False, hint: str = ""
+) -> float:
+    """``x`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``), or a ``TypeError``/``ValueError`` naming it.
+
+    Example:
+        >>> number(2, "factor", "head_scale")
+        2.0
+    """
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{edit}: {name} must be a number, got {name}={x!r}{hint}")
+    v = float(x)
+    too_low = low is not None and (v <= low if low_open else v < low)
+    if not math.isfinite(v) or too_low or (high is not None and v > high):
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            bounds.append(f"<= {high:g}")
+        raise ValueError(f"{edit}: {name} must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}, got {name}={x!r}{hint}")
+    return v
 
 
 registry = Registry("edit", "attnlab.edits")

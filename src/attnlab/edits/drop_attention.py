@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from attnlab.core.site import Site
-from attnlab.edits._base import SiteEdit, as_list, register, text_windows
+from attnlab.edits._base import SiteEdit, integers, register, text_windows
 from attnlab.probes import LayerImportance
 
 __all__ = ["DropAttention"]
@@ -77,13 +77,13 @@ class DropAttention(SiteEdit):
         super().__init__(sites=sites)
         (self.rule, value), self.n = next(iter(given.items())), None
         if self.rule == "layers":
-            self.layers = sorted({int(x) for x in as_list(value)})
+            self.layers = sorted(set(integers(value, "layers", "drop_attention")))
         else:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"drop_attention: {self.rule}= is a number of layers >= 0, got {value!r}")
             self.n = value
             self.layers = [] if value == 0 else None  # None: not chosen yet (calibration or the first input)
-        self.seed = int(seed)
+        (self.seed,) = integers([seed], "seed", "drop_attention")
         self.ranking: list[int] | None = None  # attention sublayers, most redundant first
         self.similarity: dict[int, float] | None = None  # S_l per layer
 

@@ -21,6 +21,7 @@ input length that :meth:`Emphasis.input_probe` reads (runs call it before each e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -35,8 +36,8 @@ __all__ = ["Emphasis"]
 
 
 def _weight(x, name: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x or x < 0:
-        raise ValueError(f"emphasis: {name} must be a number >= 0 (PAINT: alpha=0.7, beta=0.3), got {name}={x!r}")
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+        raise ValueError(f"emphasis: {name} must be a number >= 0, finite (PAINT: alpha=0.7, beta=0.3), got {name}={x!r}")
     return float(x)
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from attnlab.core.site import Site
-from attnlab.edits._base import register
+from attnlab.edits._base import number, register
 from attnlab.edits.head_mask import HeadEdit
 
 __all__ = ["HeadScale", "vhr_rule"]
@@ -70,9 +70,7 @@ class HeadScale(HeadEdit):
 
     def __init__(self, heads=None, layers=None, factor: float = 2.0, sites=None):
         super().__init__(heads, layers, sites)
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor != factor:
-            raise TypeError(f"head_scale: factor must be a number, got factor={factor!r}")
-        self.factor = float(factor)
+        self.factor = number(factor, "factor", "head_scale", hint=" (1 changes nothing, 0 zeroes the heads, 2 is VHR's α)")
 
     def is_noop(self) -> bool:
         return self.factor == 1.0

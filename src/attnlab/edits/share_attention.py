@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.core.site import AttentionChunk, Probe, Site
-from attnlab.edits._base import SiteEdit, as_list, register, text_windows
+from attnlab.edits._base import SiteEdit, as_list, integers, register, text_windows
 from attnlab.mechanisms.shared import CaptureProbs
 
 __all__ = ["ShareAttention", "Similarity"]
@@ -119,11 +119,13 @@ class ShareAttention(SiteEdit):
                 "(e.g. share_attention:source=4,targets=5+6)"
             )
         super().__init__(sites=sites)
-        self.seed, self.n, self.rule = int(seed), None, next(k for k, v in ways.items() if v)
+        (self.seed,) = integers([seed], "seed", "share_attention")
+        self.n, self.rule = None, next(k for k, v in ways.items() if v)
         self.similarity: Tensor | None = None
         self.pairs: dict[int, int] | None = None  # target -> source
         if source is not None:
-            self._set([(int(source), int(t)) for t in as_list(targets)])
+            (src,) = integers([source], "source", "share_attention")
+            self._set([(src, t) for t in integers(targets, "targets", "share_attention")])
         elif pairs is not None:
             self._set([_pair(x) for x in as_list(pairs)])
         else:
@@ -243,7 +245,8 @@ class ShareAttention(SiteEdit):
 
 def _pair(x) -> tuple[int, int]:
     if isinstance(x, (tuple, list)) and len(x) == 2:
-        return int(x[0]), int(x[1])
+        s, t = integers(list(x), "pairs", "share_attention")
+        return s, t
     parts = str(x).split(">")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ValueError(f"share_attention: a pair is written source>target (e.g. 4>5) or given as (4, 5), got {x!r}")

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from attnlab.core.site import Probe, Site
-from attnlab.edits._base import SiteEdit, as_list, parse_heads, register, text_windows
+from attnlab.edits._base import SiteEdit, as_list, check_selects_a_site, integers, number, parse_heads, register, text_windows
 from attnlab.probes import ColumnMass
 
 __all__ = ["BlockInputs", "SinkRedistribute", "redistribute"]
@@ -144,15 +144,18 @@ class SinkRedistribute(SiteEdit):
             )
         scale = beta if method == "act" else p
         self.method = method
-        self.scale = float(_DEFAULTS[method]["scale"] if scale is None else scale)
-        self.tau = float(_DEFAULTS[method]["tau"] if tau is None else tau)
-        self.rho, self.region_mass = float(rho), float(region_mass)
-        if not 0.0 <= self.scale <= 1.0:
-            raise ValueError(f"sink_redistribute: the scale must be in [0, 1] (1 = no-op), got {self.scale}")
-        self.region = None if region is None else sorted({int(x) for x in as_list(region)})
-        self.dims = None if dims is None else torch.tensor([int(d) for d in as_list(dims)])
-        self.fixed = None if sinks is None else sorted({int(x) for x in as_list(sinks)})
-        for name, xs in (("region", self.region), ("sinks", self.fixed), ("dims", as_list(dims))):
+        name = "beta" if method == "act" else "p"
+        scale = _DEFAULTS[method]["scale"] if scale is None else scale
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool) and not 0.0 <= scale <= 1.0:
+            raise ValueError(f"sink_redistribute: the scale {name}= must be in [0, 1] (1 = no-op), got {name}={scale!r}")
+        self.scale = number(scale, name, "sink_redistribute", low=0, high=1, hint=" (the scale of the sink mass: 1 = no-op)")
+        self.tau = number(_DEFAULTS[method]["tau"] if tau is None else tau, "tau", "sink_redistribute", low=0)
+        self.rho = number(rho, "rho", "sink_redistribute", low=0, high=1)
+        self.region_mass = number(region_mass, "region_mass", "sink_redistribute", low=0, high=1)
+        self.region = None if region is None else sorted(set(integers(region, "region", "sink_redistribute")))
+        self.dims = None if dims is None else torch.tensor(integers(dims, "dims", "sink_redistribute"), dtype=torch.long)
+        self.fixed = None if sinks is None else sorted(set(integers(sinks, "sinks", "sink_redistribute")))
+        for name, xs in (("region", self.region), ("sinks", self.fixed), ("dims", None if dims is None else self.dims.tolist())):
             if xs and min(xs) < 0:
                 raise ValueError(f"sink_redistribute: {name} are positions/indices >= 0, got {xs}")
         self.head_all, self.head_map = self._heads(heads)
@@ -321,6 +324,7 @@ class SinkRedistribute(SiteEdit):
         for layer, h in pairs:
             if n_heads is not None and not 0 <= h < n_heads:
                 raise ValueError(f"sink_redistribute: head {h} (layer {layer}) is out of range: the model has heads 0..{n_heads - 1}")
+        check_selects_a_site(self, sites, self.layers)
 
     def __repr__(self) -> str:
         heads = self.head_map if self.head_map is not None else self.head_all

@@ -33,7 +33,7 @@ __all__ = ["Temperature"]
 
 def _positive(x, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
-        raise ValueError(f"temperature: {name} must be a positive finite number, got {x!r}")
+        raise ValueError(f"temperature: {name} must be a positive finite number (> 1 flattens the attention, < 1 sharpens it), got {x!r}")
     return float(x)
 
 
@@ -89,7 +89,7 @@ class Temperature(HeadEdit):
     def function(self, site: Site) -> Callable:
         heads = self.heads_at(site)
         tau = self.tau
-        sig = None if self.position_alpha is None else 1.0 / (1.0 + math.exp(-self.position_alpha))
+        sig = None if self.position_alpha is None else 0.5 * (1.0 + math.tanh(self.position_alpha / 2))  # σ(α), no overflow
 
         def score_mod(score, b, h, q_idx, kv_idx):
             s = score

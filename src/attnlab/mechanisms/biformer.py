@@ -21,6 +21,8 @@ so the result is the same as on an image that divides evenly.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -81,7 +83,7 @@ class BiLevelRoutingAttention(nn.Module):
             raise ValueError(f"topk must be None (all regions) or an integer in [1, n_win**2 = {n_win**2}], got topk={topk!r}")
         if isinstance(lce_kernel, bool) or not isinstance(lce_kernel, int) or lce_kernel < 0 or (lce_kernel and lce_kernel % 2 == 0):
             raise ValueError(f"lce_kernel must be 0 (off) or an odd positive integer such as 5, got lce_kernel={lce_kernel!r}")
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0):
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or scale <= 0):
             raise ValueError(f"scale must be a positive float or None (1/sqrt(head_dim)), got scale={scale!r}")
         self.dim, self.heads, self.n_win = dim, heads, n_win
         self.topk = n_win**2 if topk is None else topk

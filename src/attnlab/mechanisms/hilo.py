@@ -17,6 +17,7 @@ self-attention and ``alpha=0`` is plain window attention. Each group is its own 
 from __future__ import annotations
 
 import functools
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ class HiLo(nn.Module):
         super().__init__()
         if heads < 1 or dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be a fraction of heads in [0, 1], got alpha={alpha!r}")
         pool = window if pool is None else pool
         for name, val in (("window", window), ("pool", pool)):

@@ -20,6 +20,8 @@ not sum to 1.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -171,7 +173,7 @@ class MultiHeadAttention(nn.Module):
         head_dim = dim // heads
         if rope and head_dim % 2:
             raise ValueError(f"rope needs an even head dim, got dim // heads = {head_dim}: change dim or heads")
-        if not (isinstance(rope_base, (int, float)) and rope_base > 0):
+        if not (isinstance(rope_base, numbers.Real) and rope_base > 0):
             raise ValueError(f"rope_base must be a positive number, got rope_base={rope_base!r}")
         if backend != "auto" and attention not in backends.get(backend).normalizers:  # get: unknown names raise
             raise ValueError(f"attention={attention!r} needs backend='auto' or 'reference', got backend={backend!r}")

@@ -19,6 +19,7 @@ into heads and each head pools with its own softmax (``sqrt(C / heads)`` in the 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from einops import rearrange
@@ -58,7 +59,7 @@ class TokenSummarizer(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
             raise ValueError(f"temperature must be a positive finite float, got temperature={temperature!r}")
         self.dim, self.heads, self.temperature, self.backend = dim, heads, float(temperature), backend
         self.selectors = nn.Parameter(torch.randn(selectors, dim))  # logits S·p / sqrt(C) start at unit scale

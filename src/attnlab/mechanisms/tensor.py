@@ -19,6 +19,8 @@ with scale ``1/d``.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -102,7 +104,7 @@ class TensorAttention(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0):
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or scale <= 0):
             raise ValueError(f"scale must be a positive float or None (1/d), got scale={scale!r}")
         self.dim, self.heads, self.scale, self.is_causal, self.backend = dim, heads, scale, is_causal, backend
         self.qkv = nn.Linear(dim, 5 * dim)  # q, k1, k2, v1, v2

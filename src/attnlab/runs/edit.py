@@ -23,6 +23,7 @@ from attnlab.core.site import Edit, Probe, Site
 from attnlab.edits import SiteEdit
 from attnlab.models.hf_load import input_device
 from attnlab.results import EditResult, make_meta, model_meta
+from attnlab.runs._checks import check_causal_lm, check_positions
 
 __all__ = ["bind", "prepare", "run_edit", "unedited"]
 
@@ -102,6 +103,7 @@ def run_edit(
     model_name: str = "",
     backend: str = "auto",
     progress: Callable[[str], None] | None = None,
+    allow_extrapolation: bool = False,
 ) -> EditResult:
     """Instrument ``model``, check and calibrate the edits, and measure ``evals`` without and with them.
 
@@ -109,18 +111,39 @@ def run_edit(
     calibrated as it declares (:func:`attnlab.runs.calibrate.calibrate`; a mean ablation on held-out
     sonnets, the other calibrations on *Lucrece*), then :func:`attnlab.runs.evaluate.compare`
     measures each evaluation without and with the edits; every edit is closed afterwards.
+
+    Args:
+        allow_extrapolation: run evaluations (and calibrations) whose inputs exceed the positions
+            the model was trained on (``config.max_position_embeddings``); refused by default,
+            before any model work, as :func:`attnlab.runs.scan.scan` does.
+
+    Raises:
+        ValueError: an encoder (no next-token logits), inputs beyond the trained positions, an
+            edit that does not fit the model or selects no site, or a metric that comes out
+            NaN or infinite (naming the edit, the metric and how many examples).
     """
     from attnlab.runs.calibrate import calibrate
-    from attnlab.runs.evaluate import compare
+    from attnlab.runs.evaluate import METRICS, compare, input_tokens
 
+    if isinstance(evals, str):
+        raise TypeError(f"evals is a list of evaluation names (e.g. ['ppl', 'needle']), got evals={evals!r}")
+    unknown = [e for e in evals if e not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown evaluation {unknown[0]!r}: choose from {', '.join(METRICS)}")
+    name = model_name or getattr(model, "attnlab_identity", None) or type(model).__name__
+    if evals:
+        check_causal_lm(model, name, "edit evaluations", f"{', '.join(evals)} read next-token logits")
+    for ev in evals:
+        n = input_tokens(ev, tokenizer)
+        check_positions(model, n, f"the {ev} evaluation (inputs of up to {n} tokens)", allow_extrapolation)
     t0, started = time.perf_counter(), time.time()
     sites = bind(model, edits, backend=backend)
     for e in edits:
         if e.calibration is not None and progress:
             progress(f"calibrating {(e.name if isinstance(e, SiteEdit) else '') or type(e).__name__}")
-        calibrate(e, model, tokenizer)
+        calibrate(e, model, tokenizer, allow_extrapolation=allow_extrapolation)
     try:
-        results = compare(model, tokenizer, edits, evals, progress=progress)
+        results = compare(model, tokenizer, edits, evals, progress=progress, names=list(specs_text))
     finally:
         for e in edits:
             e.close()
@@ -128,7 +151,13 @@ def run_edit(
         "edit",
         started=started,
         wall_s=time.perf_counter() - t0,
-        settings={"edits": list(specs_text) or [repr(e) for e in edits], "evals": list(evals), "backend": backend, "model": model_name},
+        settings={
+            "edits": list(specs_text) or [repr(e) for e in edits],
+            "evals": list(evals),
+            "backend": backend,
+            "model": model_name,
+            "allow_extrapolation": allow_extrapolation,
+        },
         model=model_meta(model, name=model_name, layers=len(sites), heads=sites[0].num_heads),
         applied=[repr(e) for e in edits],  # after calibration: the layers and heads each edit chose
         composition="stages run logits → probs → output; within a stage, edits act in the order given",

@@ -22,10 +22,11 @@ import torch
 
 from attnlab.core import attach
 from attnlab.models.hf_load import input_device
+from attnlab.runs._checks import check_finite
 from attnlab.runs.edit import prepare
 from attnlab.stats import Estimate, mean_ci
 
-__all__ = ["METRICS", "MetricResult", "compare", "ioi_prompts", "logit_difference", "needle", "perplexity"]
+__all__ = ["METRICS", "MetricResult", "compare", "input_tokens", "ioi_prompts", "logit_difference", "needle", "perplexity"]
 
 
 @dataclass
@@ -90,7 +91,7 @@ def needle(
     depths: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
     progress: Callable | None = None,
 ) -> list[float]:
-    """Needle recall per trial (1.0 if ROUGE-1 recall of the needle sentence > 50%, else 0.0)."""
+    """Needle recall per trial (1.0 if ROUGE-1 recall of the needle sentence > 50%, else 0.0; NaN when the logits were not finite)."""
     from attnlab.data import haystack
     from attnlab.probes.retrieval import Retrieval
     from attnlab.runs.needle import needle_in_a_haystack
@@ -98,7 +99,7 @@ def needle(
     trials = needle_in_a_haystack(
         model, tokenizer, Retrieval(), haystack=haystack(), lengths=lengths, depths=depths, edits=edits, progress=progress
     )
-    return [float(t.recalled) for t in trials]
+    return [float(t.recalled) if t.finite else float("nan") for t in trials]
 
 
 _NAMES = ("Mary", "John", "Alice", "Bob", "Emma", "James", "Sarah", "David", "Laura", "Tom")
@@ -136,6 +137,27 @@ METRICS: dict[str, tuple[Callable, bool]] = {
     "needle": (needle, True),
     "logit_diff": (logit_difference, True),
 }
+_UNITS = {"ppl": ("perplexity", "windows"), "needle": ("needle recall", "trials"), "logit_diff": ("logit difference", "prompts")}
+
+
+def input_tokens(name: str, tokenizer, **options) -> int:
+    """The most positions one input of evaluation ``name`` reaches (with ``options`` as :func:`compare` passes them).
+
+    ``ppl``: the window; ``needle``: the longest prompt and its decoded tokens; ``logit_diff``: the
+    longest prompt.
+    """
+    import inspect
+
+    from attnlab.runs.needle import positions_used
+
+    fn = METRICS[name][0]
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+    kw = {**defaults, **options}
+    if name == "ppl":
+        return int(kw["window"])
+    if name == "needle":
+        return max((positions_used(int(n)) for n in kw["lengths"]), default=0)
+    return max(len(tokenizer(p)["input_ids"]) for p, _, _ in ioi_prompts(kw["n"]))
 
 
 def compare(
@@ -146,21 +168,34 @@ def compare(
     *,
     progress: Callable | None = None,
     options: dict | None = None,
+    names: Sequence[str] = (),
 ) -> list[MetricResult]:
     """Each metric without and with ``edits``, paired per example.
 
     Args:
         evals: metric names: ``ppl``, ``needle``, ``logit_diff``.
         options: per-metric keyword arguments, e.g. ``{"needle": {"lengths": [1024]}}``.
+        names: how to call the edits in messages (their specs); default: their reprs.
+
+    Raises:
+        NonFiniteError: (a ``ValueError``) a metric is NaN or infinite on some example, before the
+            edits (the model's outputs are broken) or after them (the edits break them); it names
+            the metric, the edits and how many examples.
     """
+    if isinstance(evals, str):
+        raise TypeError(f"evals is a list of evaluation names (e.g. ['ppl', 'needle']), got evals={evals!r}")
     unknown = [e for e in evals if e not in METRICS]
     if unknown:
         raise ValueError(f"unknown evaluation {unknown[0]!r}: choose from {', '.join(METRICS)}")
+    label = ", ".join(names) or ", ".join(repr(e) for e in edits) or "no edit"
     results = []
     for name in evals:
         fn, higher = METRICS[name]
+        what, unit = _UNITS[name]
         kw = (options or {}).get(name, {})
         before = fn(model, tokenizer, (), progress=progress, **kw)
+        check_finite(before, f"{what} of the unedited model", unit, "the model's own outputs are not finite: check its weights and dtype")
         after = fn(model, tokenizer, edits, progress=progress, **kw)
+        check_finite(after, f"{what} after {label}", unit, "the edit breaks the model's outputs: choose milder settings")
         results.append(MetricResult(name, before, after, higher))
     return results

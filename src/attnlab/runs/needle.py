@@ -11,8 +11,9 @@ after the prefill, which scores the retrieval heads.
 from __future__ import annotations
 
 import inspect
+import numbers
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +25,7 @@ from attnlab.models.hf_load import input_device
 from attnlab.probes.retrieval import Retrieval
 from attnlab.runs.edit import prepare
 
-__all__ = ["NEEDLE", "Needle", "Trial", "needle_in_a_haystack", "rouge1_recall"]
+__all__ = ["MAX_NEW_TOKENS", "NEEDLE", "Needle", "Trial", "needle_in_a_haystack", "positions_used", "rouge1_recall"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ class Trial:
     answer: str
     recall: float
     span: tuple[int, int] = field(default=(0, 0))
+    finite: bool = True  # False: some next-token logits were NaN or infinite (the answer is meaningless)
+
+
+MAX_NEW_TOKENS = 32  # decode budget of a trial
+
+
+def positions_used(length: int, max_new_tokens: int = MAX_NEW_TOKENS) -> int:
+    """Positions a trial of a ``length``-token prompt reaches: the prompt and the decoded tokens fed back."""
+    return length + max_new_tokens - 1
 
 
 def rouge1_recall(reference: str, candidate: str) -> float:
@@ -87,6 +97,29 @@ def _needle_span(ids: list[int], needle_ids: list[int]) -> tuple[int, int]:
     raise ValueError("the needle's tokens were not found in the prompt: the tokenizer split it differently in context")
 
 
+def check_grid(lengths: Sequence[int], depths: Sequence[float]) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``lengths`` are positive ints and ``depths`` fractions in [0, 1].
+
+    Example:
+        >>> check_grid([512], [1.5])
+        Traceback (most recent call last):
+        ...
+        ValueError: needle depths are fractions of the context in [0, 1] (0 = start, 1 = end), got depths=[1.5]
+    """
+    for name, xs in (("lengths", lengths), ("depths", depths)):
+        if isinstance(xs, (str, bytes)) or not isinstance(xs, Iterable):
+            raise TypeError(f"needle {name} must be a list of numbers, got {name}={xs!r}")
+    lengths, depths = list(lengths), list(depths)
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in lengths):
+        raise TypeError(f"needle lengths are whole numbers of tokens (e.g. [512, 768]), got lengths={lengths!r}")
+    if any(n < 1 for n in lengths):
+        raise ValueError(f"needle lengths must be positive numbers of tokens (e.g. [512, 768]), got lengths={lengths!r}")
+    if any(isinstance(d, bool) or not isinstance(d, numbers.Real) for d in depths):
+        raise TypeError(f"needle depths are numbers in [0, 1] (e.g. [0.1, 0.5, 0.9]), got depths={depths!r}")
+    if any(not 0 <= d <= 1 for d in depths):  # NaN fails too
+        raise ValueError(f"needle depths are fractions of the context in [0, 1] (0 = start, 1 = end), got depths={depths!r}")
+
+
 def needle_in_a_haystack(
     model,
     tokenizer,
@@ -96,7 +129,7 @@ def needle_in_a_haystack(
     lengths: Sequence[int] = (1024,),
     depths: Sequence[float] = (0.1, 0.5, 0.9),
     needle: Needle = NEEDLE,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     edits: Sequence[Edit] = (),
     progress: Callable[[str], None] | None = None,
 ) -> list[Trial]:
@@ -110,6 +143,7 @@ def needle_in_a_haystack(
             (:func:`attnlab.runs.edit.prepare`: the unedited passes they ask for).
         progress: called with a line per trial.
     """
+    check_grid(lengths, depths)
     hay_ids = tokenizer(haystack, add_special_tokens=False)["input_ids"]
     needle_ids = tokenizer(" " + needle.sentence, add_special_tokens=False)["input_ids"]
     overhead = len(tokenizer(_prompt(tokenizer, "", needle.question), add_special_tokens=False)["input_ids"]) + len(needle_ids) + 8
@@ -128,10 +162,10 @@ def needle_in_a_haystack(
             span = _needle_span(ids[0].tolist(), tokenizer(needle.sentence, add_special_tokens=False)["input_ids"])
             probe.start_trial(ids[0], span)
             prepare(model, edits, ids)
-            generated = _greedy(model, ids, probe, max_new_tokens, eos, tokenizer, edits)
+            generated, finite = _greedy(model, ids, probe, max_new_tokens, eos, tokenizer, edits)
             answer = tokenizer.decode(generated, skip_special_tokens=True).strip()
             recall = rouge1_recall(needle.sentence, answer)
-            trial = Trial(int(ids.shape[1]), float(depth), recall > 0.5, answer, round(recall, 3), span)
+            trial = Trial(int(ids.shape[1]), float(depth), recall > 0.5 and finite, answer, round(recall, 3), span, finite)
             probe.end_trial(trial.recalled, length=trial.length, depth=depth, recall=trial.recall, answer=answer)
             trials.append(trial)
             if progress:
@@ -140,12 +174,20 @@ def needle_in_a_haystack(
 
 
 @torch.no_grad()
-def _greedy(model, ids: Tensor, probe: Retrieval, max_new_tokens: int, eos: int | None, tokenizer, edits: Sequence[Edit] = ()) -> list[int]:
-    """Greedy decoding with a KV cache; the probe sees every decode step after the prefill."""
+def _greedy(
+    model, ids: Tensor, probe: Retrieval, max_new_tokens: int, eos: int | None, tokenizer, edits: Sequence[Edit] = ()
+) -> tuple[list[int], bool]:
+    """Greedy decoding with a KV cache; the probe sees every decode step after the prefill.
+
+    Returns the generated tokens and whether every step's next-token logits were finite (decoding
+    stops at the first step that was not: its argmax means nothing).
+    """
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # transformers renamed it
     with attach(edits=list(edits)):
         out = model(input_ids=ids.to(input_device(model)), use_cache=True)
     cache = getattr(out, name)
+    if not bool(torch.isfinite(out.logits[0, -1]).all()):
+        return [], False
     token = int(out.logits[0, -1].argmax())
     generated = [token]
     for _ in range(max_new_tokens - 1):
@@ -154,7 +196,9 @@ def _greedy(model, ids: Tensor, probe: Retrieval, max_new_tokens: int, eos: int 
         with attach(probes=[probe], edits=list(edits)):
             out = model(input_ids=torch.tensor([[token]], device=input_device(model)), use_cache=True, **{name: cache})
         cache = getattr(out, name)
+        if not bool(torch.isfinite(out.logits[0, -1]).all()):
+            return generated, False
         token = int(out.logits[0, -1].argmax())
         probe.step(token)
         generated.append(token)
-    return generated
+    return generated, True

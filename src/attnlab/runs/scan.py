@@ -15,7 +15,8 @@ the report. Results are saved and loaded by :mod:`attnlab.results`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 
 import torch
@@ -25,9 +26,15 @@ from attnlab.models.hf_load import input_device
 from attnlab.probes import _base as probe_registry
 from attnlab.probes.retrieval import Retrieval
 from attnlab.results import ScanResult, make_meta, model_meta
-from attnlab.runs.needle import needle_in_a_haystack
+from attnlab.runs._checks import check_positions
+from attnlab.runs.needle import check_grid, needle_in_a_haystack, positions_used
 
-__all__ = ["DEFAULT_PROBES", "ScanResult", "repeated_tokens", "scan"]
+__all__ = ["DEFAULT_PROBES", "ScanResult", "ShortInputWarning", "repeated_tokens", "scan"]
+
+
+class ShortInputWarning(UserWarning):
+    """A scan's inputs are too short for a probe's statistics to mean anything (each probe's ``min_tokens`` says why)."""
+
 
 DEFAULT_PROBES = ("sink", "entropy", "patterns", "extreme", "layer_importance", "retrieval")
 MAP_TOKENS = 20  # attention maps in the report: a prompt of this many tokens, said twice
@@ -85,20 +92,19 @@ def scan(
     from attnlab.models import hf
 
     t0, started = time.perf_counter(), time.time()
+    texts, probes = _check_arguments(texts, probes, repeated, needle_lengths, needle_depths, max_len)
     trained = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     max_len = max_len or trained or 2048
-    if trained and max_len > trained and not allow_extrapolation:
-        raise ValueError(
-            f"max_len {max_len} exceeds the {trained} positions the model was trained on: pass allow_extrapolation=True (--allow-extrapolation) to measure beyond them"
-        )
-    unknown = [p for p in probes if p not in probe_registry.names()]
-    if unknown:
-        raise ValueError(f"unknown probe {unknown[0]!r}: choose from {', '.join(probe_registry.names())}")
+    check_positions(model, max_len, f"max_len {max_len}", allow_extrapolation)
+    if "retrieval" in probes:
+        longest = max(positions_used(n) for n in needle_lengths)
+        check_positions(model, longest, f"a needle trial (prompt and answer: up to {longest} tokens)", allow_extrapolation)
     hf.instrument(model, backend=backend)
     sites = hf.sites(model)
     inputs = [_encode(tokenizer, t, i, max_len, truncate) for i, t in enumerate(texts)]
     passive = {name: probe_registry.get(name) for name in probes if name != "retrieval"}
     on_repeated = [] if not repeated else list(passive.values()) if not inputs else [passive["patterns"]] if "patterns" in passive else []
+    _warn_short(inputs, [p for p in passive.values() if p not in on_repeated])
     record = []
     for i, ids in enumerate(inputs):
         what = f"text {i + 1}/{len(inputs)} ({ids.shape[1]} tokens)"
@@ -122,6 +128,12 @@ def scan(
             depths=needle_depths,
             progress=lambda line: _report(progress, line, 0, 0),
         )
+        broken = [t for t in trials if not t.finite]
+        if broken:
+            raise ValueError(
+                f"the model's next-token logits are not finite in {len(broken)} of {len(trials)} needle trials "
+                f"(first: {broken[0].length} tokens, depth {broken[0].depth:g}): check the model's weights and dtype"
+            )
         record += [{"kind": "needle", "tokens": t.length, "depth": t.depth, "recalled": t.recalled} for t in trials]
         findings["retrieval"] = asdict(r.findings(sites))
     maps = _attention_maps(model, tokenizer, texts, findings, sites)
@@ -152,6 +164,61 @@ def scan(
     )
     site_rows = [{"name": s.name, "layer": s.layer, "num_heads": s.num_heads, "num_kv_heads": s.num_kv_heads} for s in sites]
     return ScanResult(meta, site_rows, findings, maps)
+
+
+def _check_arguments(texts, probes, repeated, needle_lengths, needle_depths, max_len) -> tuple[list[str], list[str]]:
+    """Refuse arguments that would scan nothing, drop a probe, or be read as something else."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts is a list of strings (one per input), got {type(texts).__name__}: write texts=[text]")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts is a list of strings, but text {i + 1} is a {type(t).__name__}: {t!r:.60}")
+    if isinstance(probes, str) or not isinstance(probes, Iterable):
+        raise TypeError(f"probes is a list of probe names (e.g. ['sink', 'entropy']), got probes={probes!r}")
+    probes = list(probes)
+    unknown = [p for p in probes if p not in probe_registry.names()]
+    if unknown:
+        raise ValueError(f"unknown probe {unknown[0]!r}: choose from {', '.join(probe_registry.names())}")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+        raise ValueError(f"max_len must be a positive number of tokens, or None for the model's trained positions; got max_len={max_len!r}")
+    check_grid(needle_lengths, needle_depths)
+    if "retrieval" in probes and (not list(needle_lengths) or not list(needle_depths)):
+        raise ValueError(
+            f"the retrieval probe runs needle trials, but the grid is empty (needle_lengths={list(needle_lengths)}, "
+            f"needle_depths={list(needle_depths)}): give lengths and depths (e.g. [512] and [0.5]), or drop 'retrieval' from probes"
+        )
+    passive = [p for p in probes if p != "retrieval"]
+    if not texts and not repeated:
+        if "retrieval" not in probes:
+            raise ValueError(
+                "nothing to scan: no texts, repeated=False and no 'retrieval' probe (needle trials): "
+                "give texts, set repeated=True, or add 'retrieval' to probes"
+            )
+        if passive:
+            raise ValueError(
+                f"the probes {', '.join(passive)} read text or repeated-token inputs, and this scan has neither "
+                "(no texts, repeated=False): give texts, set repeated=True, or scan with probes=['retrieval'] alone for needle trials"
+            )
+    if not probes:
+        raise ValueError(f"nothing to scan: probes is empty: choose from {', '.join(probe_registry.names())}")
+    return texts, probes
+
+
+def _warn_short(inputs: list[torch.Tensor], probes: list) -> None:
+    """A :class:`ShortInputWarning` per probe whose text inputs are shorter than its ``min_tokens``."""
+    for p in probes:
+        need = p.min_tokens
+        short = [(i, int(ids.shape[1])) for i, ids in enumerate(inputs) if ids.shape[1] < need]
+        if short:
+            which = ", ".join(f"text {i + 1} ({n} tokens)" for i, n in short[:3]) + (" and more" if len(short) > 3 else "")
+            warnings.warn(
+                ShortInputWarning(
+                    f"{which} {'is' if len(short) == 1 else 'are'} shorter than the {need} tokens the {p.name} probe needs: "
+                    f"{p.min_tokens_reason}; give longer texts"
+                ),
+                stacklevel=3,
+            )
 
 
 def _report(progress, what: str, done: int, total: int) -> None:
@@ -224,9 +291,10 @@ def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) 
         rows = findings.get(probe, {}).get("tables", {}).get(table) or []
         if rows:
             wanted.append((rows[0]["layer"], rows[0]["head"], why))
-    sink = findings.get("sink", {}).get("heatmaps", {}).get("first_token_mass")
-    if sink:
-        layer, head = max(((layer, h) for layer, row in enumerate(sink) for h in range(len(row))), key=lambda lh: sink[lh[0]][lh[1]])
+    sink = findings.get("sink", {}).get("heatmaps", {}).get("first_token_mass") or []
+    cells = [(v, layer, h) for layer, row in enumerate(sink) for h, v in enumerate(row) if v == v]  # NaN: not measured
+    if cells:
+        _, layer, head = max(cells, key=lambda c: c[0])
         wanted.append((layer, head, "strongest first-token sink head"))
     if not wanted:
         return []

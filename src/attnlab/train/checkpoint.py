@@ -9,11 +9,12 @@ settings differ from the ones that wrote it.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from attnlab.results import atomic_path
 
 __all__ = ["FORMAT", "load", "save"]
 
@@ -35,14 +36,8 @@ def save(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Op
         "state": state,
         "settings": settings,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # whole or not at all, with the umask's permissions (not mkstemp's 0600)
         torch.save(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -88,6 +88,18 @@ def lr_at(step: int, *, lr: float, warmup: int, steps: int) -> float:
     return lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _check_number(name: str, x, what: str, *, positive: bool) -> None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or (x <= 0 if positive else x < 0):
+        raise ValueError(f"{name} must be {what}, got {name}={x!r}")
+
+
+def _diverged(what: str, value, step: int, steps: int, lr_now: float, lr: float) -> str:
+    return (
+        f"the {what} is {value} at step {step} of {steps} (learning rate {lr_now:.3g} of peak lr={lr:g}): training diverged; "
+        "lower lr, keep grad_clip on, or check the task's inputs (the last checkpoint, if any, holds the last finite state)"
+    )
+
+
 def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings; not biases, norms, gains
@@ -186,8 +198,14 @@ def train(
     warmup = steps // 10 if warmup is None else warmup
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got warmup={warmup!r}")
-    if not lr > 0 or weight_decay < 0 or (grad_clip is not None and not grad_clip > 0):
-        raise ValueError(f"need lr > 0, weight_decay >= 0 and grad_clip > 0 or None, got {lr=}, {weight_decay=}, {grad_clip=}")
+    _check_number("lr", lr, "a positive finite learning rate (e.g. lr=1e-3)", positive=True)
+    _check_number("weight_decay", weight_decay, "a finite number >= 0 (e.g. weight_decay=0.1)", positive=False)
+    if grad_clip is not None:
+        _check_number(
+            "grad_clip", grad_clip, "a positive finite gradient norm, or None for no clipping (e.g. grad_clip=1.0)", positive=True
+        )
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target)):
+        raise ValueError(f"target must be a finite metric value or None, got target={target!r}")
     generator(seed, "train", 0)  # validates the seed
     settings = {
         "task": _task_settings(task),
@@ -220,20 +238,33 @@ def train(
         try:
             while not done:
                 b = to_device(task.batch(batch_size, "train", generator(seed, "train", step)), device)
+                lr_now = lr_at(step, lr=lr, warmup=warmup, steps=steps)
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(step, lr=lr, warmup=warmup, steps=steps)
+                    group["lr"] = lr_now
                 value = _train_loss(model, b)  # the task loss; aux losses are added for the gradient only
+                if not math.isfinite(loss_now := value.item()):
+                    raise ValueError(_diverged("training loss", loss_now, step + 1, steps, lr_now, lr))
                 opt.zero_grad(set_to_none=True)
                 (value + _aux_loss(aux)).backward()
                 if grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                opt.step()
+                try:
+                    opt.step()
+                except RuntimeError as e:  # an update too large for the parameters' dtype
+                    if "overflow" not in str(e):
+                        raise
+                    raise ValueError(_diverged("update", "too large for float", step + 1, steps, lr_now, lr)) from e
                 step += 1
-                running, count = running + value.item(), count + 1
+                running, count = running + loss_now, count + 1
                 bar.advance(running / count)
                 if step % eval_every == 0 or step == steps:
                     train_s += time.perf_counter() - tick
-                    result.record(step, running / count, *_evaluate(model, task, tests), target=target)
+                    test_loss, test_metric = _evaluate(model, task, tests)
+                    if not math.isfinite(test_loss):
+                        raise ValueError(
+                            _diverged("test loss", test_loss, step, steps, lr_at(step - 1, lr=lr, warmup=warmup, steps=steps), lr)
+                        )
+                    result.record(step, running / count, test_loss, test_metric, target=target)
                     running, count = 0.0, 0
                     done = result.steps_to_target is not None or step >= steps
                     bar.evaluated(result.final_metric)

@@ -19,6 +19,7 @@ sends them to the reference backend instead.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -49,9 +50,9 @@ class Blocked:
 
     def __init__(self, q_tile: int = 128, k_tile: int = 128, kv_chunk: int = 2048, grid_tile: int = 32):
         for k, val in {"q_tile": q_tile, "k_tile": k_tile, "kv_chunk": kv_chunk, "grid_tile": grid_tile}.items():
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            if isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < 1:
                 raise ValueError(f"{k} must be a positive integer, got {k}={val!r}")
-        self.q_tile, self.k_tile, self.kv_chunk, self.grid_tile = q_tile, k_tile, kv_chunk, grid_tile
+        self.q_tile, self.k_tile, self.kv_chunk, self.grid_tile = int(q_tile), int(k_tile), int(kv_chunk), int(grid_tile)
 
     def __repr__(self) -> str:
         return f"Blocked(q_tile={self.q_tile}, k_tile={self.k_tile}, kv_chunk={self.kv_chunk}, grid_tile={self.grid_tile})"
