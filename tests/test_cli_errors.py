@@ -363,16 +363,18 @@ def test_a_requested_probe_runs_or_the_scan_is_refused(tmp_path, tiny):
 
 
 def test_scan_with_only_needle_trials_runs_the_retrieval_probe(tmp_path, tiny):
-    r = cli("scan", "--model", tiny, "--synthetic", "needle", "--needle-lengths", "300", "--out", tmp_path / "o")
+    r = cli("scan", "--model", tiny, "--synthetic", "needle", "--needle-lengths", "800", "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "o" / "results.json").read_text())
     assert list(data["findings"]) == ["retrieval"] and {i["kind"] for i in data["meta"]["inputs"]} == {"needle"}
     assert (tmp_path / "o" / "report.html").is_file()
 
 
-def test_edit_refuses_an_encoder_before_loading_it(tmp_path):
+def test_edit_refuses_a_decoder_evaluation_on_an_encoder(tmp_path):
     bert = _save_tiny(tmp_path / "bert", "bert")
-    refused(cli("edit", "--model", bert, "--edit", "head_mask:heads=L0H1", "--eval", "ppl", "--out", tmp_path / "o"), "is an encoder")
+    r = cli("edit", "--model", bert, "--edit", "head_mask:heads=L0H1", "--eval", "ppl", "--out", tmp_path / "o")
+    refused(r, "the ppl evaluation scores next-token logits, which needs a decoder", "is an encoder: choose from match")
+    assert "model:" not in r.output  # refused before the model loaded
 
 
 def test_edit_refuses_evaluations_beyond_the_trained_positions_unless_allowed(tmp_path):

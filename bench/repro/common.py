@@ -19,8 +19,24 @@ from harness import versions
 OUT = Path(__file__).resolve().parents[1] / "results" / "repro"
 
 
-def save(name: str, *, claim: str, paper: str, rows: list[dict], verdict: str, supported: bool, figure_svg: str, settings: dict) -> None:
-    """Print and save one reproduction's outcome."""
+def save(
+    name: str,
+    *,
+    claim: str,
+    paper: str,
+    rows: list[dict],
+    verdict: str,
+    supported: bool,
+    figure_svg: str,
+    settings: dict,
+    notes: str | None = None,
+) -> None:
+    """Print and save one reproduction's outcome.
+
+    ``notes``: what changed since the last recorded run (a method's correction, the previous
+    verdict's figures), kept in the json and printed under the verdict in the md.
+    Rows may differ in their keys: the table has every key, blank where a row has none.
+    """
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {
         "claim": claim,
@@ -32,8 +48,10 @@ def save(name: str, *, claim: str, paper: str, rows: list[dict], verdict: str, s
         "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
         "settings": settings,
     }
+    if notes:
+        meta["notes"] = notes
     (OUT / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
-    cols = list(rows[0]) if rows else []
+    cols = list(dict.fromkeys(c for r in rows for c in r))
     lines = [
         f"# {name}",
         "",
@@ -42,8 +60,10 @@ def save(name: str, *, claim: str, paper: str, rows: list[dict], verdict: str, s
         f"**This machine ({'supported' if supported else 'NOT supported'}).** {verdict}",
         "",
     ]
+    if notes:
+        lines += [f"**Changed since the last run.** {notes}", ""]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     lines += ["", f"![figure]({name}.svg)", "", f"{meta['created']} · " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())]
     (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
     (OUT / f"{name}.svg").write_text(figure_svg)
@@ -51,6 +71,8 @@ def save(name: str, *, claim: str, paper: str, rows: list[dict], verdict: str, s
     for r in rows:
         print("  ", r)
     print(("SUPPORTED: " if supported else "NOT SUPPORTED: ") + verdict)
+    if notes:
+        print("CHANGED: " + notes)
     print(f"wrote {OUT / name}.md, .json, .svg")
 
 

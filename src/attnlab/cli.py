@@ -362,7 +362,10 @@ def scan(
     ] = None,
     max_len: Annotated[
         int | None,
-        typer.Option(min=2, help="Longest input in tokens (default: 1024 for the sample text, else the model's trained positions)."),
+        typer.Option(
+            min=2,
+            help="Longest input in tokens (default: the model's trained positions; for the sample text 1024, or those positions when fewer).",
+        ),
     ] = None,
     truncate: Annotated[bool, typer.Option(help="Cut inputs longer than --max-len instead of refusing them.")] = False,
     allow_extrapolation: Annotated[
@@ -371,11 +374,17 @@ def scan(
     probes: Annotated[
         str | None,
         typer.Option(
-            help=f"Comma-separated probes (attnlab list probes; default: {','.join(DEFAULT_PROBES)}, those the inputs feed). retrieval reads --synthetic needle, the others text or repeated tokens.",
+            help=f"Comma-separated probes (attnlab list probes; default: {','.join(DEFAULT_PROBES)}, those that apply to the model and that the inputs feed: an encoder skips retrieval). retrieval reads --synthetic needle, the others text or repeated tokens.",
             show_default=False,
         ),
     ] = None,
-    needle_lengths: Annotated[str, typer.Option(help="Needle trial lengths in tokens, comma-separated.")] = "512,768",
+    needle_lengths: Annotated[
+        str | None,
+        typer.Option(
+            help="Needle trial lengths in tokens, comma-separated (default: 512,768, those whose trials fit the model's trained positions).",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-scan"),
     force: _Force = False,
     backend: Annotated[str, typer.Option(help="Attention backend: auto, reference, sdpa, blocked, flex.")] = "auto",
@@ -386,9 +395,12 @@ def scan(
     """Probe a pretrained model's attention (sinks, entropy, head patterns, extreme tokens, layer importance, retrieval heads).
 
     With no options it scans the embedded SmolLM2-135M on 1,024 tokens of The Tempest (shipped with
-    attnlab), plus repeated random tokens and needle-in-a-haystack trials.
+    attnlab), plus repeated random tokens and needle-in-a-haystack trials. Defaults fit the model:
+    lengths stay within its trained positions, and default probes that do not apply to it (retrieval
+    on an encoder) are skipped; a line says what and why, and results.json records it.
     """
     from attnlab.probes import names as probe_registry
+    from attnlab.runs.scan import SAMPLE_TOKENS, capped_length, plan_scan
     from attnlab.runs.scan import scan as run_scan
 
     explicit = probes is not None
@@ -402,7 +414,7 @@ def scan(
     for k in kinds:
         if k not in ("needle", "repeated"):
             raise ValueError(f"unknown synthetic input {k!r}: choose needle or repeated")
-    lengths = _ints(needle_lengths, "--needle-lengths")
+    lengths = None if needle_lengths is None else _ints(needle_lengths, "--needle-lengths")
     texts = _read_inputs(text, prompts)
     default_sample = not texts and not kinds
     if default_sample:  # the built-in sample, plus the synthetic inputs the probes read
@@ -411,11 +423,21 @@ def scan(
     _check_out(out, force)
     with console.status(f"loading {escape(model)}"):
         m, tok = _load(model, device, dtype, device_map)
+    _header(m, tok)
+    plan = plan_scan(m, probe_names if explicit else None, lengths, name=model, defaults=probe_names)  # what applies to this model
+    probe_names = plan.probes
+    if "needle" in kinds and "retrieval" not in probe_names:
+        why = next(s["why"] for s in plan.skipped if s["what"] == "probe retrieval")
+        if not default_sample:
+            raise ValueError(f"--synthetic needle feeds only the retrieval probe, which is skipped: {why}; leave --synthetic needle out")
+        kinds.discard("needle")
+    capped: list[dict] = []
     if default_sample:
         from attnlab.data import sample_text
 
-        texts = [sample_text()]
-        max_len, truncate = max_len or 1024, True  # the built-in sample is cut to a chosen length
+        texts, truncate = [sample_text()], True  # the built-in sample is cut to a chosen length
+        if max_len is None:
+            max_len, capped = capped_length(m, SAMPLE_TOKENS, "max_len", name=model)
     settings = {
         "model": model,
         "text": str(text) if text else None,
@@ -438,15 +460,19 @@ def scan(
             texts,
             probes=probe_names,
             repeated="repeated" in kinds,
-            needle_lengths=lengths,
+            needle_lengths=plan.needle_lengths,
             max_len=max_len,
             truncate=truncate,
             allow_extrapolation=allow_extrapolation,
             backend=backend,
             progress=progress,
             settings=settings,
+            skipped=plan.skipped,
+            capped=capped,
         )
     _show_warnings(caught)
+    _show_skipped(result.meta)
+    _show_capped(result.meta)
     written = _write_outputs(out, result)
     for probe, f in result.findings.items():
         for note in f["notes"]:  # notes quote model tokens: printed literally
@@ -461,6 +487,12 @@ def _show_warnings(caught: list) -> None:
             _say(f"warning: {w.message}", err=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _show_capped(meta: dict) -> None:
+    """A line for each default length shortened to the model's trained positions (recorded in ``meta["capped"]``)."""
+    for c in meta.get("capped", []):
+        _say(f"capped {c['what']} at {c['used']} (default {c['default']}): {c['why']}")
 
 
 def _fed_probes(probes: list[str], explicit: bool, *, has_text: bool, kinds: set[str]) -> list[str]:
@@ -525,7 +557,14 @@ def edit(
         list[str], typer.Option("--edit", help="An edit spec name:key=value,... (attnlab list edits); repeat to compose, in order.")
     ],
     model: _Model = "smollm2-135m",
-    eval: Annotated[str, typer.Option("--eval", help="Comma-separated measurements: ppl, needle, logit_diff.")] = "ppl,needle",
+    eval: Annotated[
+        str | None,
+        typer.Option(
+            "--eval",
+            help="Comma-separated measurements: ppl, needle, logit_diff (decoders), match (both). Default: ppl,needle on a decoder, match on an encoder.",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-edit"),
     force: _Force = False,
     allow_extrapolation: Annotated[
@@ -544,23 +583,28 @@ def edit(
     from attnlab.runs.edit import run_edit
 
     specs = [E.parse(s) for s in edit]  # a malformed spec or unknown edit fails here, before loading
-    evals = [e.strip() for e in eval.split(",") if e.strip()]
     from attnlab.runs.evaluate import METRICS
 
-    if not evals:
+    evals = None if eval is None else [e.strip() for e in eval.split(",") if e.strip()]
+    if evals is not None and not evals:
         raise ValueError(f"--eval {eval!r} names no evaluation: give some of {', '.join(METRICS)}")
-    for name in evals:
+    for name in evals or []:
         if name not in METRICS:
             raise ValueError(f"unknown evaluation {name!r}: choose from {', '.join(METRICS)}")
     _check_out(out, force)
-    _refuse_encoder(model, evals)
+    from attnlab.models.hf_load import resolve
+    from attnlab.runs.edit import choose_evals
+
+    choose_evals(evals, "encoder" if resolve(model)[1] == "encoder" else "decoder", model)  # before loading: evaluations that cannot apply
     with console.status(f"loading {escape(model)}"):
         m, tok = _load(model, device, dtype, device_map)
+    _header(m, tok)
     with console.status("measuring") as status:
         result = run_edit(
             m, tok, specs, evals, specs_text=list(edit), model_name=model, backend=backend,
             allow_extrapolation=allow_extrapolation, progress=lambda line: status.update(escape(line)),
         )  # fmt: skip
+    _show_skipped(result.meta)
     table = Table(title="before / after")
     for col in ("metric", "before", "after", "after − before", "95% CI", "examples"):
         table.add_column(col)
@@ -575,20 +619,24 @@ def edit(
             str(r["examples"]),
         )
     console.print(table)
+    for r in result.meta["metrics"]:
+        if "tokens" in r:
+            _say(f"{r['metric']} over all {r['tokens']} scored tokens: {r['pooled_before']:.4g} before, {r['pooled_after']:.4g} after")
     written = _write_outputs(out, result)
     _say(f"wrote {written[0]} and {written[1]}")
 
 
-def _refuse_encoder(model: str, evals: list[str]) -> None:
-    """Before loading: ``attnlab edit`` measures next-token logits, which an encoder does not have."""
-    from attnlab.models.hf_load import resolve
+def _header(model, tokenizer) -> None:
+    """The model's conventions, once, before a run (:func:`attnlab.models.conventions.conventions`)."""
+    from attnlab.models.conventions import conventions
 
-    _, kind, _ = resolve(model)
-    if kind == "encoder":
-        raise ValueError(
-            f"--model {model} is an encoder: attnlab edit's evaluations ({', '.join(evals)}) read a causal LM's next-token logits; "
-            "give a causal LM (e.g. smollm2-135m), or look at the encoder's attention with attnlab scan"
-        )
+    _say(f"model: {getattr(model, 'attnlab_identity', None) or type(model).__name__} · {conventions(model, tokenizer).line()}")
+
+
+def _show_skipped(meta: dict) -> None:
+    """A line for each part of the run that did not apply to the model (recorded in ``meta["skipped"]``)."""
+    for s in meta.get("skipped", []):
+        _say(f"skipped {s['what']}: {s['why']}")
 
 
 def _ints(text: str, option: str) -> list[int]:

@@ -364,7 +364,10 @@ class ScanResult(Result):
 
     Attributes:
         meta: the meta block (see :mod:`attnlab.results`); ``model`` adds type, layers, heads,
-            kv heads and trained positions, and ``inputs`` lists what was run (kind, length).
+            kv heads and trained positions, and ``inputs`` lists what was run (kind, length);
+            ``skipped`` (``{"what", "why"}``) what the defaults left out for this model (an
+            encoder's ``probe retrieval``) and ``capped`` (``{"what", "default", "used", "why"}``)
+            the default lengths shortened to its trained positions.
         sites: ``{"name", "layer", "num_heads", "num_kv_heads"}`` per attention site.
         findings: per probe, its :class:`attnlab.probes.Findings` as a dict (ids as keys, ``titles``).
         maps: a few whole attention maps of a short prompt: ``{"layer", "head", "why", "tokens", "matrix"}``.

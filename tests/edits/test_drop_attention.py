@@ -38,8 +38,9 @@ class Residual(Probe):
 
 
 class FakeTokenizer:
-    def __call__(self, text, return_tensors="pt"):
-        return {"input_ids": torch.randint(0, 100, (1, 200), generator=torch.Generator().manual_seed(1))}
+    def __call__(self, text, return_tensors=None, add_special_tokens=True, verbose=True):  # adds no special tokens
+        ids = torch.randint(0, 100, (1, 200), generator=torch.Generator().manual_seed(1))
+        return {"input_ids": ids if return_tensors == "pt" else ids[0].tolist()}
 
 
 def _model(family="llama", layers=2):
@@ -123,7 +124,7 @@ def test_top_zero_and_empty_layers_are_bit_identical():
 
 def test_top_bottom_and_random_follow_the_calibration_ranking():
     model = _model(layers=4)
-    ids = FakeTokenizer()("")["input_ids"][0]
+    ids = FakeTokenizer()("", return_tensors="pt")["input_ids"][0]
     probe = LayerImportance()
     with torch.no_grad(), attach(probes=[probe]):
         for w in range(2):
@@ -216,6 +217,6 @@ def test_smollm2_drop_the_most_redundant_layers_through_the_harness(smollm2):
     model, tok = smollm2
     edit = calibrate(DropAttention(top=2), model, tok, windows=1, window=64)
     assert len(edit.ranking) == 30 and 0 not in edit.layers  # the first layer is never redundant
-    (r,) = compare(model, tok, [edit], ["ppl"], options={"ppl": {"windows": 1, "window": 64}})
+    (r,) = compare(model, tok, [edit], ["ppl"], options={"ppl": {"tokens": 64, "window": 64}})
     edit.close()
     assert r.after[0] != r.before[0] and r.after[0] < 2 * r.before[0]

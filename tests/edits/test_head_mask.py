@@ -21,8 +21,9 @@ D = 8  # head dim of the tiny llama (32 / 4 heads)
 class CharTokenizer:
     """Characters to ids below the tiny model's vocabulary, HF-style call."""
 
-    def __call__(self, text, return_tensors="pt"):
-        return {"input_ids": torch.tensor([[ord(c) % 100 for c in text]])}
+    def __call__(self, text, return_tensors=None, add_special_tokens=True, verbose=True):  # adds no special tokens
+        ids = torch.tensor([[ord(c) % 100 for c in text]])
+        return {"input_ids": ids if return_tensors == "pt" else ids[0].tolist()}
 
 
 def _qkv(T=7, seed=0):
@@ -124,7 +125,7 @@ def test_mean_mode_without_calibration_raises_a_clear_error(tiny):
 def test_mean_mode_replaces_the_head_output_by_its_mean_over_the_reference_set(tiny):
     texts = ["the quick brown fox", "jumps over the lazy dog!"]
     edit = calibrate(HeadMask(heads="L1H2+L1H0", mode="mean"), tiny, CharTokenizer(), texts=texts)
-    outs = [_run(tiny, CharTokenizer()(t)["input_ids"])[1][1][0].view(-1, 4, D) for t in texts]  # [T, H, D] each
+    outs = [_run(tiny, CharTokenizer()(t, return_tensors="pt")["input_ids"])[1][1][0].view(-1, 4, D) for t in texts]  # [T, H, D] each
     want = torch.cat(outs).double().mean(0).float()  # [H, D]: every token of every text
     torch.testing.assert_close(edit.means["layers.1.attn"], want, atol=1e-6, rtol=1e-6)
     _, got = _run(tiny, IDS, [edit])

@@ -142,3 +142,15 @@ def test_validate_and_options_reject_bad_values():
         Knockout(target=[8])
     with pytest.raises(ValueError, match="source must be non-negative token positions"):
         Knockout(target=[8], source=[-1])
+
+
+def test_on_a_softcapped_model_the_knockout_acts_after_the_cap_and_cut_keys_get_exactly_zero():
+    """Gemma 2 soft-caps its logits (c·tanh(s/c)) at the site; an attached edit acts on the capped logits."""
+    model = hf.instrument(tiny_causal_lm("gemma2"))  # cap 5
+    ids = torch.randint(0, 100, (1, 6), generator=torch.Generator().manual_seed(0))
+    edit = Knockout(target=[5], source=[1, 2])
+    with torch.no_grad(), attnlab.capture(model, ["layers.*.attn.probs"]) as cache, attach(edits=[edit]):
+        model(input_ids=ids)
+    for name, p in cache.items():
+        assert (p[..., 5, [1, 2]] == 0).all(), name  # before the fix the cut keys kept c·tanh(−∞) = −c: weight ≈ 0.0017
+        assert torch.allclose(p.sum(-1), torch.ones(()), atol=1e-6)

@@ -38,8 +38,9 @@ class Rows(Probe):
 
 
 class FakeTokenizer:
-    def __call__(self, text, return_tensors="pt"):
-        return {"input_ids": torch.randint(0, 100, (1, 100), generator=torch.Generator().manual_seed(2))}
+    def __call__(self, text, return_tensors=None, add_special_tokens=True, verbose=True):  # adds no special tokens
+        ids = torch.randint(0, 100, (1, 100), generator=torch.Generator().manual_seed(2))
+        return {"input_ids": ids if return_tensors == "pt" else ids[0].tolist()}
 
 
 def _model(layers=3):
@@ -108,7 +109,7 @@ def test_decode_step_shares_the_new_row():
 def test_calibrate_measures_cosine_similarity_and_chooses_blocks_of_the_most_similar_layers():
     model = _model(layers=5)
     edit = calibrate(ShareAttention(top=2), model, FakeTokenizer(), windows=2, window=40)
-    ids = FakeTokenizer()("")["input_ids"][0]
+    ids = FakeTokenizer()("", return_tensors="pt")["input_ids"][0]
     eager = tiny_causal_lm("llama", num_hidden_layers=5)
     want = 0
     for w in range(2):

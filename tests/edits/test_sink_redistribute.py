@@ -201,8 +201,9 @@ def test_calibrate_default_score_runs_every_candidate_through_prepare():
     model, _ = _model_and_ids(num_hidden_layers=4)
 
     class Tok:
-        def __call__(self, text, return_tensors="pt"):
-            return {"input_ids": torch.randint(0, 100, (1, 80), generator=torch.Generator().manual_seed(len(text)))}
+        def __call__(self, text, return_tensors=None, add_special_tokens=True, verbose=True):  # adds no special tokens
+            ids = torch.randint(0, 100, (1, 80), generator=torch.Generator().manual_seed(len(text)))
+            return {"input_ids": ids if return_tensors == "pt" else ids[0].tolist()}
 
     edit = calibrate(SinkRedistribute(tau=0.05), model, Tok(), windows=2, window=32)
     assert set(edit.scores) == {(la, h) for la in (2,) for h in range(4)}  # layers 2..L-2

@@ -124,15 +124,6 @@ def _accuracy(head, feats, y):
     return (head(feats).argmax(-1) == y).float().mean().item()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny training loops run fastest, and steadiest on a shared machine, on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_mltp_reads_a_label_only_a_middle_layer_carries(one_thread):
     """Paper 7's claim in miniature: the label is linearly readable from layer 2 of 5 only."""
     torch.manual_seed(7)

@@ -198,13 +198,19 @@ def test_calibration_beyond_the_trained_positions_is_refused_too(tiny, tok):
         run_edit(tiny, tok, [edits.parse("drop_attention:top=1")], ["logit_diff"])
 
 
-def test_run_edit_refuses_an_encoder_with_a_message(tok):
+def test_run_edit_refuses_a_decoder_evaluation_on_an_encoder_with_a_message(tok):
     bert = tiny_causal_lm("bert")
     with pytest.raises(
         ValueError,
-        match=r"edit evaluations need a causal LM \(ppl read next-token logits\); minilm-l6 is an encoder \(BertModel has no LM head\)",
+        match=r"the ppl evaluation scores next-token logits, which needs a decoder, and minilm-l6 is an encoder: choose from match",
     ):
         run_edit(bert, tok, [edits.parse("head_mask:heads=L0H1")], ["ppl"], model_name="minilm-l6")
+
+
+def test_act_without_heads_on_an_encoder_says_what_would_work(tok):
+    bert = tiny_causal_lm("bert")
+    with pytest.raises(ValueError, match=r"ACT's default score is perplexity, which needs a decoder.*give the heads"):
+        run_edit(bert, tok, [edits.parse("sink_redistribute:method=act")], ["match"], model_name="tiny-bert")
 
 
 # --- 4. scan arguments --------------------------------------------------------------------------------

@@ -57,7 +57,9 @@ def attend(
             decide by it whether they act.
         probes: observers that receive the probabilities chunk by chunk of query rows.
         edits: interventions; logit edits run first, then probability edits, then output edits.
-            Probes and edits attached with :func:`attnlab.core.attach` join these.
+            Edits attached with :func:`attnlab.core.attach` join these, after them within a
+            stage: the call's own edits are part of the model (Gemma 2's logit softcap), and
+            attached edits act on what the model computes.
         q_offset: absolute position of the first query, for edits: with a KV cache the queries
             are the last ``Tq`` of ``Tk`` positions (``q_offset = Tk - Tq``). Logit and
             probability edits see ``q_idx + q_offset``; masks keep positions within the call.
@@ -89,7 +91,7 @@ def attend(
     if backend != "auto" and x.normalizer not in _backends.get(backend).normalizers:
         raise ValueError(f"backend={backend!r} computes softmax only, not normalizer={normalizer!r}: use 'reference' or 'auto'")
     ctx_probes, ctx_edits = attached()
-    probes, edits = (*ctx_probes, *probes), (*ctx_edits, *edits)
+    probes, edits = (*ctx_probes, *probes), (*edits, *ctx_edits)  # the call's own edits (a model's softcap) before attached ones
     bound = _bind(edits, site)
     if isinstance(q_offset, bool) or not isinstance(q_offset, numbers.Integral):
         raise TypeError(f"q_offset must be an integer (the position of the first query), got q_offset={q_offset!r}")

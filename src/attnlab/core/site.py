@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-__all__ = ["AttentionChunk", "Edit", "Probe", "Site", "site_matcher"]
+__all__ = ["AttentionChunk", "Edit", "Probe", "Site", "Support", "site_matcher"]
 
 Stage = Literal["logits", "probs", "output"]
 
@@ -116,7 +116,36 @@ class AttentionChunk:
         return self.probs.sum(2)
 
 
-class Probe:
+KINDS = ("decoder", "encoder")  # model kinds: a causal LM (next-token logits), an encoder (hidden states only)
+
+
+class Support:
+    """Where a probe or an edit applies, declared on its class (one-line overrides).
+
+    Runs read :attr:`kinds` to skip what does not apply to a model by default (a line says why)
+    and to refuse it when it is asked for by name; ``docs/support.py`` renders every declaration
+    as the support matrix (docs/support.md).
+
+    Attributes:
+        kinds: the model kinds it applies to: ``"decoder"`` (a causal LM), ``"encoder"``.
+        needs: why it applies only to :attr:`kinds` (``"decodes answers from next-token logits"``),
+            for the line that says it was skipped; empty when it applies to every kind.
+        with_sliding_window: right on models whose layers attend through a sliding window
+            (Mistral, Gemma 2 and 3): the site's mask hides keys outside the window.
+        with_softcap: right on models that soft-cap attention logits (Gemma 2:
+            ``c · tanh(s / c)``, a logit-stage function the model adapter runs *before* the
+            logit-stage edits attached to the site).
+        caveat: what limits it where it applies, in one sentence (empty: nothing).
+    """
+
+    kinds: frozenset[str] = frozenset(KINDS)
+    needs: str = ""
+    with_sliding_window: bool = True
+    with_softcap: bool = True
+    caveat: str = ""
+
+
+class Probe(Support):
     """An observer in a model's hook graph: every event it can receive is a method here, a no-op by default.
 
     Subclass it and override the events you need; the model adapters (Hugging Face models
@@ -131,7 +160,8 @@ class Probe:
     - :meth:`observe_block`: a block's input and output ``[B, T, C]``;
     - :meth:`begin` / :meth:`end`: around each input of a run (a scan calls them).
 
-    :meth:`result` returns what was accumulated, keyed by site name (or layer).
+    :meth:`result` returns what was accumulated, keyed by site name (or layer). Where a probe
+    applies (model kinds, sliding windows, softcapping) it declares as a :class:`Support`.
     """
 
     observes_attention: bool = True
@@ -159,7 +189,7 @@ class Probe:
         return {}
 
 
-class Edit:
+class Edit(Support):
     """A training-free change of attention at a site; subclass it and override what the edit does.
 
     ``stage`` says where it acts; :meth:`at` returns the function to apply at a site, or None
@@ -186,6 +216,8 @@ class Edit:
     - :meth:`sublayer`: a function for the attention sublayer's contribution to the residual
       stream, which model adapters apply while the edit is attached;
     - :meth:`close`: the run is over (release caches).
+
+    Where an edit applies (model kinds, sliding windows, softcapping) it declares as a :class:`Support`.
     """
 
     stage: Stage  # set by every subclass

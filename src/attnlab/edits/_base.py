@@ -199,16 +199,14 @@ def parse_heads(x) -> list[tuple[int, int]]:
 
 
 def text_windows(tokenizer, text: str, windows: int, window: int, *, extra: int = 0, what: str = "the calibration text") -> list[Tensor]:
-    """``windows`` consecutive token windows ``[1, window + extra]`` (starting every ``window`` tokens) of a shipped text or of ``text``.
+    """``windows`` consecutive windows ``[1, window + extra]`` of a shipped text or of ``text``, each a whole sequence.
 
-    ``text`` is a shipped text's name (``lucrece``, ``sonnets``, ``tempest``) or raw text;
-    ``extra = 1`` gives each window its next token too (a perplexity window's targets).
+    ``text`` is a shipped text's name (``lucrece``, ``sonnets``, ``tempest``) or raw text. Each
+    window starts (and ends) as the tokenizer makes a sequence (:func:`attnlab.data.tokens.text_windows`:
+    BOS first when it adds one); ``extra = 1`` makes each one position longer, for a perplexity
+    window's last target.
     """
-    from attnlab.data import TEXTS
+    from attnlab.data import TEXTS, tokens
     from attnlab.data import text as shipped
 
-    ids = tokenizer(shipped(text) if text in TEXTS else text, return_tensors="pt")["input_ids"][0]
-    need = windows * window + extra
-    if ids.numel() < need:
-        raise ValueError(f"{what} has {ids.numel()} tokens, fewer than windows × window{f' + {extra}' if extra else ''} = {need}")
-    return [ids[w * window : (w + 1) * window + extra][None] for w in range(windows)]
+    return tokens.text_windows(tokenizer, shipped(text) if text in TEXTS else text, windows, window + extra, what=what)

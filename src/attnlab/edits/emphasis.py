@@ -69,6 +69,7 @@ class Emphasis(HeadEdit):
     """
 
     stage = "logits"
+    caveat = "rows='last' (PAINT) is the token being generated: on an encoder give rows=all or positions"
     require_heads = False
     shown = ("alpha", "beta", "rows")
 

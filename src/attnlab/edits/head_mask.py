@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from attnlab.core.site import Edit, Site, site_matcher
+from attnlab.data import tokens
 from attnlab.edits._base import SiteEdit, _value, as_list, parse_heads, register
 
 __all__ = ["HeadEdit", "HeadMask", "HeadOutputs", "head_selected"]
@@ -203,7 +204,7 @@ class HeadMask(HeadEdit):
         return "probe" if self.mode == "mean" and not self.means else None
 
     def calibration_inputs(self, tokenizer, texts: str | Sequence[str] | None = None, *, max_tokens: int = 512) -> list[Tensor]:
-        """The reference set: ``texts`` (one string or a list; default 4 pieces of 2000 characters of the sonnets), each cut to ``max_tokens`` tokens."""
+        """The reference set: ``texts`` (one string or a list; default 4 pieces of 2000 characters of the sonnets), each a sequence of at most ``max_tokens`` tokens, started as the tokenizer starts one."""
         if texts is None:
             from attnlab.data import text
 
@@ -212,7 +213,8 @@ class HeadMask(HeadEdit):
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("head_mask: calibration needs at least one reference text")
-        return [tokenizer(t, return_tensors="pt")["input_ids"][:, :max_tokens] for t in texts]
+        specials = len(tokens.start_tokens(tokenizer)) + len(tokens.end_tokens(tokenizer))
+        return [tokens.sequence(tokenizer, tokens.encode(tokenizer, t)[: max_tokens - specials]) for t in texts]
 
     def calibration_probe(self) -> HeadOutputs:
         """A recorder of the chosen sites' head outputs (an output edit that changes nothing)."""

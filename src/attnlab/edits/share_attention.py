@@ -105,6 +105,11 @@ class ShareAttention(SiteEdit):
     """
 
     stage = "probs"
+    with_sliding_window = False
+    caveat = (
+        "a layer reuses only probabilities over keys it sees: a global layer's shared into a sliding-window layer "
+        "(Gemma 2 and 3 alternate them) is refused; layers of one window (Mistral) share"
+    )
 
     def __init__(self, source=None, targets=None, pairs=None, top=None, random=None, seed=0, sites=None):
         ways = {

@@ -118,6 +118,7 @@ class SinkRedistribute(SiteEdit):
     """
 
     stage = "probs"
+    caveat = "method=act without heads= chooses heads by perplexity, which needs a decoder: on an encoder give heads= or method=var"
 
     def __init__(
         self,

@@ -59,6 +59,7 @@ class Temperature(HeadEdit):
     """
 
     stage = "logits"
+    caveat = "position_alpha counts i + 1 keys for query i, as under a full causal mask (not an encoder's or a sliding window's)"
     require_heads = False
     shown = ("tau", "position_alpha")
 

@@ -41,6 +41,9 @@ class Retrieval(SiteProbe):
         sites: which sites to observe.
     """
 
+    kinds = frozenset({"decoder"})
+    needs = "decodes needle answers greedily from next-token logits"
+
     def __init__(self, threshold: float = 0.1, sites=None):
         super().__init__(sites)
         self.threshold = threshold

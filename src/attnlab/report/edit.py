@@ -19,11 +19,14 @@ svg text{font-size:10px;fill:#444}.meta{color:#666}figure{display:inline-block;m
 <p class="meta">{{ meta.model.identity }} · {{ meta.model.layers }} layers · {{ meta.created }} · {{ meta.wall_s }} s ·
 attnlab {{ meta.versions.attnlab }}, torch {{ meta.versions.torch }} · {{ meta.composition }}</p>
 {% set w = meta.model.weights %}{% if w %}<p class="meta">weights: {{ w.description or w.name }} · {{ w.format }} · {{ w.dtype }}{% if w.sha256 %} · sha256 {{ w.sha256[:16] }}…{% endif %}{% if w.revision %} · revision {{ w.revision }}{% endif %} · {{ w.source }}</p>{% endif %}
+{% set c = meta.model.conventions %}{% if c %}<p class="meta">conventions: {{ c.kind }} · sequences start with {{ c.start|join(" ") or "nothing" }}{% if c.end %}, end with {{ c.end|join(" ") }}{% endif %} · {{ "chat template" if c.chat_template else "no chat template" }} · {{ c.positions or "undeclared" }} positions{% if c.sliding_window %} · sliding window {{ c.sliding_window }} on {{ c.sliding_layers }} of {{ c.layers }} layers{% endif %}{% if c.softcap %} · attention softcap {{ c.softcap }}{% endif %}</p>{% endif %}
+{% for s in meta.skipped or [] %}<p class="meta">skipped {{ s.what }}: {{ s.why }}</p>{% endfor %}
 {% if meta.applied %}<p class="meta">As applied (after calibration): {{ meta.applied|join("; ") }}</p>{% endif %}
 <table><tr><th>metric</th><th>before</th><th>after</th><th>after − before</th><th>95% CI</th><th>examples</th><th>better is</th></tr>
 {% for m in meta.metrics %}<tr><td>{{ m.metric }}</td><td>{{ "%.4g"|format(m.before) }}</td><td>{{ "%.4g"|format(m.after) }}</td>
 <td>{{ "%+.4g"|format(m.difference) }}</td><td>[{{ "%+.3g"|format(m.ci95[0]) }}, {{ "%+.3g"|format(m.ci95[1]) }}]</td><td>{{ m.examples }}</td>
 <td>{{ "higher" if m.higher_is_better else "lower" }}</td></tr>{% endfor %}</table>
+{% for m in meta.metrics if m.tokens %}<p class="meta">{{ m.metric }} over all {{ m.tokens }} scored tokens (corpus value): {{ "%.4g"|format(m.pooled_before) }} before, {{ "%.4g"|format(m.pooled_after) }} after; the table's values are means over windows</p>{% endfor %}
 <h2>Per example: after − before</h2>
 {% for name, svg in plots %}<figure><figcaption>{{ name }}</figcaption>{{ svg|safe }}</figure>{% endfor %}
 </body></html>

@@ -107,6 +107,9 @@ _TEMPLATE = """{% if standalone %}<!doctype html>
 <p class="meta">{{ meta.model.type }} · {{ meta.model.layers }} layers · {{ meta.model.heads }} heads ({{ meta.model.kv_heads }} kv heads) ·
 scanned {{ meta.created }} in {{ meta.wall_s }} s · attnlab {{ meta.versions.attnlab }}, torch {{ meta.versions.torch }}{% if meta.versions.transformers %}, transformers {{ meta.versions.transformers }}{% endif %}</p>
 {% set w = meta.model.weights %}{% if w %}<p class="meta">weights: {{ w.description or w.name }} · {{ w.format }} · {{ w.dtype }}{% if w.sha256 %} · sha256 {{ w.sha256[:16] }}…{% endif %}{% if w.revision %} · revision {{ w.revision }}{% endif %} · {{ w.source }}</p>{% endif %}
+{% if meta.skipped or meta.capped %}<h2>Fitted to this model</h2>
+<ul class="fitted">{% for s in meta.skipped %}<li>skipped {{ s.what }}: {{ s.why }}</li>{% endfor %}
+{% for c in meta.capped %}<li>capped {{ c.what }} at {{ c.used }} (default {{ c.default }}): {{ c.why }}</li>{% endfor %}</ul>{% endif %}
 <h2>Findings</h2>
 <ul class="findings">{% for probe, f in findings.items() %}{% for n in f.notes %}<li><b>{{ probe }}</b>: {{ n }}</li>{% endfor %}{% endfor %}</ul>
 {% for probe, f in findings.items() %}

@@ -1,9 +1,8 @@
-"""Checks every run shares: inputs within the trained positions, finite measurements, a causal LM.
+"""Checks every run shares: inputs within the trained positions, finite measurements.
 
 - :func:`check_positions`: refuse inputs longer than the positions the model was trained on
   (``config.max_position_embeddings``) unless ``allow_extrapolation`` (``--allow-extrapolation``).
 - :func:`check_finite`: refuse a measurement with non-finite values, naming what broke it.
-- :func:`check_causal_lm`: refuse a model without next-token logits (an encoder).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["NonFiniteError", "check_causal_lm", "check_finite", "check_positions", "trained_positions"]
+__all__ = ["NonFiniteError", "check_finite", "check_positions", "trained_positions"]
 
 
 class NonFiniteError(ValueError):
@@ -57,24 +56,3 @@ def check_finite(values: Sequence[float], what: str, unit: str, why: str) -> Non
     if bad:
         kinds = sorted({"nan" if math.isnan(v) else "inf" if v > 0 else "-inf" for v in bad})
         raise NonFiniteError(f"{what} is {' or '.join(kinds)} on {len(bad)} of {len(values)} {unit}: {why}")
-
-
-def check_causal_lm(model, name: str, what: str, reads: str) -> None:
-    """Raise ``ValueError`` unless ``model`` gives next-token logits (an LM head, and it can generate).
-
-    Args:
-        name: the model's name for the message (``"minilm-l6"``).
-        what: what needs the logits (``"edit evaluations"``).
-        reads: why (``"ppl, needle read next-token logits"``).
-    """
-    head = getattr(model, "get_output_embeddings", None)
-    can_generate = getattr(model, "can_generate", None)
-    if not callable(head) or head() is None:
-        kind = f"an encoder ({type(model).__name__} has no LM head)"
-    elif callable(can_generate) and not can_generate():
-        kind = f"not a causal LM ({type(model).__name__} cannot generate)"
-    else:
-        return
-    raise ValueError(
-        f"{what} need a causal LM ({reads}); {name} is {kind}: choose a causal LM (e.g. smollm2-135m), or scan the encoder with attnlab scan"
-    )

@@ -27,6 +27,7 @@ from attnlab.edits.head_mask import HeadOutputs
 from attnlab.edits.head_scale import HeadScale, vhr_rule
 from attnlab.edits.sink_redistribute import SinkRedistribute
 from attnlab.models import hf
+from attnlab.models.conventions import model_kind
 from attnlab.models.hf_load import input_device
 from attnlab.runs._checks import check_positions
 from attnlab.runs.edit import bind, prepare, unedited
@@ -111,6 +112,11 @@ def act_heads(
     """
     sites = bind(model, [edit])
     if score is None:
+        if model_kind(model) != "decoder":
+            raise ValueError(
+                f"ACT's default score is perplexity, which needs a decoder's next-token logits, and {type(model).__name__} is an encoder: "
+                "give the heads (sink_redistribute:heads=...), method=var, or a score function of your own"
+            )
         ids = edit.calibration_inputs(tokenizer, text=text, windows=windows, window=window)
         _check_lengths(model, edit, ids, allow_extrapolation)
         score = lambda m, t, edits: -_perplexity(m, ids, edits)  # noqa: E731

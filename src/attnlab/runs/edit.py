@@ -23,9 +23,9 @@ from attnlab.core.site import Edit, Probe, Site
 from attnlab.edits import SiteEdit
 from attnlab.models.hf_load import input_device
 from attnlab.results import EditResult, make_meta, model_meta
-from attnlab.runs._checks import check_causal_lm, check_positions
+from attnlab.runs._checks import check_positions
 
-__all__ = ["bind", "prepare", "run_edit", "unedited"]
+__all__ = ["bind", "choose_evals", "prepare", "run_edit", "unedited"]
 
 MAX_ROUNDS = 8  # unedited passes one edit may ask for on one input
 
@@ -97,7 +97,7 @@ def run_edit(
     model,
     tokenizer,
     edits: Sequence[Edit],
-    evals: Sequence[str],
+    evals: Sequence[str] | None = None,
     *,
     specs_text: Sequence[str] = (),
     model_name: str = "",
@@ -113,26 +113,27 @@ def run_edit(
     measures each evaluation without and with the edits; every edit is closed afterwards.
 
     Args:
+        evals: evaluation names (:data:`attnlab.runs.evaluate.METRICS`); None: the defaults for
+            the model's kind (:data:`~attnlab.runs.evaluate.DEFAULT_EVALS`: ``ppl, needle`` on a
+            decoder, ``match`` on an encoder), the others skipped with the reason recorded in
+            ``meta["skipped"]``.
         allow_extrapolation: run evaluations (and calibrations) whose inputs exceed the positions
             the model was trained on (``config.max_position_embeddings``); refused by default,
             before any model work, as :func:`attnlab.runs.scan.scan` does.
 
     Raises:
-        ValueError: an encoder (no next-token logits), inputs beyond the trained positions, an
-            edit that does not fit the model or selects no site, or a metric that comes out
-            NaN or infinite (naming the edit, the metric and how many examples).
+        ValueError: an evaluation that does not apply to the model's kind (perplexity on an
+            encoder), inputs beyond the trained positions, an edit that does not fit the model or
+            selects no site, or a metric that comes out NaN or infinite (naming the edit, the
+            metric and how many examples).
     """
+    from attnlab.models.conventions import conventions
     from attnlab.runs.calibrate import calibrate
-    from attnlab.runs.evaluate import METRICS, compare, input_tokens
+    from attnlab.runs.evaluate import compare, input_tokens
 
-    if isinstance(evals, str):
-        raise TypeError(f"evals is a list of evaluation names (e.g. ['ppl', 'needle']), got evals={evals!r}")
-    unknown = [e for e in evals if e not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown evaluation {unknown[0]!r}: choose from {', '.join(METRICS)}")
     name = model_name or getattr(model, "attnlab_identity", None) or type(model).__name__
-    if evals:
-        check_causal_lm(model, name, "edit evaluations", f"{', '.join(evals)} read next-token logits")
+    conv = conventions(model, tokenizer)
+    evals, skipped = choose_evals(evals, conv.kind, name)
     for ev in evals:
         n = input_tokens(ev, tokenizer)
         check_positions(model, n, f"the {ev} evaluation (inputs of up to {n} tokens)", allow_extrapolation)
@@ -158,9 +159,53 @@ def run_edit(
             "model": model_name,
             "allow_extrapolation": allow_extrapolation,
         },
-        model=model_meta(model, name=model_name, layers=len(sites), heads=sites[0].num_heads),
+        model=model_meta(model, name=model_name, layers=len(sites), heads=sites[0].num_heads, conventions=conv.as_dict()),
         applied=[repr(e) for e in edits],  # after calibration: the layers and heads each edit chose
         composition="stages run logits → probs → output; within a stage, edits act in the order given",
         metrics=[r.summary() for r in results],
+        skipped=skipped,
     )
-    return EditResult(meta, {r.name: {"before": r.before, "after": r.after} for r in results})
+    examples = {}
+    for r in results:
+        examples[r.name] = {"before": r.before, "after": r.after}
+        if r.weights is not None:
+            examples[r.name]["tokens"] = r.weights
+        if r.detail:
+            examples[r.name]["detail"] = r.detail
+    return EditResult(meta, examples)
+
+
+def choose_evals(evals: Sequence[str] | None, kind: str, name: str) -> tuple[list[str], list[dict]]:
+    """The evaluations to run on a ``kind`` model and those skipped: ``(evals, [{"what", "why"}])``.
+
+    ``evals=None`` takes the defaults for ``kind`` and records as skipped the other kinds'
+    defaults that do not apply to it; named evaluations must all apply, or ``ValueError`` says which one and what would.
+
+    Example:
+        >>> choose_evals(None, "encoder", "minilm-l6")[1][0]["what"]
+        'evaluation ppl'
+    """
+    from attnlab.runs.evaluate import DEFAULT_EVALS, METRICS
+
+    if isinstance(evals, str):
+        raise TypeError(f"evals is a list of evaluation names (e.g. ['ppl', 'needle']), got evals={evals!r}")
+    if evals is None:
+        chosen = list(DEFAULT_EVALS[kind])
+        others = dict.fromkeys(e for names in DEFAULT_EVALS.values() for e in names if kind not in METRICS[e].kinds)
+        return chosen, [{"what": f"evaluation {e}", "why": f"it {METRICS[e].needs}, and {name} is {_a(kind)}"} for e in others]
+    evals = list(evals)
+    unknown = [e for e in evals if e not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown evaluation {unknown[0]!r}: choose from {', '.join(METRICS)}")
+    usable = [n for n, m in METRICS.items() if kind in m.kinds]
+    for e in evals:
+        if kind not in METRICS[e].kinds:
+            raise ValueError(
+                f"the {e} evaluation {METRICS[e].needs}, which needs {_a(' or '.join(sorted(METRICS[e].kinds)))}, "
+                f"and {name} is {_a(kind)}: choose from {', '.join(usable)}"
+            )
+    return evals, []
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun

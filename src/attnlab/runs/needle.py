@@ -6,6 +6,12 @@ and a KV cache. The answer recalls the needle when the ROUGE-1 recall of the nee
 above 50% (words lower-cased, no stemming). :func:`needle_in_a_haystack` runs the trials over
 context lengths × depths and feeds a :class:`attnlab.probes.Retrieval` probe every decode step
 after the prefill, which scores the retrieval heads.
+
+The prompt fits the model (:func:`prompt_style`): an instruct model's chat template when its
+tokenizer has one (the paper's setting); otherwise a one-shot completion prompt, a worked example
+of a text, a question and an answer quoting the text, so that a base model answers instead of
+repeating the question. Every prompt starts as the tokenizer starts a sequence
+(:func:`attnlab.data.tokens.prompt`).
 """
 
 from __future__ import annotations
@@ -21,11 +27,22 @@ from torch import Tensor
 
 from attnlab.core import attach
 from attnlab.core.site import Edit
+from attnlab.data import tokens as T
 from attnlab.models.hf_load import input_device
 from attnlab.probes.retrieval import Retrieval
 from attnlab.runs.edit import prepare
 
-__all__ = ["MAX_NEW_TOKENS", "NEEDLE", "Needle", "Trial", "needle_in_a_haystack", "positions_used", "rouge1_recall"]
+__all__ = [
+    "MAX_NEW_TOKENS",
+    "NEEDLE",
+    "PROMPT_STYLES",
+    "Needle",
+    "Trial",
+    "needle_in_a_haystack",
+    "positions_used",
+    "prompt_style",
+    "rouge1_recall",
+]
 
 
 @dataclass(frozen=True)
@@ -80,11 +97,35 @@ def rouge1_recall(reference: str, candidate: str) -> float:
     return hit / len(ref)
 
 
-def _prompt(tokenizer, context: str, question: str) -> str:
-    user = f"{context}\n\nBased on the content of the text above, answer the question in one sentence.\nQuestion: {question}"
-    if getattr(tokenizer, "chat_template", None):
+PROMPT_STYLES = ("chat", "few-shot")
+
+_INSTRUCTION = "Based on the content of the text above, answer the question in one sentence."
+_EXAMPLE = Needle(  # the worked example of the few-shot prompt: its answer quotes its text
+    sentence="The oldest tree in the village is the chestnut that stands behind the mill.",
+    question="What is the oldest tree in the village?",
+)
+_EXAMPLE_TEXT = f"The keeper's log says the storm lasted three days. {_EXAMPLE.sentence} The well was dug in the dry summer."
+
+
+def prompt_style(tokenizer) -> str:
+    """``"chat"`` when the tokenizer has a chat template (an instruct model), else ``"few-shot"``."""
+    return "chat" if getattr(tokenizer, "chat_template", None) else "few-shot"
+
+
+def _prompt(tokenizer, context: str, question: str, style: str) -> str:
+    """The trial's prompt text in ``style`` (see the module docstring)."""
+    if style == "chat":
+        user = f"{context}\n\n{_INSTRUCTION}\nQuestion: {question}"
         return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-    return f"{user}\nAnswer:"
+    shot = f"{_EXAMPLE_TEXT}\n\n{_INSTRUCTION}\nQuestion: {_EXAMPLE.question}\nAnswer: {_EXAMPLE.sentence}\n\n"
+    return f"{shot}{context}\n\n{_INSTRUCTION}\nQuestion: {question}\nAnswer:"
+
+
+def _check_style(tokenizer, style: str) -> None:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown needle prompt style {style!r}: choose from {', '.join(PROMPT_STYLES)}")
+    if style == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("prompt='chat' needs a tokenizer with a chat template (an instruct model): use prompt='few-shot' for a base model")
 
 
 def _needle_span(ids: list[int], needle_ids: list[int]) -> tuple[int, int]:
@@ -131,6 +172,7 @@ def needle_in_a_haystack(
     needle: Needle = NEEDLE,
     max_new_tokens: int = MAX_NEW_TOKENS,
     edits: Sequence[Edit] = (),
+    prompt: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Trial]:
     """Run needle trials with greedy decoding, feeding ``probe`` the decode steps.
@@ -141,12 +183,15 @@ def needle_in_a_haystack(
         max_new_tokens: decode budget; decoding stops at a newline or the end-of-sequence token.
         edits: attached to the prefill and every decode step, prepared on the prompt first
             (:func:`attnlab.runs.edit.prepare`: the unedited passes they ask for).
+        prompt: ``"chat"`` or ``"few-shot"`` (default :func:`prompt_style`).
         progress: called with a line per trial.
     """
     check_grid(lengths, depths)
-    hay_ids = tokenizer(haystack, add_special_tokens=False)["input_ids"]
-    needle_ids = tokenizer(" " + needle.sentence, add_special_tokens=False)["input_ids"]
-    overhead = len(tokenizer(_prompt(tokenizer, "", needle.question), add_special_tokens=False)["input_ids"]) + len(needle_ids) + 8
+    style = prompt or prompt_style(tokenizer)
+    _check_style(tokenizer, style)
+    hay_ids = T.encode(tokenizer, haystack)
+    needle_ids = T.encode(tokenizer, " " + needle.sentence)
+    overhead = T.prompt(tokenizer, T.encode(tokenizer, _prompt(tokenizer, "", needle.question, style))).shape[1] + len(needle_ids) + 8
     trials = []
     eos = tokenizer.eos_token_id
     for length in lengths:
@@ -158,8 +203,8 @@ def needle_in_a_haystack(
             at = int(depth * budget)
             before, after = tokenizer.decode(cut[:at]), tokenizer.decode(cut[at:])
             context = before.rstrip() + " " + needle.sentence + " " + after.lstrip()
-            ids = tokenizer(_prompt(tokenizer, context, needle.question), add_special_tokens=False, return_tensors="pt")["input_ids"]
-            span = _needle_span(ids[0].tolist(), tokenizer(needle.sentence, add_special_tokens=False)["input_ids"])
+            ids = T.prompt(tokenizer, T.encode(tokenizer, _prompt(tokenizer, context, needle.question, style)))  # [1, T]
+            span = _needle_span(ids[0].tolist(), T.encode(tokenizer, needle.sentence))
             probe.start_trial(ids[0], span)
             prepare(model, edits, ids)
             generated, finite = _greedy(model, ids, probe, max_new_tokens, eos, tokenizer, edits)

@@ -7,6 +7,12 @@ heads), and returns a :class:`~attnlab.results.ScanResult`: JSON-ready findings 
 settings and versions that produced them, and a few whole attention maps of a short prompt for
 the report. Results are saved and loaded by :mod:`attnlab.results`.
 
+Defaults fit the model (:func:`plan_scan`): the default probes are those that apply to its kind
+(``retrieval`` decodes answers, so an encoder skips it), the default needle lengths those that fit
+its trained positions. What a default left out is recorded in ``meta["skipped"]`` and what it
+shortened in ``meta["capped"]``, each with why; a probe asked for by name that does not apply is
+refused.
+
     >>> model, tok = attnlab.models.hf.load("smollm2-135m")          # doctest: +SKIP
     >>> result = attnlab.scan(model, tok, [text], probes=["sink", "entropy"])  # doctest: +SKIP
     >>> result.save("results.json"); result.report("report.html")   # doctest: +SKIP
@@ -17,19 +23,32 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from attnlab.core import Probe, Site, attach
+from attnlab.data import tokens as T
+from attnlab.models.conventions import conventions, model_kind
 from attnlab.models.hf_load import input_device
 from attnlab.probes import _base as probe_registry
 from attnlab.probes.retrieval import Retrieval
 from attnlab.results import ScanResult, make_meta, model_meta
-from attnlab.runs._checks import check_positions
-from attnlab.runs.needle import check_grid, needle_in_a_haystack, positions_used
+from attnlab.runs._checks import check_positions, trained_positions
+from attnlab.runs.needle import MAX_NEW_TOKENS, check_grid, needle_in_a_haystack, positions_used, prompt_style
 
-__all__ = ["DEFAULT_PROBES", "ScanResult", "ShortInputWarning", "repeated_tokens", "scan"]
+__all__ = [
+    "DEFAULT_NEEDLE_LENGTHS",
+    "DEFAULT_PROBES",
+    "SAMPLE_TOKENS",
+    "ScanPlan",
+    "ScanResult",
+    "ShortInputWarning",
+    "capped_length",
+    "plan_scan",
+    "repeated_tokens",
+    "scan",
+]
 
 
 class ShortInputWarning(UserWarning):
@@ -37,7 +56,117 @@ class ShortInputWarning(UserWarning):
 
 
 DEFAULT_PROBES = ("sink", "entropy", "patterns", "extreme", "layer_importance", "retrieval")
+DEFAULT_NEEDLE_LENGTHS = (512, 768)  # needle trial prompts in tokens, those that fit the model
+SHORTEST_NEEDLE = 256  # when no default length fits, the longest that does, down to this; below it retrieval is skipped
+SAMPLE_TOKENS = 1024  # attnlab scan's built-in sample text is cut to this (or the model's positions)
+REPEAT_TOKENS = 64  # the repeated random sequences: this many tokens, said twice
 MAP_TOKENS = 20  # attention maps in the report: a prompt of this many tokens, said twice
+
+
+@dataclass
+class ScanPlan:
+    """What a scan runs on a model: its defaults fitted to the model, and what they left out or shortened.
+
+    Attributes:
+        kind: the model's kind, ``"decoder"`` or ``"encoder"``.
+        probes: probe names to run.
+        needle_lengths: needle trial lengths in tokens.
+        skipped: ``[{"what", "why"}]``: what a default left out (``"probe retrieval"``).
+        capped: ``[{"what", "default", "used", "why"}]``: default lengths shortened to the model's positions.
+    """
+
+    kind: str
+    probes: list[str]
+    needle_lengths: list[int]
+    skipped: list[dict] = field(default_factory=list)
+    capped: list[dict] = field(default_factory=list)
+
+
+def plan_scan(
+    model,
+    probes: Sequence[str] | None = None,
+    needle_lengths: Sequence[int] | None = None,
+    *,
+    name: str = "",
+    defaults: Sequence[str] = DEFAULT_PROBES,
+) -> ScanPlan:
+    """The probes and needle lengths a scan of ``model`` runs (None: the defaults that fit it).
+
+    Default probes are those of ``defaults`` whose ``kinds`` hold the model's kind, the others
+    skipped with their ``needs``; probes given by name must all apply, or ``ValueError`` says
+    which does not. Default needle lengths are those of :data:`DEFAULT_NEEDLE_LENGTHS` whose
+    trials (prompt and answer) fit the trained positions; when none does, the longest that does
+    (at least :data:`SHORTEST_NEEDLE`), else the default ``retrieval`` probe is skipped.
+
+    Args:
+        name: the model's name for the messages (default: its identity or class name).
+        defaults: the probes ``probes=None`` stands for (the CLI: those its inputs feed).
+
+    Example:
+        >>> plan = plan_scan(encoder, name="minilm-l6")  # encoder: attnlab.models.hf.load("minilm-l6")[0]  # doctest: +SKIP
+        >>> plan.skipped                                  # doctest: +SKIP
+        [{'what': 'probe retrieval', 'why': 'it decodes needle answers greedily from next-token logits, and minilm-l6 is an encoder'}]
+    """
+    name = name or getattr(model, "attnlab_identity", None) or type(model).__name__
+    kind = model_kind(model)
+    a_kind = "an encoder" if kind == "encoder" else "a decoder"
+    skipped: list[dict] = []
+    if probes is None:
+        chosen = []
+        for p in _checked_probes(defaults):
+            cls = probe_registry.registry.lookup(p)
+            if kind in cls.kinds:
+                chosen.append(p)
+            else:
+                skipped.append({"what": f"probe {p}", "why": f"it {cls.needs}, and {name} is {a_kind}"})
+    else:
+        chosen = _checked_probes(probes)
+        for p in chosen:
+            cls = probe_registry.registry.lookup(p)
+            if kind not in cls.kinds:
+                usable = [q for q in probe_registry.names() if kind in probe_registry.registry.lookup(q).kinds]
+                raise ValueError(
+                    f"the {p} probe {cls.needs}, and {name} is {a_kind}: it applies to {' and '.join(sorted(cls.kinds))}s only; "
+                    f"choose from {', '.join(usable)}"
+                )
+    capped: list[dict] = []
+    if needle_lengths is not None:
+        check_grid(needle_lengths, [])
+        return ScanPlan(kind, chosen, list(needle_lengths), skipped, capped)
+    if "retrieval" not in chosen:  # no needle trials
+        return ScanPlan(kind, chosen, [], skipped, capped)
+    trained = trained_positions(model)
+    lengths = [n for n in DEFAULT_NEEDLE_LENGTHS if not trained or positions_used(n) <= trained]
+    if len(lengths) < len(DEFAULT_NEEDLE_LENGTHS):
+        longest = trained - positions_used(0)  # the longest prompt whose trial fits
+        why = f"a trial reaches its length + {MAX_NEW_TOKENS - 1} positions (the answer), and {name} was trained on {trained}"
+        if not lengths and longest >= SHORTEST_NEEDLE:
+            lengths = [longest]
+        if lengths:
+            capped.append({"what": "needle_lengths", "default": list(DEFAULT_NEEDLE_LENGTHS), "used": lengths, "why": why})
+        elif probes is None:
+            chosen.remove("retrieval")
+            skipped.append({"what": "probe retrieval", "why": f"its needle trials need {SHORTEST_NEEDLE} tokens or more; {why}"})
+        else:
+            raise ValueError(
+                f"the retrieval probe's needle trials need {SHORTEST_NEEDLE} tokens or more, and {name} was trained on {trained} positions "
+                f"(a trial reaches its length + {MAX_NEW_TOKENS - 1}): give shorter needle_lengths (--needle-lengths), or drop retrieval"
+            )
+    return ScanPlan(kind, chosen, lengths, skipped, capped)
+
+
+def capped_length(model, default: int, what: str, *, name: str = "") -> tuple[int, list[dict]]:
+    """``default`` tokens, or the model's trained positions when fewer, and ``[record]`` when capped (else ``[]``).
+
+    Example:
+        >>> capped_length(None, 1024, "max_len")  # no config: nothing to cap
+        (1024, [])
+    """
+    trained = trained_positions(model)
+    if not trained or default <= trained:
+        return default, []
+    name = name or getattr(model, "attnlab_identity", None) or type(model).__name__
+    return trained, [{"what": what, "default": default, "used": trained, "why": f"{name} was trained on {trained} positions"}]
 
 
 def _tokens(tokenizer, ids: torch.Tensor) -> list[str]:
@@ -46,15 +175,18 @@ def _tokens(tokenizer, ids: torch.Tensor) -> list[str]:
 
 
 def repeated_tokens(tokenizer, *, n: int = 64, count: int = 4, seed: int = 0) -> torch.Tensor:
-    """Random token sequences repeated twice, ``[count, 2n (+1 BOS)]``: what the head detectors read."""
+    """Random token sequences repeated twice, ``[count, start + 2n]``: what the head detectors read.
+
+    Each starts with the tokenizer's start tokens (:func:`attnlab.data.tokens.start_tokens`: BOS
+    when it adds one).
+    """
     g = torch.Generator().manual_seed(seed)
     special = set(tokenizer.all_special_ids)
     pool = torch.tensor([i for i in range(min(tokenizer.vocab_size, 20000)) if i not in special])
     rand = pool[torch.randint(len(pool), (count, n), generator=g)]
     seq = torch.cat([rand, rand], dim=1)
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        seq = torch.cat([torch.full((count, 1), tokenizer.bos_token_id), seq], dim=1)
-    return seq
+    start = T.start_tokens(tokenizer)  # each sequence starts as the tokenizer starts one
+    return torch.cat([torch.tensor([start] * count, dtype=torch.long).view(count, len(start)), seq], dim=1)
 
 
 def scan(
@@ -62,9 +194,9 @@ def scan(
     tokenizer,
     texts: Sequence[str] = (),
     *,
-    probes: Sequence[str] = DEFAULT_PROBES,
+    probes: Sequence[str] | None = None,
     repeated: bool = True,
-    needle_lengths: Sequence[int] = (512, 768),
+    needle_lengths: Sequence[int] | None = None,
     needle_depths: Sequence[float] = (0.1, 0.5, 0.9),
     max_len: int | None = None,
     truncate: bool = False,
@@ -72,15 +204,19 @@ def scan(
     backend: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
     settings: dict | None = None,
+    skipped: Sequence[dict] = (),
+    capped: Sequence[dict] = (),
 ) -> ScanResult:
     """Scan a model's attention with probes; see the module docstring.
 
     Args:
         texts: text inputs; each is run whole (batch 1) through the model.
         probes: probe names (``attnlab.probes.names()``); ``retrieval`` runs needle trials.
+            None: the :data:`DEFAULT_PROBES` that apply to the model's kind (:func:`plan_scan`).
         repeated: also run repeated random token sequences: the ``patterns`` probe then reads only
             them (and, without texts, every probe reads them).
-        needle_lengths, needle_depths: the needle trial grid, in tokens and fractions.
+        needle_lengths, needle_depths: the needle trial grid, in tokens and fractions
+            (``needle_lengths`` None: :data:`DEFAULT_NEEDLE_LENGTHS`, those that fit the model).
         max_len: longest input in tokens (default: the model's ``max_position_embeddings``).
         truncate: cut longer texts to ``max_len`` instead of refusing them.
         allow_extrapolation: let ``max_len`` exceed the positions the model was trained on
@@ -88,12 +224,21 @@ def scan(
         backend: attnlab backend for the attention computations.
         progress: called as ``progress(what, done, total)``.
         settings: extra settings to record (the CLI's arguments).
+        skipped, capped: what the caller's own defaults left out or shortened for this model
+            (records as :class:`ScanPlan` keeps them: the CLI's); kept in ``meta["skipped"]`` and
+            ``meta["capped"]`` before the scan's own.
     """
     from attnlab.models import hf
 
     t0, started = time.perf_counter(), time.time()
-    texts, probes = _check_arguments(texts, probes, repeated, needle_lengths, needle_depths, max_len)
-    trained = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    name = (settings or {}).get("model") or getattr(model, "attnlab_identity", None) or type(model).__name__
+    asked = DEFAULT_PROBES if probes is None else _checked_probes(probes)
+    texts = _check_arguments(
+        texts, asked, repeated, DEFAULT_NEEDLE_LENGTHS if needle_lengths is None else needle_lengths, needle_depths, max_len
+    )
+    plan = plan_scan(model, probes, needle_lengths, name=name)  # the arguments hold together: now fit them to the model
+    probes, needle_lengths, skipped, capped = plan.probes, plan.needle_lengths, [*skipped, *plan.skipped], [*capped, *plan.capped]
+    trained = trained_positions(model)
     max_len = max_len or trained or 2048
     check_positions(model, max_len, f"max_len {max_len}", allow_extrapolation)
     if "retrieval" in probes:
@@ -111,7 +256,12 @@ def scan(
         _run(model, tokenizer, ids, [p for p in passive.values() if p not in on_repeated], _Layers(progress, what, len(sites)))
         record.append({"kind": "text", "tokens": int(ids.shape[1])})
     if on_repeated:
-        seq = repeated_tokens(tokenizer)
+        n, start = REPEAT_TOKENS, len(T.start_tokens(tokenizer))
+        if trained and 2 * n + start > trained and not allow_extrapolation:  # said twice, after the start tokens
+            n = (trained - start) // 2
+            why = f"a sequence is said twice after {start} start token(s) ({2 * REPEAT_TOKENS + start} positions), and {name} was trained on {trained}"
+            capped.append({"what": "repeated tokens", "default": REPEAT_TOKENS, "used": n, "why": why})
+        seq = repeated_tokens(tokenizer, n=n)
         _run(model, tokenizer, seq, on_repeated, _Layers(progress, f"repeated random tokens ({seq.shape[0]} × {seq.shape[1]})", len(sites)))
         record.append({"kind": "repeated", "sequences": int(seq.shape[0]), "tokens": int(seq.shape[1])})
     findings = {name: asdict(p.findings(sites)) for name, p in passive.items()}
@@ -148,12 +298,14 @@ def scan(
             heads=sites[0].num_heads,
             kv_heads=sites[0].num_kv_heads,
             trained_positions=trained,
+            conventions=conventions(model, tokenizer).as_dict(),
         ),
         settings={
             "probes": list(probes),
             "repeated": repeated,
             "needle_lengths": list(needle_lengths),
             "needle_depths": list(needle_depths),
+            "needle_prompt": prompt_style(tokenizer) if "retrieval" in probes else None,
             "max_len": max_len,
             "truncate": truncate,
             "allow_extrapolation": allow_extrapolation,
@@ -161,25 +313,22 @@ def scan(
             **(settings or {}),
         },
         inputs=record,
+        skipped=skipped,
+        capped=capped,
     )
     site_rows = [{"name": s.name, "layer": s.layer, "num_heads": s.num_heads, "num_kv_heads": s.num_kv_heads} for s in sites]
     return ScanResult(meta, site_rows, findings, maps)
 
 
-def _check_arguments(texts, probes, repeated, needle_lengths, needle_depths, max_len) -> tuple[list[str], list[str]]:
-    """Refuse arguments that would scan nothing, drop a probe, or be read as something else."""
+def _check_arguments(texts, probes, repeated, needle_lengths, needle_depths, max_len) -> list[str]:
+    """The texts as a list; refuse arguments that would scan nothing, drop a probe, or be read as something else."""
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
         raise TypeError(f"texts is a list of strings (one per input), got {type(texts).__name__}: write texts=[text]")
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts is a list of strings, but text {i + 1} is a {type(t).__name__}: {t!r:.60}")
-    if isinstance(probes, str) or not isinstance(probes, Iterable):
-        raise TypeError(f"probes is a list of probe names (e.g. ['sink', 'entropy']), got probes={probes!r}")
     probes = list(probes)
-    unknown = [p for p in probes if p not in probe_registry.names()]
-    if unknown:
-        raise ValueError(f"unknown probe {unknown[0]!r}: choose from {', '.join(probe_registry.names())}")
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
         raise ValueError(f"max_len must be a positive number of tokens, or None for the model's trained positions; got max_len={max_len!r}")
     check_grid(needle_lengths, needle_depths)
@@ -200,9 +349,20 @@ def _check_arguments(texts, probes, repeated, needle_lengths, needle_depths, max
                 f"the probes {', '.join(passive)} read text or repeated-token inputs, and this scan has neither "
                 "(no texts, repeated=False): give texts, set repeated=True, or scan with probes=['retrieval'] alone for needle trials"
             )
+    return texts
+
+
+def _checked_probes(probes) -> list[str]:
+    """``probes`` as a list of registered probe names, or a ``TypeError``/``ValueError`` saying what is wrong."""
+    if isinstance(probes, str) or not isinstance(probes, Iterable):
+        raise TypeError(f"probes is a list of probe names (e.g. ['sink', 'entropy']), got probes={probes!r}")
+    probes = list(probes)
+    unknown = [p for p in probes if p not in probe_registry.names()]
+    if unknown:
+        raise ValueError(f"unknown probe {unknown[0]!r}: choose from {', '.join(probe_registry.names())}")
     if not probes:
         raise ValueError(f"nothing to scan: probes is empty: choose from {', '.join(probe_registry.names())}")
-    return texts, probes
+    return probes
 
 
 def _warn_short(inputs: list[torch.Tensor], probes: list) -> None:
@@ -229,7 +389,7 @@ def _report(progress, what: str, done: int, total: int) -> None:
 def _encode(tokenizer, text: str, index: int, max_len: int, truncate: bool) -> torch.Tensor:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text {index + 1} is empty: give some text to scan")
-    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"]  # lengths are checked here, against max_len
     if ids.shape[1] > max_len:
         if not truncate:
             raise ValueError(
@@ -301,7 +461,7 @@ def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) 
     from attnlab.data import sample_text
 
     text = texts[0] if texts else sample_text()
-    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :MAP_TOKENS].repeat(1, 2)
+    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][:, :MAP_TOKENS].repeat(1, 2)  # cut here: no length warning
     cap = _Maps({layer for layer, _, _ in wanted})
     with torch.no_grad(), attach(probes=[cap]):
         model(input_ids=ids.to(input_device(model)))
