@@ -14,7 +14,7 @@ scored tokens), before and after; the paired difference and its 95% CI are over 
 perplexities. Needle accuracy uses SmolLM2's chat template. (Until issue 23 perplexity was the mean
 over 8 disjoint cold-start windows of 256 tokens.)
 
-Usage: python bench/repro/act.py   (about 15 minutes on 2 cores)
+Usage: python bench/repro/act.py   (about 15 minutes on 2 cores: 14 measured with them shared)
 """
 
 from __future__ import annotations

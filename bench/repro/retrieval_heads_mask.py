@@ -12,7 +12,7 @@ prompt style in ``detail["prompt"]``: SmolLM2 is an instruct model, so it is pro
 template, as before issue 23's evaluation changes (and its tokenizer adds no BOS, so its prompts
 are unchanged); the style used is recorded in the settings.
 
-Usage: python bench/repro/retrieval_heads_mask.py   (about 10 minutes on 2 cores)
+Usage: python bench/repro/retrieval_heads_mask.py   (20 minutes to over an hour on 2 cores: 64 measured with them shared)
 """
 
 from __future__ import annotations
