@@ -62,17 +62,22 @@ def encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # long texts are cut into windows: no length warning
 
 
+def _wrap(tokenizer, ids: Sequence[int] | Tensor, *, close: bool) -> Tensor:
+    """``[1, start + ids (+ end when close)]``; ids that already begin (end) with those tokens get no second copy."""
+    ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+    before, after = _around(tokenizer)
+    head = [] if before and ids[: len(before)] == before else before
+    tail = [] if not close or (after and ids[len(ids) - len(after) :] == after) else after
+    return torch.tensor([head + ids + tail], dtype=torch.long)
+
+
 def sequence(tokenizer, ids: Sequence[int] | Tensor) -> Tensor:
     """``ids`` as the tokenizer makes a sequence: ``[1, start + ids + end]`` (long).
 
     Ids that already begin with the start tokens (a chat template that writes its BOS) get
     no second copy.
     """
-    ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-    before, after = _around(tokenizer)
-    head = [] if before and ids[: len(before)] == before else before
-    tail = [] if after and ids[len(ids) - len(after) :] == after else after
-    return torch.tensor([head + ids + tail], dtype=torch.long)
+    return _wrap(tokenizer, ids, close=True)
 
 
 def prompt(tokenizer, ids: Sequence[int] | Tensor) -> Tensor:
@@ -81,10 +86,7 @@ def prompt(tokenizer, ids: Sequence[int] | Tensor) -> Tensor:
     Ids that already begin with the start tokens (a chat template that writes its BOS) get
     no second copy.
     """
-    ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-    before = start_tokens(tokenizer)
-    head = [] if before and ids[: len(before)] == before else before
-    return torch.tensor([head + ids], dtype=torch.long)
+    return _wrap(tokenizer, ids, close=False)
 
 
 def text_windows(tokenizer, text: str, windows: int, window: int, *, what: str = "the text") -> list[Tensor]:
