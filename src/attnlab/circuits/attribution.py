@@ -64,7 +64,9 @@ def attribution_patching(
             grads = dict(zip(zeros, torch.autograd.grad(value, list(zeros.values()), allow_unused=True), strict=True))
         for p, g in grads.items():
             if g is None:
-                raise ValueError(f"no gradient reaches {p} on {type(model).__name__} (a point the model sums to itself): use attn.out or resid_post instead")
+                raise ValueError(
+                    f"no gradient reaches {p} on {type(model).__name__} (a point the model sums to itself): use attn.out or resid_post instead"
+                )
         target_sum += float(value.detach())
         for k, p in enumerate(names):
             effect = (source[p] - target[p]) * grads[p]  # the activation's shape
@@ -110,7 +112,9 @@ def agreement(estimate: PatchResult, exact: PatchResult, *, k: int = 10) -> dict
     keys = ["point", "layer", "head", "position"]
     both = estimate.table.merge(exact.table, on=keys, suffixes=("_est", "_exact"))
     if len(both) != len(exact.table) or len(both) < 2:
-        raise ValueError(f"the results share {len(both)} of {len(exact.table)} units: run both methods on the same points, per, heads and positions")
+        raise ValueError(
+            f"the results share {len(both)} of {len(exact.table)} units: run both methods on the same points, per, heads and positions"
+        )
     a, b = both["score_est"].to_numpy(), both["score_exact"].to_numpy()
     k = min(k, len(both))
     top_a, top_b = set(np.argsort(-np.abs(a))[:k]), set(np.argsort(-np.abs(b))[:k])

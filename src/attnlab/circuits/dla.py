@@ -112,7 +112,9 @@ def direct_logit_attribution(model: nn.Module, pairs: Pairs, *, run: str = "clea
         raise ValueError(f"run must be 'clean' or 'corrupted', got {run!r}")
     norm, unembed, blocks = _ends(model)
     L = len(blocks)
-    post_norms = [getattr(b, "post_attention_layernorm", None) if "post_feedforward_layernorm" in dict(b.named_children()) else None for b in blocks]
+    post_norms = [
+        getattr(b, "post_attention_layernorm", None) if "post_feedforward_layernorm" in dict(b.named_children()) else None for b in blocks
+    ]
     W = [head_weights(model, i) for i in range(L)]
     has_mlp = f"layers.{L - 1}.mlp.out" in hook_points(model)
     W_U = unembed.weight.double()  # [V, C]

@@ -54,7 +54,9 @@ def normalised(patched: float, *, clean: float, corrupted: float) -> float:
         ValueError: clean and corrupted runs score the same (nothing to restore: choose pairs the model tells apart).
     """
     if clean == corrupted:
-        raise ValueError(f"the clean and corrupted runs both score {clean}: there is nothing to restore; choose pairs whose answers the model tells apart")
+        raise ValueError(
+            f"the clean and corrupted runs both score {clean}: there is nothing to restore; choose pairs whose answers the model tells apart"
+        )
     return (patched - corrupted) / (clean - corrupted)
 
 

@@ -22,7 +22,17 @@ from torch import Tensor
 
 from attnlab.data import tokens as T
 
-__all__ = ["KEYS", "Pairs", "colored_objects_pairs", "from_records", "induction_pairs", "ioi_pairs", "load_pairs", "multiple_choice_pairs"]
+__all__ = [
+    "KEYS",
+    "Pairs",
+    "colored_objects_pairs",
+    "from_ids",
+    "from_records",
+    "induction_pairs",
+    "ioi_pairs",
+    "load_pairs",
+    "multiple_choice_pairs",
+]
 
 KEYS = ("clean", "corrupted", "answer", "wrong")
 
@@ -76,7 +86,9 @@ def from_ids(clean: Sequence[Sequence[int]], corrupted: Sequence[Sequence[int]],
     co = [torch.as_tensor(c, dtype=torch.long) for c in corrupted]
     for i, (a, b) in enumerate(zip(cl, co, strict=True)):
         if len(a) != len(b):
-            raise ValueError(f"pair {i}: clean has {len(a)} tokens, corrupted {len(b)}: patching needs equal lengths; make the prompts tokenise alike")
+            raise ValueError(
+                f"pair {i}: clean has {len(a)} tokens, corrupted {len(b)}: patching needs equal lengths; make the prompts tokenise alike"
+            )
     return Pairs(cl, co, torch.as_tensor(answer, dtype=torch.long), torch.as_tensor(wrong, dtype=torch.long), [])
 
 
@@ -128,7 +140,9 @@ def load_pairs(path: str | Path, tokenizer) -> Pairs:
     """Read a JSONL file of pairs (module docstring: the format); errors name the line and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no prompt-pairs file at {str(path)!r}: give a JSONL file with one {{'clean', 'corrupted', 'answer', 'wrong'}} object a line")
+        raise ValueError(
+            f"no prompt-pairs file at {str(path)!r}: give a JSONL file with one {{'clean', 'corrupted', 'answer', 'wrong'}} object a line"
+        )
     records = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -152,7 +166,9 @@ def _same_length(tokenizer, a: str, b: str) -> bool:
 
 def _enough(records: list, n: int, task: str) -> None:
     if len(records) < n:
-        raise ValueError(f"found {len(records)} of {n} {task} pairs whose prompts tokenise to equal lengths with this tokenizer: use a pairs file (load_pairs)")
+        raise ValueError(
+            f"found {len(records)} of {n} {task} pairs whose prompts tokenise to equal lengths with this tokenizer: use a pairs file (load_pairs)"
+        )
 
 
 def ioi_pairs(tokenizer, n: int = 8, *, seed: int = 0) -> Pairs:
@@ -263,6 +279,8 @@ def multiple_choice_pairs(tokenizer, n: int = 8, *, seed: int = 0) -> Pairs:
             continue
         clean, corrupted = (question + "".join(f"\n{L}. {o}" for L, o in zip(_LETTERS, opts, strict=True)) + "\nAnswer:" for opts in (a, b))
         if _same_length(tokenizer, clean, corrupted):
-            records.append({"clean": clean, "corrupted": corrupted, "answer": f" {_LETTERS[a.index(right)]}", "wrong": f" {_LETTERS[b.index(right)]}"})
+            records.append(
+                {"clean": clean, "corrupted": corrupted, "answer": f" {_LETTERS[a.index(right)]}", "wrong": f" {_LETTERS[b.index(right)]}"}
+            )
     _enough(records, n, "multiple choice")
     return from_records(records, tokenizer, source="multiple choice pair")

@@ -34,7 +34,7 @@ from attnlab.circuits import metrics as M
 from attnlab.circuits.pairs import Pairs
 from attnlab.models.graph import _resolve, capture, intervene
 
-__all__ = ["PER", "PatchResult", "activation_patching", "axes", "units"]
+__all__ = ["PER", "PatchResult", "activation_patching", "axes", "patch", "units"]
 
 PER = ("layer", "head", "position", "head_position")
 DIRECTIONS = ("denoise", "noise")
@@ -187,7 +187,14 @@ def activation_patching(
     n = len(pairs)
     clean_m, corrupted_m = clean_sum / n, corrupted_sum / n
     rows = [
-        {"point": p, "layer": _layer(p), "head": h, "position": t, "metric": s / n, "score": M.normalised(s / n, clean=clean_m, corrupted=corrupted_m)}
+        {
+            "point": p,
+            "layer": _layer(p),
+            "head": h,
+            "position": t,
+            "metric": s / n,
+            "score": M.normalised(s / n, clean=clean_m, corrupted=corrupted_m),
+        }
         for (p, h, t), s in sums.items()
     ]
     table = pd.DataFrame(rows, columns=["point", "layer", "head", "position", "metric", "score"])
