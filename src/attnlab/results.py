@@ -476,6 +476,9 @@ class CircuitResult(Result):
 
         return pd.DataFrame(self.table)
 
+    def html(self) -> str:
+        raise ValueError("circuit results have no HTML report yet: read results.json, or results.load(path).to_pandas()")
+
 
 def _classes() -> dict[str, type[Result]]:
     from attnlab.train.result import SweepResult  # imports this module: import it late
