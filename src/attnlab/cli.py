@@ -626,6 +626,68 @@ def edit(
     _say(f"wrote {written[0]} and {written[1]}")
 
 
+@app.command()
+def circuit(
+    model: _Model = "smollm2-135m",
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help='Prompt pairs, JSONL: {"clean", "corrupted", "answer", "wrong"} a line (docs: Circuits).', show_default=False),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Built-in pairs instead of --prompts: ioi, induction, colored_objects, multiple_choice.")
+    ] = None,
+    pairs: Annotated[int, typer.Option("--pairs", help="How many built-in pairs (--task).")] = 8,
+    method: Annotated[
+        str, typer.Option(help="patch (attn.z per head), path (each head into --receivers), attrib (attribution patching), dla.")
+    ] = "patch",
+    receivers: Annotated[str, typer.Option(help="For --method path: comma-separated heads (L9H6,L10H0) or 'logits'.")] = "logits",
+    batch_size: Annotated[int, typer.Option(help="Pairs per forward pass.")] = 8,
+    out: Annotated[Path, typer.Option(help="Output directory for results.json.")] = Path("attnlab-circuit"),
+    force: _Force = False,
+    device: _Device = None,
+    dtype: _Dtype = "float32",
+    device_map: _DeviceMap = None,
+):
+    """Find the heads that carry a model's answer: activation/path/attribution patching or direct logit attribution; writes results.json.
+
+    Example: attnlab circuit --task ioi --method patch --out ioi-heads
+    """
+    from attnlab.circuits.run import METHODS, TASKS, run_circuit, task_pairs
+
+    if (prompts is None) == (task is None):
+        raise ValueError(f"give exactly one of --prompts pairs.jsonl or --task ({', '.join(TASKS)})")
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown --task {task!r}: choose one of {', '.join(TASKS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown --method {method!r}: choose one of {', '.join(METHODS)}")
+    if prompts is not None and not prompts.is_file():
+        raise ValueError(f"--prompts {prompts} is not a file: give a JSONL file of prompt pairs")
+    heads = "logits" if receivers.strip() == "logits" else [h.strip() for h in receivers.split(",") if h.strip()]
+    _check_out(out, force)
+    with console.status(f"loading {escape(model)}"):
+        m, tok = _load(model, device, dtype, device_map)
+    _header(m, tok)
+    from attnlab.circuits.pairs import load_pairs
+
+    chosen = load_pairs(prompts, tok) if prompts is not None else task_pairs(task, tok, pairs)
+    settings = {"model": model, "prompts": str(prompts) if prompts else None, "task": task, "receivers": heads, "batch_size": batch_size}
+    with console.status("running") as status:
+        result = run_circuit(
+            m, chosen, method, settings=settings, receivers=heads, batch_size=batch_size,
+            progress=lambda what, done, total: status.update(escape(f"{what} ({done}/{total})")),
+        )  # fmt: skip
+    for key, value in result.meta.get("summary", {}).items():
+        _say(f"{key}: {value:.4g}")
+    from attnlab.results import to_json, write_together
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_together({out / "results.json": to_json(result)})
+    except OSError as e:
+        raise _write_error(f"the results into --out {out}", e) from None
+    _say(f"wrote {out / 'results.json'} ({result.meta['wall_s']} s)")
+
+
 def _header(model, tokenizer) -> None:
     """The model's conventions, once, before a run (:func:`attnlab.models.conventions.conventions`)."""
     from attnlab.models.conventions import conventions

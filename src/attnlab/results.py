@@ -58,7 +58,7 @@ __all__ = [
 
 FORMAT = "attnlab.result"
 SCHEMA = 2
-KINDS = ("scan", "edit", "sweep")
+KINDS = ("scan", "edit", "sweep", "circuit")
 _OLD = {1: "schema 1", "attnlab.sweep/1": "attnlab.sweep/1"}  # formats before this module, refused with a hint
 
 
@@ -448,13 +448,45 @@ class EditResult(Result):
         return render(self)
 
 
+@dataclass
+class CircuitResult(Result):
+    """What a circuit method found (:mod:`attnlab.circuits`).
+
+    Attributes:
+        meta: the meta block; ``settings`` holds the method, points, task or prompts file, pairs
+            and options; ``summary`` the clean and corrupted metric (patching methods) and
+            ``agreement`` (attribution patching against activation patching, when run).
+        table: one row per unit: ``point, layer, head, position, metric, score`` (patching
+            methods) or ``term, kind, layer, head, value`` (direct logit attribution).
+        grid: the scores as a grid, ``grid_axes`` naming its axes (``["layer", "head"]``) and
+            ``grid_rows`` labelling its rows.
+    """
+
+    KIND: ClassVar[str] = "circuit"
+
+    meta: dict
+    table: list[dict]
+    grid: list[list[float]]
+    grid_axes: list[str]
+    grid_rows: list[str]
+
+    def to_pandas(self):
+        """The table as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.table)
+
+    def html(self) -> str:
+        raise ValueError("circuit results have no HTML report yet: read results.json, or results.load(path).to_pandas()")
+
+
 def _classes() -> dict[str, type[Result]]:
     from attnlab.train.result import SweepResult  # imports this module: import it late
 
-    return {"scan": ScanResult, "edit": EditResult, "sweep": SweepResult}
+    return {"scan": ScanResult, "edit": EditResult, "sweep": SweepResult, "circuit": CircuitResult}
 
 
 def load(path: str | os.PathLike) -> Result:
-    """Read any result: a :class:`ScanResult`, :class:`EditResult` or :class:`~attnlab.train.SweepResult` by its kind."""
+    """Read any result: a :class:`ScanResult`, :class:`EditResult`, :class:`CircuitResult` or :class:`~attnlab.train.SweepResult` by its kind."""
     data = read(path)
     return _classes()[data["meta"]["kind"]]._from_dict(data, path)

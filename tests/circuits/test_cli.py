@@ -1,0 +1,69 @@
+"""`attnlab circuit` on a tiny saved Llama: results.json for each method, clear errors without a traceback."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnlab import results
+from attnlab.cli import app
+from tests.conftest import char_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import transformers
+
+    d = tmp_path_factory.mktemp("tiny")
+    cfg = transformers.LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
+    char_tokenizer("bos").save_pretrained(d)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "attnlab-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["patch", "path", "attrib", "dla"])
+def test_circuit_writes_a_results_json_a_report_can_draw(tiny, tmp_path, method):
+    out = tmp_path / "out"
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--pairs", 3, "--method", method, "--out", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["kind"] == "circuit" and data["meta"]["settings"]["method"] == method
+    assert data["grid_axes"] == ["layer", "head"] and len(data["grid"]) == 2 and len(data["grid"][0]) == 4
+    loaded = results.load(out / "results.json")
+    assert len(loaded.to_pandas()) == len(data["table"])
+    if method == "attrib":
+        assert set(data["meta"]["agreement"]) >= {"pearson", "spearman", "top_k_overlap"}
+    again = cli("circuit", "--model", tiny, "--task", "induction", "--method", method, "--out", out)
+    assert again.exit_code != 0 and "already holds results" in again.output
+
+
+def test_circuit_reads_a_pairs_file_and_refuses_bad_ones_without_a_traceback(tiny, tmp_path):
+    good = tmp_path / "pairs.jsonl"
+    good.write_text(json.dumps({"clean": "abcab", "corrupted": "dbcab", "answer": "c", "wrong": "x"}) + "\n")
+    r = cli("circuit", "--model", tiny, "--prompts", good, "--method", "dla", "--out", tmp_path / "o1")
+    assert r.exit_code == 0, r.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"clean": "abcab", "corrupted": "dbcab", "answer": "cc", "wrong": "x"}) + "\n")
+    r = cli("circuit", "--model", tiny, "--prompts", bad, "--out", tmp_path / "o2")
+    assert r.exit_code != 0 and "is 2 tokens ['c', 'c']" in r.output and "Traceback" not in r.output
+    r = cli("circuit", "--model", tiny, "--out", tmp_path / "o3")
+    assert r.exit_code != 0 and "exactly one of --prompts" in r.output
+    r = cli("circuit", "--model", tiny, "--task", "ioi", "--method", "saliency", "--out", tmp_path / "o4")
+    assert r.exit_code != 0 and "unknown --method 'saliency'" in r.output
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--method", "path", "--receivers", "L7H0", "--out", tmp_path / "o5")
+    assert r.exit_code != 0 and "does not exist: the model has layers 0..1" in r.output
