@@ -86,7 +86,12 @@ class MultipleChoice(Task):
             words += ["answer", ":"]
             inputs[b] = torch.tensor([self.stoi[w] for w in words])
             wrong = rng.choice([k for k in range(4) if k != answer])
-            row = {"answer": answer, "letter": self.stoi[LETTERS[answer]], "wrong_letter": self.stoi[LETTERS[wrong]], "end_pos": len(words) - 1}
+            row = {
+                "answer": answer,
+                "letter": self.stoi[LETTERS[answer]],
+                "wrong_letter": self.stoi[LETTERS[wrong]],
+                "end_pos": len(words) - 1,
+            }
             for k, v in row.items():
                 extra[k][b] = v
         targets = torch.full_like(inputs, IGNORE)
