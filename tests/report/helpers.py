@@ -1,5 +1,6 @@
 """Reading a rendered report back: its figures' Vega-Lite specs and the text a reader sees."""
 
+import html as html_
 import json
 import re
 
@@ -12,7 +13,7 @@ def specs(html: str) -> dict[str, dict]:
 
 def shown(html: str) -> str:
     """The page's text as a reader sees it: scripts and tags dropped, whitespace collapsed."""
-    return " ".join(re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", html, flags=re.S).split())
+    return " ".join(html_.unescape(re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", html, flags=re.S)).split())
 
 
 def fetches(html: str) -> list[str]:

@@ -52,11 +52,13 @@ def heatmap(
     meaning: str,
     unit: str = "",
     domain: tuple[float, float] | None = None,
+    label: str = "",
     caption: str = "",
 ) -> Figure:
     """A ``[layer][head]`` heatmap: hover a cell for its layer, head, value and what the value means.
 
     Args:
+        label: the value's name in tooltips (default: ``title``).
         meaning: what the value measures, in words (shown in every tooltip).
         unit: the colour bar's title (what the values are in).
         domain: the colour scale's range of values; heatmaps whose values compare share one.
@@ -71,7 +73,7 @@ def heatmap(
         base.mark_rect(color=GREY)
         .transform_filter("datum.value === null")
         .transform_calculate(value="'not measured'")
-        .encode(tooltip=["layer:O", "head:O", alt.Tooltip("value:N", title=title)])
+        .encode(tooltip=["layer:O", "head:O", alt.Tooltip("value:N", title=label or title)])
     )
     scale = alt.Scale(scheme=SCHEME, domain=list(domain)) if domain else alt.Scale(scheme=SCHEME, zero=False)
     cells = (
@@ -83,7 +85,7 @@ def heatmap(
             tooltip=[
                 alt.Tooltip("layer:O"),
                 alt.Tooltip("head:O"),
-                alt.Tooltip("value:Q", title=title, format=".3~g"),
+                alt.Tooltip("value:Q", title=label or title, format=".3~g"),
                 alt.Tooltip("meaning:N", title="what it measures"),
             ],
         )
@@ -140,7 +142,11 @@ def bars(
     base = alt.Chart(alt.Data(name="bars")).transform_filter(keep).transform_calculate(meaning=_text(meaning))
     scale = alt.Scale(type="log") if log else alt.Scale()
     enc_x = alt.X(f"{x}:O", title=x_title, sort=None, axis=alt.Axis(labelAngle=0 if len(rows) <= 12 else -90, labelLimit=160))
-    layers = [base.mark_bar(color=BAR).encode(x=enc_x, y=alt.Y("value:Q", title=y_title, scale=scale, axis=alt.Axis(tickCount=6)), tooltip=tips)]
+    layers = [
+        base.mark_bar(color=BAR).encode(
+            x=enc_x, y=alt.Y("value:Q", title=y_title, scale=scale, stack=None, axis=alt.Axis(tickCount=6)), tooltip=tips
+        )
+    ]
     if error:
         layers.append(
             base.transform_calculate(lo=f"datum.value - datum.{error}", hi=f"datum.value + datum.{error}")
@@ -263,7 +269,7 @@ def attention_viewer(name: str, title: str, maps: Sequence[dict], *, caption: st
                 axis=alt.Axis(orient="top", labelExpr="tok[datum.value]", labelAngle=-70, labelFontSize=9, labelLimit=90),
                 scale=alt.Scale(paddingInner=0),
             ),
-            y=alt.Y("q:O", title="query", axis=alt.Axis(labels=False, ticks=False), scale=alt.Scale(paddingInner=0)),
+            y=alt.Y("q:O", axis=None, scale=alt.Scale(paddingInner=0)),  # the tokens on the left name the rows
             opacity=alt.condition(row | col, alt.value(1.0), alt.value(0.18)),
         )
     )

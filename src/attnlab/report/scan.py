@@ -113,7 +113,11 @@ def build(result) -> Report:
                 continue
             title = titles.get(id, id)
             meaning, unit = _meaning(probe, id, title)
-            s.add(figures.heatmap(f"{probe}.{id}", f"{title} (layer × head)", grid, meaning=meaning, unit=unit, domain=domains.get(unit)))
+            s.add(
+                figures.heatmap(
+                    f"{probe}.{id}", f"{title} (layer × head)", grid, meaning=meaning, unit=unit, domain=domains.get(unit), label=title
+                )
+            )
         for id, values in f.get("bars", {}).items():
             if not values:
                 continue
@@ -124,7 +128,14 @@ def build(result) -> Report:
             caption = "log axis; dashed line: 1× (the first token as large as the median one)" if ratio else ""
             s.add(
                 figures.per_layer(
-                    f"{probe}.{id}", f"{title} (per layer)", values, meaning=meaning, unit=unit, reference=reference, log=ratio, caption=caption
+                    f"{probe}.{id}",
+                    f"{title} (per layer)",
+                    values,
+                    meaning=meaning,
+                    unit=unit,
+                    reference=reference,
+                    log=ratio,
+                    caption=caption,
                 )
             )
         for n, (id, rows) in enumerate(f.get("tables", {}).items()):
