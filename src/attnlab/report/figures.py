@@ -231,23 +231,19 @@ def attention_viewer(name: str, title: str, maps: Sequence[dict], *, caption: st
         raise ValueError("attention_viewer draws maps of one prompt: every map's tokens must be the same")
     labels = [f"{i} {_short(t)}" for i, t in enumerate(tokens)]
     cells = [
-        {"h": n, "q": q, "k": k, "w": _num(w) if w is not None else None}
-        for n, m in enumerate(maps)
-        for q, row in enumerate(m["matrix"])
-        for k, w in enumerate(row)
+        {"h": n, "q": q, "k": k, "w": _num(w)} for n, m in enumerate(maps) for q, row in enumerate(m["matrix"]) for k, w in enumerate(row)
     ]
     heads = [f"L{m['layer']}H{m['head']}: {m['why']}" for m in maps]
     head = alt.param(name="head", value=0, bind=alt.binding_select(options=list(range(len(maps))), labels=heads, name="head "))
     tok = alt.param(name="tok", value=labels)  # the token labels, read by axis labels and tooltips
-    row = alt.selection_point(name="token_row", fields=["q"], on="mouseover", clear="mouseout", nearest=False)
-    col = alt.selection_point(name="token_col", fields=["k"], on="mouseover", clear="mouseout", nearest=False)
+    row = alt.selection_point(name="token_row", fields=["q"], on="mouseover", clear="mouseout")
+    col = alt.selection_point(name="token_col", fields=["k"], on="mouseover", clear="mouseout")
     step = 10 if len(tokens) <= 70 else 8
-    y = alt.Y("q:O", title="query (row: what this token attends to)", axis=None, scale=alt.Scale(paddingInner=0))
     strip = (
         alt.Chart(alt.Data(name="tokens"))
-        .mark_text(align="right", baseline="middle", fontSize=min(11, step + 1), dx=0)
+        .mark_text(align="right", baseline="middle", fontSize=min(11, step + 1))
         .encode(
-            y=y,
+            y=alt.Y("q:O", axis=None, scale=alt.Scale(paddingInner=0)),  # the same rows as the map's
             text="t:N",
             color=alt.condition(row, alt.value("#111"), alt.value("#aaa")),
             tooltip=[alt.Tooltip("t:N", title="token (hover: its row and column)")],

@@ -4,8 +4,9 @@ A scan instruments a Hugging Face model (every attention call goes through
 :func:`attnlab.core.attend` at a site), runs the chosen probes over text inputs, repeated random
 token sequences (for the head-pattern detectors) and needle-in-a-haystack trials (for retrieval
 heads), and returns a :class:`~attnlab.results.ScanResult`: JSON-ready findings per probe, the
-settings and versions that produced them, and a few whole attention maps of a short prompt for
-the report. Results are saved and loaded by :mod:`attnlab.results`.
+settings and versions that produced them, and the whole attention maps of a short prompt for
+the heads chosen with ``maps`` and those the findings point at (the report's attention viewer).
+Results are saved and loaded by :mod:`attnlab.results`.
 
 Defaults fit the model (:func:`plan_scan`): the default probes are those that apply to its kind
 (``retrieval`` decodes answers, so an encoder skips it), the default needle lengths those that fit
