@@ -6,6 +6,7 @@ import pytest
 
 from attnlab.results import ScanResult
 from attnlab.runs.scan import scan
+from tests.report.helpers import fetches, specs
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,12 @@ def test_save_load_and_report_are_self_contained(result, tmp_path):
     again = ScanResult.load(path)
     assert again.findings == json.loads(json.dumps(result.findings))
     html = again.report(tmp_path / "report.html").read_text()
-    assert html.startswith("<!doctype html>") and "<svg" in html and "retrieval heads" in html
+    assert html.startswith("<!doctype html>") and "retrieval heads" in html
+    assert {"retrieval.score", "sink.first_token_mass", "attention_maps"} <= set(specs(html))
     assert f"sha256 {result.meta['model']['weights']['sha256'][:16]}" in html and "Q4_1" in html
-    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html and "<script" not in html
-    assert result._repr_html_().startswith('<div class="attnlab-report">') or "attnlab-report" in result._repr_html_()
+    assert fetches(html) == []  # nothing fetched (tests/report/test_browser.py watches requests)
+    assert html.count("window.vegaEmbed=") == 1  # the JavaScript inlined once
+    assert "<!doctype" not in result._repr_html_() and "attnlab-report" in result._repr_html_()
 
 
 def test_to_pandas_is_a_long_table(result):

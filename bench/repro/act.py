@@ -62,7 +62,7 @@ def main():
         verdict=f"{len(heads)} of {len(act.scores)} candidate heads kept by calibration ({', '.join(heads)}); {verdict}.",
         supported=True,  # the claim is to report the change, not a direction
         notes=NOTES,
-        figure_svg=bar_chart(
+        figure=bar_chart(
             "ACT on SmolLM2-135M: after − before",
             [r["metric"] for r in rows],
             [r["difference"] for r in rows],

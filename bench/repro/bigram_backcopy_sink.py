@@ -204,7 +204,7 @@ def main():
         rows=rows,
         verdict=verdict,
         supported=sink and drain and relu_fix,
-        figure_svg=bar_chart("Bigram-Backcopy, 1 layer: share of attention on BOS", labels, values, errors, "BOS share"),
+        figure=bar_chart("Bigram-Backcopy, 1 layer: share of attention on BOS", labels, values, errors, "BOS share"),
         settings={**cfg, "model": MODEL, "lr": LR, "task": "bigram_backcopy(text='tempest', triggers=3)"},
     )
 

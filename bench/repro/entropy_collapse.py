@@ -164,7 +164,7 @@ def main():
         rows=rows,
         verdict=verdict,
         supported=supported,
-        figure_svg=line_chart("MQAR, 2 layers: mean normalised attention entropy per step", series, "step", "normalised entropy"),
+        figure=line_chart("MQAR, 2 layers: mean normalised attention entropy per step", series, "step", "normalised entropy"),
         settings={**cfg, "task": TASK, "model": MODEL, "high_lr": HIGH_LR, "normal_lr": NORMAL_LR, "curves": curves},
     )
 

@@ -136,7 +136,7 @@ def main():
         rows=rows,
         verdict=verdict,
         supported=supported,
-        figure_svg=line_chart("ICL accuracy on novel classes (in_context split)", series, "step", "ICL accuracy"),
+        figure=line_chart("ICL accuracy on novel classes (in_context split)", series, "step", "ICL accuracy"),
         settings={
             "task": "icl_classification defaults (N=8, K=512, L=32, zipf=0, p_bursty=1, p_icl=0, exemplars=4)",
             "burstiness": {"bursty": 4, "control": 0},

@@ -81,7 +81,7 @@ def main():
         verdict=f"baseline perplexity {base:.1f}; {verdict}.",
         supported=supported,
         notes=NOTES,
-        figure_svg=bar_chart(
+        figure=bar_chart(
             "SmolLM2-135M perplexity (log10) with attention sublayers dropped",
             labels,
             [math.log10(v) for v in values],

@@ -162,7 +162,7 @@ def main():
         rows=rows,
         verdict=verdict,
         supported=supported,
-        figure_svg=line_chart(
+        figure=line_chart(
             f"MQAR accuracy, L={SEQ_LEN}, d=64 ({seeds} seeds, mean)",
             {m: (pairs, acc[m]) for m in MECHANISMS},
             "key-value pairs",

@@ -184,7 +184,7 @@ def main():
         rows=rows,
         verdict=verdict,
         supported=supported,
-        figure_svg=line_chart(
+        figure=line_chart(
             f"Test MSE / E[y²] vs heads M (n_train={nb}, {seeds} seeds)",
             series,
             "heads M (MLP: M·(d+1) units)",

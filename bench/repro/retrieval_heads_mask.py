@@ -95,7 +95,7 @@ def main():
         verdict=verdict,
         supported=supported,
         notes=NOTES,
-        figure_svg=bar_chart("SmolLM2-135M needle accuracy with heads masked", labels, values, errors, "accuracy"),
+        figure=bar_chart("SmolLM2-135M needle accuracy with heads masked", labels, values, errors, "accuracy"),
         settings={
             "lengths": LENGTHS,
             "detect_depths": DETECT_DEPTHS,

@@ -183,7 +183,7 @@ def main():
         rows=rows,
         verdict=verdict,
         supported=scan and above_zero and flat and lower,
-        figure_svg=line_chart("Scan and Snap: query-row attention entropy (mean over seeds)", series, "step", "entropy (nats)"),
+        figure=line_chart("Scan and Snap: query-row attention entropy (mean over seeds)", series, "step", "entropy (nats)"),
         settings={
             "task": {"name": "scan_snap", **TASK},
             "model": "TinyTransformer(dim=64, heads=1, layers=1, mlp=False, positions='none'), embeddings frozen",

@@ -227,7 +227,7 @@ def main():
         rows=rows,
         verdict=verdict,
         supported=supported,
-        figure_svg=bar_chart(
+        figure=bar_chart(
             f"Induction accuracy under ablations ({len(rows)} seeds, 95% CI)",
             [k[5:].replace("(mean)", "").replace("component", "comp.") for k in keys],
             [e.mean for e in means.values()],

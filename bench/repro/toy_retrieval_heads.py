@@ -188,7 +188,7 @@ def main():
         rows=rows,
         verdict=verdict,
         supported=supported,
-        figure_svg=bar_chart(
+        figure=bar_chart(
             f"Needle copy accuracy with one head masked ({seeds} seed(s), mean ± 95% CI)", labels, values, errors, "copy accuracy"
         ),
         settings={

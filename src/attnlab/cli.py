@@ -296,6 +296,23 @@ def _load(model: str, device: str | None, dtype: str, device_map: str | None):
 
 
 _Force = Annotated[bool, typer.Option("--force", help="Replace the results --out already holds (refused without it).")]
+_Figures = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--figures",
+        help="Also write each figure of the report as a file, figures/<name>.<format> beside it: png, svg, or png,svg (or repeat).",
+        show_default=False,
+    ),
+]
+
+
+def _figure_formats(figures: list[str] | None) -> list[str]:
+    """``--figures png,svg`` or ``--figures png --figures svg`` as a checked list of formats (empty: none)."""
+    from attnlab.report.page import check_formats
+
+    return check_formats([f for item in figures or [] for f in item.split(",")])
+
+
 OUTPUTS = ("results.json", "report.html")
 
 
@@ -330,11 +347,14 @@ def _write_error(what: str, e: OSError) -> ValueError:
     return ValueError(f"cannot write {what} ({e.strerror or e}): give a path in a folder you can write to, on a disk with space")
 
 
-def _write_outputs(out: Path, result) -> tuple[Path, Path]:
-    """Write results.json and report.html into ``out`` together or not at all (both rendered first)."""
+def _write_outputs(out: Path, result, figures: list[str] = ()) -> tuple[Path, Path]:
+    """Write results.json and report.html (and ``figures`` as figures/<name>.<format>) into ``out`` together or not at all
+    (all rendered first)."""
     from attnlab.results import to_json, write_together
 
     texts = {out / "results.json": to_json(result), out / "report.html": result.html()}
+    if figures:
+        texts.update({out / "figures" / name: data for name, data in result.page().figure_files(figures).items()})
     made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -385,6 +405,15 @@ def scan(
             show_default=False,
         ),
     ] = None,
+    maps: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--maps",
+            help="Heads whose whole attention maps the report's viewer shows, besides those the scan finds: L<layer>H<head>, comma-separated or repeated (e.g. --maps L18H6,L17H3).",
+            show_default=False,
+        ),
+    ] = None,
+    figures: _Figures = None,
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-scan"),
     force: _Force = False,
     backend: Annotated[str, typer.Option(help="Attention backend: auto, reference, sdpa, blocked, flex.")] = "auto",
@@ -415,6 +444,11 @@ def scan(
         if k not in ("needle", "repeated"):
             raise ValueError(f"unknown synthetic input {k!r}: choose needle or repeated")
     lengths = None if needle_lengths is None else _ints(needle_lengths, "--needle-lengths")
+    formats = _figure_formats(figures)
+    map_text = ",".join(maps or [])
+    from attnlab.runs.scan import parse_map_heads
+
+    map_heads = parse_map_heads(map_text) if map_text else []  # malformed fails here, before loading; the scan checks the model has them
     texts = _read_inputs(text, prompts)
     default_sample = not texts and not kinds
     if default_sample:  # the built-in sample, plus the synthetic inputs the probes read
@@ -469,11 +503,12 @@ def scan(
             settings=settings,
             skipped=plan.skipped,
             capped=capped,
+            maps=map_heads,
         )
     _show_warnings(caught)
     _show_skipped(result.meta)
     _show_capped(result.meta)
-    written = _write_outputs(out, result)
+    written = _write_outputs(out, result, formats)
     for probe, f in result.findings.items():
         for note in f["notes"]:  # notes quote model tokens: printed literally
             console.print(Text.assemble((probe, "bold"), ": ", str(note)))
@@ -527,10 +562,12 @@ def _fed_probes(probes: list[str], explicit: bool, *, has_text: bool, kinds: set
 def report(
     results: Annotated[Path, typer.Argument(help="A results.json written by attnlab scan, edit, train or bench tasks.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the HTML (default: report.html beside the results).")] = None,
+    figures: _Figures = None,
 ):
     """Re-render the HTML report of a saved result of any kind (scan, edit or sweep)."""
-    from attnlab.results import load, write_atomic
+    from attnlab.results import load, write_atomic, write_together
 
+    formats = _figure_formats(figures)
     target = out or results.with_name("report.html")
     if target.resolve() == results.resolve():
         raise ValueError(f"--out {target} is the results file itself: give another path for the HTML")
@@ -538,6 +575,7 @@ def report(
     _check_writable(target.parent, f"--out {target}" if out else f"the report {target}")
     try:
         html = result.html()
+        files = {target.parent / "figures" / name: data for name, data in result.page().figure_files(formats).items()}
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # fields of the wrong shape
         kind = result.meta.get("kind")
         raise ValueError(
@@ -545,10 +583,12 @@ def report(
             "was it edited by hand? re-run what wrote it (attnlab --debug report ... shows where it broke)"
         ) from e
     try:
-        path = write_atomic(target, html)
+        path = write_together({target: html, **files})[0] if files else write_atomic(target, html)
     except OSError as e:
         raise _write_error(f"the report to {target}", e) from None
-    _say(f"wrote {path} ({result.meta['kind']} report)")
+    _say(
+        f"wrote {path} ({result.meta['kind']} report)" + (f" and {len(files)} figure files in {target.parent / 'figures'}" if files else "")
+    )
 
 
 @app.command()
@@ -565,6 +605,7 @@ def edit(
             show_default=False,
         ),
     ] = None,
+    figures: _Figures = None,
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-edit"),
     force: _Force = False,
     allow_extrapolation: Annotated[
@@ -583,6 +624,7 @@ def edit(
     from attnlab.runs.edit import run_edit
 
     specs = [E.parse(s) for s in edit]  # a malformed spec or unknown edit fails here, before loading
+    formats = _figure_formats(figures)
     from attnlab.runs.evaluate import METRICS
 
     evals = None if eval is None else [e.strip() for e in eval.split(",") if e.strip()]
@@ -622,7 +664,7 @@ def edit(
     for r in result.meta["metrics"]:
         if "tokens" in r:
             _say(f"{r['metric']} over all {r['tokens']} scored tokens: {r['pooled_before']:.4g} before, {r['pooled_after']:.4g} after")
-    written = _write_outputs(out, result)
+    written = _write_outputs(out, result, formats)
     _say(f"wrote {written[0]} and {written[1]}")
 
 
@@ -820,6 +862,7 @@ def train(
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch CPU threads (default: every core unless OMP_NUM_THREADS is set).")
     ] = None,
+    figures: _Figures = None,
     out: Annotated[
         Path,
         typer.Option(
@@ -844,6 +887,7 @@ def train(
     spec = _task_class_or_name(task)
     task_options = _key_values(task_option, "--task-option")
     mech_options = _key_values(mechanism_option, "--mechanism-option")
+    formats = _figure_formats(figures)
     the_task = make_task(spec, task_options)
     checkpoint = out / "checkpoint.pt"
     _check_out(out, force=force or checkpoint.is_file())  # resuming a run is not overwriting it
@@ -879,7 +923,7 @@ def train(
     result = SweepResult.from_runs(
         [{"mechanism": mechanism, "seed": seed, **r.to_dict()}], {"settings": settings, "versions": versions(), "wall_s": r.wall_s}
     )
-    written = _write_outputs(out, result)
+    written = _write_outputs(out, result, formats)
     _say(f"wrote {checkpoint}, {written[0]} and {written[1]}")
 
 

@@ -30,7 +30,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -326,13 +326,25 @@ class Result:
             raise ValueError(f"{path} is an attnlab {cls.KIND} result without {', '.join(map(repr, missing))}")
         return cls(**{n: data[n] for n in names if n in data})
 
-    def html(self) -> str:
-        """The self-contained HTML report (no scripts, no network)."""
+    def page(self):
+        """The report as a :class:`attnlab.report.page.Report` (sections of texts, tables and figures)."""
         raise NotImplementedError
 
-    def report(self, path: str | os.PathLike) -> Path:
-        """Write the self-contained HTML report."""
-        return write_atomic(path, self.html())
+    def html(self, *, standalone: bool = True) -> str:
+        """The self-contained interactive HTML report (its JavaScript inlined: no network request)."""
+        return self.page().html(standalone=standalone)
+
+    def _repr_html_(self) -> str:
+        return self.html(standalone=False)
+
+    def report(self, path: str | os.PathLike, *, figures: Sequence[str] = ()) -> Path:
+        """Write the self-contained HTML report; ``figures`` (``"png"``, ``"svg"``) also writes each figure
+        as ``figures/<name>.<format>`` beside it."""
+        page = self.page()
+        out = write_atomic(path, page.html())
+        if figures:
+            page.write_figures(Path(path).parent / "figures", figures)
+        return out
 
 
 def _frame(rows: list[tuple], columns: list[str], ints: tuple[str, ...] = ()):
@@ -370,7 +382,8 @@ class ScanResult(Result):
             the default lengths shortened to its trained positions.
         sites: ``{"name", "layer", "num_heads", "num_kv_heads"}`` per attention site.
         findings: per probe, its :class:`attnlab.probes.Findings` as a dict (ids as keys, ``titles``).
-        maps: a few whole attention maps of a short prompt: ``{"layer", "head", "why", "tokens", "matrix"}``.
+        maps: whole attention maps of one short prompt for chosen heads: ``{"layer", "head", "why", "prompt", "tokens",
+            "matrix"}``; ``matrix[q][k]`` is None (null) where the mask hides key ``k`` from query ``q``.
     """
 
     KIND: ClassVar[str] = "scan"
@@ -409,13 +422,11 @@ class ScanResult(Result):
                     rows += [(probe, f"{tid}.{k}", *where, float(v)) for k, v in r.items() if k not in _WHERE and _number(v)]
         return _frame(rows, SCAN_COLUMNS, ints=("layer", "head", "position"))
 
-    def html(self, *, standalone: bool = True) -> str:
-        from attnlab.report.html import render
+    def page(self):
+        """The report: findings, heatmaps, bars, tables and the attention viewer (:mod:`attnlab.report.scan`)."""
+        from attnlab.report.scan import build
 
-        return render(self, standalone=standalone)
-
-    def _repr_html_(self) -> str:
-        return self.html(standalone=False)
+        return build(self)
 
 
 @dataclass
@@ -424,7 +435,8 @@ class EditResult(Result):
 
     Attributes:
         meta: the meta block; ``settings`` holds the edit specs, evaluations and backend,
-            ``applied`` the edits after calibration, ``metrics`` a summary row per evaluation.
+            ``applied`` the edits as applied (after calibration, if any), ``calibrated`` ``{"edit", "by"}`` per edit that was
+            calibrated (``by``: "probe" or a search name; absent in older files), ``metrics`` a summary row per evaluation.
         examples: per evaluation, ``{"before": [...], "after": [...]}``, one value per example.
     """
 
@@ -442,10 +454,11 @@ class EditResult(Result):
         ]
         return _frame(rows, ["metric", "example", "before", "after", "difference"])
 
-    def html(self) -> str:
-        from attnlab.report.edit import render
+    def page(self):
+        """The report: the before/after table and per-example differences (:mod:`attnlab.report.edit`)."""
+        from attnlab.report.edit import build
 
-        return render(self)
+        return build(self)
 
 
 @dataclass

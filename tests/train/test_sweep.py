@@ -8,6 +8,7 @@ import pytest
 from attnlab import results
 from attnlab.stats import mean_ci
 from attnlab.train import SweepResult, sweep
+from tests.report.helpers import fetches, shown, specs
 from tests.train.toy import Lag
 
 SMALL = {
@@ -61,7 +62,7 @@ def test_save_and_load_round_trip(serial, tmp_path):
     assert (again.meta["format"], again.meta["kind"], again.meta["schema"]) == ("attnlab.result", "sweep", 2)
     assert again.summary[0]["final_metric"] == serial.summary[0]["final_metric"]
     assert "NaN" not in path.read_text()  # strict JSON: missing values are null
-    assert "<svg" in again.html()  # a loaded result renders, nulls and all
+    assert {"test_metric", "train_loss"} <= set(specs(again.html()))  # a loaded result renders, nulls and all
     assert {"attnlab", "torch", "python"} <= set(again.meta["versions"]) and again.meta["settings"]["seeds"] == [0, 1, 2]
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="is not an attnlab sweep result"):
@@ -70,10 +71,15 @@ def test_save_and_load_round_trip(serial, tmp_path):
 
 def test_report_is_self_contained_html(serial, tmp_path):
     text = serial.report(tmp_path / "report.html").read_text()
-    assert text.startswith("<!doctype html>") and text.count("<svg") == 2 and "<polygon" in text  # CI bands
-    assert "<script" not in text and "<link" not in text and "src=" not in text
-    assert set(re.findall(r"https?://[^\"' ]+", text)) <= {"http://www.w3.org/2000/svg"}
-    assert "mha" in text and "±" in text
+    figures = specs(text)
+    assert text.startswith("<!doctype html>") and list(figures) == ["test_metric", "train_loss"]
+    marks = [layer["mark"]["type"] for layer in figures["test_metric"]["layer"]]
+    assert marks[0] == "area" and "line" in marks  # the CI band under the mean line
+    band = {(p["series"], p["x"]): (p["low"], p["high"]) for p in figures["test_metric"]["datasets"]["points"]}
+    c = serial.curves["mha"]["test_metric"]
+    assert band[("mha", c["steps"][-1])] == pytest.approx((c["low"][-1], c["high"][-1]))
+    assert fetches(text) == []  # nothing fetched (tests/report/test_browser.py watches requests)
+    assert "Task comparison on tests.train.toy.Lag: 2 mechanisms × 3 seeds" in shown(text) and "±" in text
 
 
 def test_ray_executor_without_ray_says_how_to_install_it(monkeypatch):

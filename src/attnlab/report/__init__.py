@@ -1,6 +1,7 @@
-"""Reports: self-contained HTML pages for results, one module per kind.
+"""Reports: one interactive, self-contained HTML page per result, built from sections.
 
-:mod:`attnlab.report.html` (a scan, and the SVG heatmaps and bars), :mod:`attnlab.report.edit`
-(an edit evaluation), :mod:`attnlab.report.sweep` (a sweep), :mod:`attnlab.report.plots` (line
-charts). Results themselves are saved and loaded by :mod:`attnlab.results`.
+:mod:`attnlab.report.page` (the :class:`~attnlab.report.page.Report` every kind is built as, its
+one template and stylesheet, figure export), :mod:`attnlab.report.figures` (the figures, made
+with altair), and one builder per kind: :mod:`attnlab.report.scan`, :mod:`attnlab.report.edit`,
+:mod:`attnlab.report.sweep`. Results themselves are saved and loaded by :mod:`attnlab.results`.
 """

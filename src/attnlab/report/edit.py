@@ -1,39 +1,85 @@
-"""An edit's HTML report: one self-contained file (CSS and SVG inline, no scripts, no network).
-
-The before/after table with paired 95% CIs, and per example the change each edit made.
-"""
+"""An edit's report: the before/after table with paired 95% CIs, and per example the change each edit made."""
 
 from __future__ import annotations
 
-from jinja2 import Environment
+from attnlab.report import figures
+from attnlab.report.page import Report, Table, Text
+from attnlab.report.scan import weights_line
 
-from attnlab.report.html import bars_svg
-
-__all__ = ["render"]
-
-_TEMPLATE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>attnlab edit: {{ meta.model.identity }}</title>
-<style>body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
-table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 9px;text-align:left}th{background:#f5f5f5}
-svg text{font-size:10px;fill:#444}.meta{color:#666}figure{display:inline-block;margin:.5em 1.5em .5em 0}</style></head><body>
-<h1>Edit: {{ meta.settings.edits|join(" then ") }}</h1>
-<p class="meta">{{ meta.model.identity }} · {{ meta.model.layers }} layers · {{ meta.created }} · {{ meta.wall_s }} s ·
-attnlab {{ meta.versions.attnlab }}, torch {{ meta.versions.torch }} · {{ meta.composition }}</p>
-{% set w = meta.model.weights %}{% if w %}<p class="meta">weights: {{ w.description or w.name }} · {{ w.format }} · {{ w.dtype }}{% if w.sha256 %} · sha256 {{ w.sha256[:16] }}…{% endif %}{% if w.revision %} · revision {{ w.revision }}{% endif %} · {{ w.source }}</p>{% endif %}
-{% set c = meta.model.conventions %}{% if c %}<p class="meta">conventions: {{ c.kind }} · sequences start with {{ c.start|join(" ") or "nothing" }}{% if c.end %}, end with {{ c.end|join(" ") }}{% endif %} · {{ "chat template" if c.chat_template else "no chat template" }} · {{ c.positions or "undeclared" }} positions{% if c.sliding_window %} · sliding window {{ c.sliding_window }} on {{ c.sliding_layers }} of {{ c.layers }} layers{% endif %}{% if c.softcap %} · attention softcap {{ c.softcap }}{% endif %}</p>{% endif %}
-{% for s in meta.skipped or [] %}<p class="meta">skipped {{ s.what }}: {{ s.why }}</p>{% endfor %}
-{% if meta.applied %}<p class="meta">As applied (after calibration): {{ meta.applied|join("; ") }}</p>{% endif %}
-<table><tr><th>metric</th><th>before</th><th>after</th><th>after − before</th><th>95% CI</th><th>examples</th><th>better is</th></tr>
-{% for m in meta.metrics %}<tr><td>{{ m.metric }}</td><td>{{ "%.4g"|format(m.before) }}</td><td>{{ "%.4g"|format(m.after) }}</td>
-<td>{{ "%+.4g"|format(m.difference) }}</td><td>[{{ "%+.3g"|format(m.ci95[0]) }}, {{ "%+.3g"|format(m.ci95[1]) }}]</td><td>{{ m.examples }}</td>
-<td>{{ "higher" if m.higher_is_better else "lower" }}</td></tr>{% endfor %}</table>
-{% for m in meta.metrics if m.tokens %}<p class="meta">{{ m.metric }} over all {{ m.tokens }} scored tokens (corpus value): {{ "%.4g"|format(m.pooled_before) }} before, {{ "%.4g"|format(m.pooled_after) }} after; the table's values are means over windows</p>{% endfor %}
-<h2>Per example: after − before</h2>
-{% for name, svg in plots %}<figure><figcaption>{{ name }}</figcaption>{{ svg|safe }}</figure>{% endfor %}
-</body></html>
-"""
+__all__ = ["build", "render"]
 
 
-def render(result) -> str:
-    """The self-contained HTML report of an :class:`attnlab.results.EditResult` (no scripts, no network)."""
-    plots = [(name, bars_svg([a - b for a, b in zip(v["after"], v["before"])], label="example")) for name, v in result.examples.items()]
-    return Environment(autoescape=True).from_string(_TEMPLATE).render(meta=result.meta, plots=plots)
+def _conventions(c: dict) -> str:
+    parts = [
+        c["kind"],
+        f"sequences start with {' '.join(c['start']) or 'nothing'}" + (f", end with {' '.join(c['end'])}" if c.get("end") else ""),
+    ]
+    parts.append("chat template" if c.get("chat_template") else "no chat template")
+    parts.append(f"{c.get('positions') or 'undeclared'} positions")
+    if c.get("sliding_window"):
+        parts.append(f"sliding window {c['sliding_window']} on {c['sliding_layers']} of {c['layers']} layers")
+    if c.get("softcap"):
+        parts.append(f"attention softcap {c['softcap']}")
+    return "conventions: " + " · ".join(parts)
+
+
+def _applied(meta: dict) -> str:
+    """What was applied, and "calibrated ..." only for the edits that were."""
+    calibrated = meta.get("calibrated") or []
+    text = "Applied: " + "; ".join(meta.get("applied") or meta["settings"]["edits"])
+    if calibrated:
+        text += ". Calibrated before measuring: " + "; ".join(f"{c['edit']} (by {c['by']})" for c in calibrated)
+    return text + "."
+
+
+def build(result) -> Report:
+    """The :class:`~attnlab.report.page.Report` of an :class:`attnlab.results.EditResult`."""
+    meta = result.meta
+    m, v = meta["model"], meta["versions"]
+    lines = [
+        f"{m['identity']} · {m.get('layers')} layers · {meta['created']} · {meta['wall_s']} s · attnlab {v['attnlab']}, torch {v['torch']}"
+        + (f" · {meta['composition']}" if meta.get("composition") else "")
+    ]
+    lines += weights_line(m)
+    lines += [_conventions(m["conventions"])] if m.get("conventions") else []
+    lines += [f"skipped {s['what']}: {s['why']}" for s in meta.get("skipped") or []]
+    r = Report(f"Edit: {' then '.join(meta['settings']['edits'])}", lines)
+    s = r.section("Before and after", "summary").add(Text(_applied(meta)))
+    header = ["metric", "before", "after", "after − before", "95% CI", "examples", "better is"]
+    rows = [
+        [
+            x["metric"],
+            f"{x['before']:.4g}",
+            f"{x['after']:.4g}",
+            f"{x['difference']:+.4g}",
+            f"[{x['ci95'][0]:+.3g}, {x['ci95'][1]:+.3g}]",
+            x["examples"],
+            {True: "higher", False: "lower"}.get(x.get("higher_is_better"), ""),
+        ]
+        for x in meta["metrics"]
+    ]
+    s.add(Table(rows, header))
+    for x in meta["metrics"]:
+        if x.get("tokens"):
+            s.add(
+                Text(
+                    f"{x['metric']} over all {x['tokens']} scored tokens (corpus value): {x['pooled_before']:.4g} before, "
+                    f"{x['pooled_after']:.4g} after; the table's values are means over windows",
+                    meta=True,
+                )
+            )
+    s = r.section("Per example: after − before", "examples")
+    for name, ex in result.examples.items():
+        rows = [{"example": i, "value": a - b} for i, (b, a) in enumerate(zip(ex["before"], ex["after"]))]
+        s.add(
+            figures.bars(
+                f"examples.{name}", name, rows, x="example", x_title="example", y_title=f"{name}: after − before",
+                meaning=f"the edit's change in {name} on this example", caption="dashed line: no change",
+            )
+        )  # fmt: skip
+    return r
+
+
+def render(result, *, standalone: bool = True) -> str:
+    """The HTML report of an :class:`attnlab.results.EditResult`."""
+    return build(result).html(standalone=standalone)

@@ -1,47 +1,86 @@
-"""A sweep's HTML report: one self-contained file (CSS and SVG inline, no scripts, no network).
+"""A sweep's report (``attnlab bench tasks``, ``attnlab train``): the per-mechanism table and the mean curves.
 
-The per-mechanism table (mean ± 95% CI over seeds) and the mean test-metric and training-loss
-curves with their 95% CI bands.
+A single run (one mechanism, one seed: ``attnlab train``) is titled for that run; a comparison
+says how many mechanisms and seeds it compares.
 """
 
 from __future__ import annotations
 
-from jinja2 import Environment
+from attnlab.report import figures
+from attnlab.report.page import Report, Table, Text
 
-from attnlab.report.plots import Series, line_svg
-
-__all__ = ["render"]
-
-_TEMPLATE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>attnlab bench: {{ r.meta.settings.task }}</title>
-<style>body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 9px;text-align:left}th{background:#f5f5f5}
-svg text{font-size:10px;fill:#444}.meta{color:#666}figure{display:inline-block;margin:.5em 1.5em .5em 0;vertical-align:top}
-figcaption{font-weight:600}pre{background:#f7f7f7;padding:.5em;overflow-x:auto}</style></head><body>
-<h1>Task comparison: {{ r.meta.settings.task }}</h1>
-<p class="meta">{{ r.meta.settings.mechanisms|length }} mechanisms × {{ r.meta.settings.seeds|length }} seeds · {{ r.meta.created }} ·
-{{ r.meta.wall_s }} s · executor {{ r.meta.settings.executor }} ({{ r.meta.settings.workers }} workers) ·
-attnlab {{ r.meta.versions.attnlab }}, torch {{ r.meta.versions.torch }} · {{ r.meta.versions.machine }}</p>
-<table><tr>{% for h in header %}<th>{{ h }}</th>{% endfor %}</tr>
-{% for row in rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
-<p>Final test metric: mean over seeds ± half-width of the two-sided 95% t-interval. Every mechanism saw the same batches for a
-given seed, the same test set, and the same steps, batch size, learning rate and schedule.
-{% if r.meta.target is not none %}Training stopped at the first evaluation whose test metric reached {{ r.meta.target }}; steps to
-target average the runs that reached it.{% endif %}</p>
-{% for title, svg in plots %}<figure><figcaption>{{ title }}</figcaption>{{ svg|safe }}</figure>{% endfor %}
-<h2>Settings</h2><pre>{{ r.meta.settings|tojson(indent=1) }}</pre>
-</body></html>
-"""
+__all__ = ["build", "render", "title"]
 
 
-def render(result) -> str:
-    """The self-contained HTML report of a :class:`attnlab.train.SweepResult`."""
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _runs(summary: list[dict]) -> tuple[list[str], list[int]]:
+    """The mechanisms and the seeds the sweep ran (from its rows, as every kind of sweep records them)."""
+    return [x["mechanism"] for x in summary], sorted({seed for x in summary for seed in x["seeds"]})
+
+
+def title(task: str, summary: list[dict]) -> str:
+    """The report's title: the run (one mechanism, one seed) or the comparison.
+
+    Example:
+        >>> title("mqar", [{"mechanism": "mha", "seeds": [0]}])
+        'Training run: mha on mqar, seed 0'
+        >>> title("mqar", [{"mechanism": "mha", "seeds": [0, 1]}, {"mechanism": "linear", "seeds": [0, 1]}])
+        'Task comparison on mqar: 2 mechanisms × 2 seeds'
+    """
+    mechanisms, seeds = _runs(summary)
+    if len(mechanisms) == 1 and len(seeds) == 1:
+        return f"Training run: {mechanisms[0]} on {task}, seed {seeds[0]}"
+    return f"Task comparison on {task}: {_plural(len(mechanisms), 'mechanism')} × {_plural(len(seeds), 'seed')}"
+
+
+def build(result) -> Report:
+    """The :class:`~attnlab.report.page.Report` of a :class:`attnlab.train.SweepResult`."""
+    meta, s = result.meta, result.meta["settings"]
+    v = meta["versions"]
+    mechanisms, seeds = _runs(result.summary)
+    single = len(mechanisms) == 1 and len(seeds) == 1
+    r = Report(
+        title(s.get("task", "a task"), result.summary),
+        [
+            f"{meta['created']} · {meta['wall_s']} s · executor {s.get('executor')} ({s.get('workers')} workers) · "
+            f"attnlab {v['attnlab']}, torch {v['torch']} · {v.get('machine', '')}"
+        ],
+    )
+    sec = r.section("Final test metric" if single else "Mechanisms compared", "summary")
+    sec.add(Table(result.rows(), result.HEADER))
+    if single:
+        what = "The final test metric of the run (one seed: no confidence interval)."
+    else:
+        what = (
+            "Final test metric: mean over seeds ± half-width of the two-sided 95% t-interval. Every mechanism saw the same batches "
+            "for a given seed, the same test set, and the same steps, batch size, learning rate and schedule."
+        )
+    if meta.get("target") is not None:
+        what += f" Training stopped at the first evaluation whose test metric reached {meta['target']}; steps to target average the runs that reached it."
+    sec.add(Text(what))
+    band = "" if single else " (mean over seeds, 95% CI band)"
 
     def series(key):
-        return [Series(m, c[key]["steps"], c[key]["mean"], c[key]["low"], c[key]["high"]) for m, c in result.curves.items()]
+        return [figures.Series(m, c[key]["steps"], c[key]["mean"], c[key]["low"], c[key]["high"]) for m, c in result.curves.items()]
 
-    plots = [
-        ("test metric (mean over seeds, 95% CI band)", line_svg(series("test_metric"), x_label="step", y_label="test metric")),
-        ("training loss (mean over seeds, 95% CI band)", line_svg(series("train_loss"), x_label="step", y_label="train loss")),
-    ]
-    return Environment(autoescape=True).from_string(_TEMPLATE).render(r=result, header=result.HEADER, rows=result.rows(), plots=plots)
+    curves = r.section("Curves", "curves")
+    curves.add(figures.lines("test_metric", f"test metric{band}", series("test_metric"), x_title="step", y_title="test metric"))
+    curves.add(
+        figures.lines(
+            "train_loss",
+            f"training loss{band}",
+            series("train_loss"),
+            x_title="step",
+            y_title="training loss (cross-entropy in nats; MSE for real-valued targets)",
+        )
+    )
+    r.section("Settings", "settings").add(Table([[k, v] for k, v in s.items()]))
+    return r
+
+
+def render(result, *, standalone: bool = True) -> str:
+    """The HTML report of a :class:`attnlab.train.SweepResult`."""
+    return build(result).html(standalone=standalone)

@@ -161,6 +161,7 @@ def run_edit(
         },
         model=model_meta(model, name=model_name, layers=len(sites), heads=sites[0].num_heads, conventions=conv.as_dict()),
         applied=[repr(e) for e in edits],  # after calibration: the layers and heads each edit chose
+        calibrated=[{"edit": repr(e), "by": e.calibration} for e in edits if e.calibration is not None],
         composition="stages run logits → probs → output; within a stage, edits act in the order given",
         metrics=[r.summary() for r in results],
         skipped=skipped,

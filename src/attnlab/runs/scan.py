@@ -4,8 +4,9 @@ A scan instruments a Hugging Face model (every attention call goes through
 :func:`attnlab.core.attend` at a site), runs the chosen probes over text inputs, repeated random
 token sequences (for the head-pattern detectors) and needle-in-a-haystack trials (for retrieval
 heads), and returns a :class:`~attnlab.results.ScanResult`: JSON-ready findings per probe, the
-settings and versions that produced them, and a few whole attention maps of a short prompt for
-the report. Results are saved and loaded by :mod:`attnlab.results`.
+settings and versions that produced them, and the whole attention maps of a short prompt for
+the heads chosen with ``maps`` and those the findings point at (the report's attention viewer).
+Results are saved and loaded by :mod:`attnlab.results`.
 
 Defaults fit the model (:func:`plan_scan`): the default probes are those that apply to its kind
 (``retrieval`` decodes answers, so an encoder skips it), the default needle lengths those that fit
@@ -20,6 +21,7 @@ refused.
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +47,7 @@ __all__ = [
     "ScanResult",
     "ShortInputWarning",
     "capped_length",
+    "parse_map_heads",
     "plan_scan",
     "repeated_tokens",
     "scan",
@@ -60,7 +63,7 @@ DEFAULT_NEEDLE_LENGTHS = (512, 768)  # needle trial prompts in tokens, those tha
 SHORTEST_NEEDLE = 256  # when no default length fits, the longest that does, down to this; below it retrieval is skipped
 SAMPLE_TOKENS = 1024  # attnlab scan's built-in sample text is cut to this (or the model's positions)
 REPEAT_TOKENS = 64  # the repeated random sequences: this many tokens, said twice
-MAP_TOKENS = 20  # attention maps in the report: a prompt of this many tokens, said twice
+MAP_TOKENS = 64  # attention maps in the report: a prompt of at most this many tokens
 
 
 @dataclass
@@ -206,6 +209,7 @@ def scan(
     settings: dict | None = None,
     skipped: Sequence[dict] = (),
     capped: Sequence[dict] = (),
+    maps: Sequence[tuple[int, int]] = (),
 ) -> ScanResult:
     """Scan a model's attention with probes; see the module docstring.
 
@@ -227,6 +231,8 @@ def scan(
         skipped, capped: what the caller's own defaults left out or shortened for this model
             (records as :class:`ScanPlan` keeps them: the CLI's); kept in ``meta["skipped"]`` and
             ``meta["capped"]`` before the scan's own.
+        maps: ``(layer, head)`` pairs whose whole attention maps on a short prompt the report shows
+            (:func:`parse_map_heads` reads ``"L18H6,L17H3"``), besides the heads the findings point at.
     """
     from attnlab.models import hf
 
@@ -246,6 +252,7 @@ def scan(
         check_positions(model, longest, f"a needle trial (prompt and answer: up to {longest} tokens)", allow_extrapolation)
     hf.instrument(model, backend=backend)
     sites = hf.sites(model)
+    chosen = _checked_heads(maps, sites)  # before any work
     inputs = [_encode(tokenizer, t, i, max_len, truncate) for i, t in enumerate(texts)]
     passive = {name: probe_registry.get(name) for name in probes if name != "retrieval"}
     on_repeated = [] if not repeated else list(passive.values()) if not inputs else [passive["patterns"]] if "patterns" in passive else []
@@ -286,7 +293,7 @@ def scan(
             )
         record += [{"kind": "needle", "tokens": t.length, "depth": t.depth, "recalled": t.recalled} for t in trials]
         findings["retrieval"] = asdict(r.findings(sites))
-    maps = _attention_maps(model, tokenizer, texts, findings, sites)
+    maps = _attention_maps(model, tokenizer, texts, findings, sites, chosen)
     meta = make_meta(
         "scan",
         started=started,
@@ -310,6 +317,7 @@ def scan(
             "truncate": truncate,
             "allow_extrapolation": allow_extrapolation,
             "backend": backend,
+            "maps": [f"L{layer}H{h}" for layer, h in chosen],
             **(settings or {}),
         },
         inputs=record,
@@ -350,6 +358,19 @@ def _check_arguments(texts, probes, repeated, needle_lengths, needle_depths, max
                 "(no texts, repeated=False): give texts, set repeated=True, or scan with probes=['retrieval'] alone for needle trials"
             )
     return texts
+
+
+def _checked_heads(heads, sites: list[Site]) -> list[tuple[int, int]]:
+    """``maps`` as ``(layer, head)`` pairs the model has, or a ``ValueError`` naming the one it lacks."""
+    out = []
+    for layer, h in heads:
+        if not 0 <= layer < len(sites) or not 0 <= h < sites[layer].num_heads:
+            raise ValueError(
+                f"maps asks for layer {layer} head {h}, and the model has layers 0..{len(sites) - 1} with {sites[0].num_heads} heads each: "
+                "choose heads it has (e.g. maps=[(0, 0)], --maps L0H0)"
+            )
+        out.append((int(layer), int(h)))
+    return out
 
 
 def _checked_probes(probes) -> list[str]:
@@ -423,25 +444,45 @@ def _run(model, tokenizer, ids: torch.Tensor, probes: list, ticker: _Layers | No
 
 
 class _Maps(Probe):
-    """Captures whole attention maps ``[H, T, T]`` of chosen layers for a short prompt."""
+    """Keeps the whole attention maps ``[T, T]`` of chosen heads only, ``{(layer, head): map}``, as the chunks stream past."""
 
-    def __init__(self, layers: set[int]):
-        self.layers = layers
-        self.maps: dict[int, torch.Tensor] = {}
+    def __init__(self, heads: set[tuple[int, int]]):
+        self.heads = heads
+        self.maps: dict[tuple[int, int], torch.Tensor] = {}
 
     def observe(self, chunk, site: Site) -> None:
-        if site.layer in self.layers:
-            p = chunk.probs[0]  # [H, Tc, Ts]
-            m = self.maps.setdefault(site.layer, torch.zeros(p.shape[0], chunk.lk, chunk.lk))
-            m[:, chunk.q_idx, chunk.kv_start : chunk.kv_start + p.shape[-1]] = p.float()
+        for layer, h in self.heads:
+            if layer == site.layer and h < chunk.probs.shape[1]:
+                p = chunk.probs[0, h]  # [Tc, Ts]
+                m = self.maps.setdefault((layer, h), torch.zeros(chunk.lk, chunk.lk))
+                m[chunk.q_idx, chunk.kv_start : chunk.kv_start + p.shape[-1]] = p.float()
 
 
-def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) -> list[dict]:
-    """Whole attention maps of a short prompt, said twice, for the heads the findings point at.
+def parse_map_heads(text: str, layers: int | None = None, heads: int | None = None) -> list[tuple[int, int]]:
+    """``"L18H6,L17H3"`` as ``[(18, 6), (17, 3)]``; ``layers`` and ``heads`` (when given) bound them.
 
-    The repetition lets induction and retrieval heads show what they do (attend to the token
-    after the earlier copy); a head picked for several reasons is drawn once.
+    Example:
+        >>> parse_map_heads("L18H6, l17h3")
+        [(18, 6), (17, 3)]
     """
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"[Ll](\d+)[Hh](\d+)", part)
+        if not m:
+            raise ValueError(f"cannot read the head {part!r}: write heads as L<layer>H<head>, comma-separated (e.g. --maps L18H6,L17H3)")
+        layer, h = int(m[1]), int(m[2])
+        if layers is not None and layer >= layers:
+            raise ValueError(
+                f"the head {part} is in layer {layer}, and the model has layers 0..{layers - 1}: choose a layer below {layers}"
+            )
+        if heads is not None and h >= heads:
+            raise ValueError(f"the head {part} is head {h}, and the model has heads 0..{heads - 1} per layer: choose a head below {heads}")
+        out.append((layer, h))
+    return list(dict.fromkeys(out))
+
+
+def _found_heads(findings: dict) -> list[tuple[int, int, str]]:
+    """The heads the findings single out, with why: the strongest previous-token, induction, retrieval and sink heads."""
     wanted: list[tuple[int, int, str]] = []
     for probe, table, why in (
         ("patterns", "top_previous_token", "strongest previous-token head"),
@@ -456,16 +497,39 @@ def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) 
     if cells:
         _, layer, head = max(cells, key=lambda c: c[0])
         wanted.append((layer, head, "strongest first-token sink head"))
-    if not wanted:
-        return []
+    return wanted
+
+
+def _map_prompt(tokenizer, texts) -> tuple[torch.Tensor, str]:
+    """``([1, T] ids, what they are)``: the user's first text cut to :data:`MAP_TOKENS`, or the sample text's first half of that, said twice."""
     from attnlab.data import sample_text
 
-    text = texts[0] if texts else sample_text()
-    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][:, :MAP_TOKENS].repeat(1, 2)  # cut here: no length warning
-    cap = _Maps({layer for layer, _, _ in wanted})
+    start = T.start_tokens(tokenizer)
+    if texts:
+        ids = T.encode(tokenizer, texts[0])[: MAP_TOKENS - len(start)]
+        return T.prompt(tokenizer, ids), f"the first {len(ids)} tokens of the text"
+    half = T.encode(tokenizer, sample_text())[: (MAP_TOKENS - len(start)) // 2]
+    return T.prompt(tokenizer, half + half), (
+        f"the sample text's first {len(half)} tokens, said twice (from the second copy, an induction head looks at the token after "
+        "the same token in the first)"
+    )
+
+
+def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site], chosen: Sequence[tuple[int, int]] = ()) -> list[dict]:
+    """Whole attention maps of one short prompt for the ``chosen`` heads and the heads the findings point at.
+
+    Only those heads' maps are kept while the prompt streams through (:class:`_Maps`). A head
+    picked for several reasons is drawn once; cells a causal mask hides are None.
+    """
+    wanted = [(layer, h, "chosen (--maps)") for layer, h in chosen] + _found_heads(findings)
+    if not wanted:
+        return []
+    ids, prompt = _map_prompt(tokenizer, texts)
+    cap = _Maps({(layer, h) for layer, h, _ in wanted})
     with torch.no_grad(), attach(probes=[cap]):
         model(input_ids=ids.to(input_device(model)))
     tokens = _tokens(tokenizer, ids[0])
+    causal = model_kind(model) == "decoder"
     why: dict[tuple[int, int], list[str]] = {}
     for layer, head, reason in wanted:
         why.setdefault((layer, head), []).append(reason)
@@ -474,9 +538,13 @@ def _attention_maps(model, tokenizer, texts, findings: dict, sites: list[Site]) 
             "layer": layer,
             "head": head,
             "why": " and ".join(reasons),
+            "prompt": prompt,
             "tokens": tokens,
-            "matrix": [[round(float(x), 4) for x in row] for row in cap.maps[layer][head]],
+            "matrix": [
+                [None if causal and k > q else round(float(x), 4) for k, x in enumerate(row)]
+                for q, row in enumerate(cap.maps[(layer, head)])
+            ],
         }
         for (layer, head), reasons in why.items()
-        if layer in cap.maps
+        if (layer, head) in cap.maps
     ]

@@ -119,11 +119,11 @@ class SweepResult(Result):
         rows = [(r["mechanism"], r["seed"], k, _value(r.get(k))) for r in self.runs for k in _RUN_METRICS]
         return _frame(rows, ["mechanism", "seed", "metric", "value"])
 
-    def html(self) -> str:
-        """The self-contained HTML report: the table and the mean curves (no scripts, no network)."""
-        from attnlab.report.sweep import render
+    def page(self):
+        """The report: the table and the mean curves (:mod:`attnlab.report.sweep`), titled for one run or a comparison."""
+        from attnlab.report.sweep import build
 
-        return render(self)
+        return build(self)
 
 
 _RUN_METRICS = ("final_metric", "steps_to_target", "steps_done", "wall_s", "steps_per_s")
