@@ -44,8 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import write
 from rich.console import Console
+
+from harness import write
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
