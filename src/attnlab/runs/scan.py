@@ -266,7 +266,13 @@ def scan(
             why = f"a sequence is said twice after {start} start token(s) ({2 * REPEAT_TOKENS + start} positions), and {name} was trained on {trained}"
             capped.append({"what": "repeated tokens", "default": REPEAT_TOKENS, "used": n, "why": why})
         seq = repeated_tokens(tokenizer, n=n)
-        _run(model, tokenizer, seq, list(on_repeated.values()), _Layers(progress, f"repeated random tokens ({seq.shape[0]} × {seq.shape[1]})", len(sites)))
+        _run(
+            model,
+            tokenizer,
+            seq,
+            list(on_repeated.values()),
+            _Layers(progress, f"repeated random tokens ({seq.shape[0]} × {seq.shape[1]})", len(sites)),
+        )
         record.append({"kind": "repeated", "sequences": int(seq.shape[0]), "tokens": int(seq.shape[1])})
     findings = {}
     for name, p in passive.items():
