@@ -20,7 +20,7 @@ def test_scan_of_a_text_file_writes_results_and_report(tmp_path, smollm2):
     r = attnlab("scan", "--text", str(text), "--probes", "sink,entropy,patterns", "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     data = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert data["meta"]["settings"]["text"] == str(text) and set(data["findings"]) == {"sink", "entropy", "patterns"}
+    assert data["meta"]["settings"]["text"] == str(text) and set(data["findings"]) == {"sink", "entropy", "patterns", "patterns_text"}
     assert (tmp_path / "out" / "report.html").read_text().startswith("<!doctype html>")
     r = attnlab("report", str(tmp_path / "out" / "results.json"), "--out", str(tmp_path / "again.html"))
     assert r.returncode == 0 and (tmp_path / "again.html").is_file()

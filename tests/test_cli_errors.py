@@ -353,13 +353,32 @@ def test_train_on_cuda_without_a_gpu_is_refused_before_training(tmp_path, monkey
 
 def test_a_requested_probe_runs_or_the_scan_is_refused(tmp_path, tiny):
     text = text_file(tmp_path)
-    refused(cli("scan", "--model", tiny, "--text", text, "--probes", "retrieval", "--out", tmp_path / "o"), "--synthetic needle")
+    r = cli("scan", "--model", tiny, "--text", text, "--probes", "retrieval", "--synthetic", "repeated", "--out", tmp_path / "o")
+    refused(r, "--synthetic needle")
     r = cli("scan", "--model", tiny, "--synthetic", "needle", "--probes", "sink,retrieval", "--out", tmp_path / "o")
     refused(r, "--probes sink read text or repeated tokens", "--synthetic repeated")
     refused(
         cli("scan", "--model", tiny, "--text", text, "--synthetic", "needle", "--probes", "sink", "--out", tmp_path / "o"), "add retrieval"
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_retrieval_among_the_probes_runs_needle_trials_and_only_then(tmp_path, tiny):
+    text = text_file(tmp_path)
+    r = cli("scan", "--model", tiny, "--text", text, "--probes", "sink,retrieval", "--needle-lengths", "800", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert list(data["findings"]) == ["sink", "retrieval"] and [i["kind"] for i in data["meta"]["inputs"]][:1] == ["text"]
+    assert {i["kind"] for i in data["meta"]["inputs"][1:]} == {"needle"}
+    r = cli("scan", "--model", tiny, "--text", text, "--max-len", "256", "--out", tmp_path / "d")  # default probes, a text
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert "retrieval" not in data["findings"] and {i["kind"] for i in data["meta"]["inputs"]} == {"text", "repeated"}
+    assert {
+        "what": "probe retrieval",
+        "why": "its needle trials do not read --text or --prompts; add retrieval to --probes to run them",
+    } in (data["meta"]["skipped"])
+    assert {"patterns", "patterns_text"} <= set(data["findings"])  # the head detectors read the text and the repeated tokens
 
 
 def test_scan_with_only_needle_trials_runs_the_retrieval_probe(tmp_path, tiny):

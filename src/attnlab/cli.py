@@ -22,6 +22,14 @@ Errors and outputs (one boundary, :class:`_Guarded`):
   ``train --force`` starts afresh);
 - results.json and report.html are both rendered, written to temporary files, then renamed: they
   appear together or not at all, with the umask's permissions.
+
+Conventions:
+
+- every list option takes ``--x a,b``, ``--x a --x b`` or both (:func:`_listed`); ``--edit``
+  specs hold commas of their own, so there a comma starts a new spec only before a name
+  (:func:`_edit_specs`);
+- help is plain text that wraps, never cut, at any terminal width;
+- ``attnlab --version`` imports neither torch nor any model code.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import errno
 import importlib
 import inspect
 import json
+import re
 import sys
 import tempfile
 import warnings
@@ -46,7 +55,9 @@ from rich.text import Text
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from attnlab.runs.scan import DEFAULT_PROBES
+from attnlab.presets import DEFAULTS
+from attnlab.presets import describe as describe_presets
+from attnlab.runs.defaults import DEFAULT_PROBES
 
 console = Console(emoji=False, highlight=False)
 _stderr = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)  # no wrapping: paths stay whole
@@ -60,6 +71,43 @@ def _say(text: str, *, err: bool = False) -> None:
 def _row(table: Table, *cells: str) -> None:
     """Add a row of plain text cells (a Table reads strings as markup)."""
     table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))
+
+
+def _listed(values: list[str] | None) -> list[str]:
+    """The items of a list option given as ``--x a,b``, ``--x a --x b`` or both, in order, blanks dropped.
+
+    Example:
+        >>> _listed(["sink,entropy", "patterns"])
+        ['sink', 'entropy', 'patterns']
+    """
+    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
+
+
+_SPEC_START = re.compile(r"\s*[A-Za-z_][\w.]*\s*(:|$)")  # "name" or "name:...": a comma before it starts a new spec
+
+
+def _edit_specs(values: list[str]) -> list[str]:
+    """Edit specs from ``--edit`` values; one value may hold several specs joined by commas.
+
+    A spec's own options are joined by commas too (``head_mask:heads=L1H2,mode=zero``), so the rule
+    is: a comma starts a new spec only when a name follows it (``name`` or ``name:...``); a
+    ``key=value`` after a comma belongs to the spec before it.
+
+    Example:
+        >>> _edit_specs(["head_mask:heads=L1H2,mode=zero,temperature:tau=2", "drop_attention:top=4"])
+        ['head_mask:heads=L1H2,mode=zero', 'temperature:tau=2', 'drop_attention:top=4']
+    """
+    specs: list[str] = []
+    for value in values:
+        first = len(specs)
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            if len(specs) > first and not _SPEC_START.match(part):
+                specs[-1] += "," + part  # key=value: an option of the spec before it
+            else:
+                specs.append(part.strip())
+    return specs
 
 
 _EXPECTED = (ValueError, TypeError, OSError)  # what users can get wrong; anything else is a bug
@@ -125,6 +173,7 @@ class _Guarded(TyperGroup):
 
 app = typer.Typer(
     cls=_Guarded,
+    rich_markup_mode=None,  # click's plain help: wraps every line, never cuts one short with "…"
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -143,7 +192,7 @@ class Category(str, Enum):
 
 def _version(value: bool):
     if value:
-        import attnlab
+        import attnlab  # its names load on first use: this imports no torch
 
         _say(f"attnlab {attnlab.__version__}")
         raise typer.Exit()
@@ -160,6 +209,21 @@ def _main(
 def _first_line(obj) -> str:
     doc = inspect.getdoc(obj) or ""
     return doc.split("\n\n")[0].replace("\n", " ")
+
+
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`<]*?)\s*(?:<[^>]*>)?`")  # :func:`~a.b.c` (shown as c) or :ref:`text <target>`
+
+
+def plain(text: str) -> str:
+    """Docstring markup (reStructuredText) as plain text: roles by their name, literals without backquotes.
+
+    Example:
+        >>> plain("FlexAttention via ``torch.compile``; see :func:`~attnlab.core.attend` and *masks*.")
+        'FlexAttention via torch.compile; see attend and masks.'
+    """
+    text = _ROLE.sub(lambda m: m[2].rsplit(".", 1)[-1] if m[1] else m[2], text)
+    text = re.sub(r"``(.+?)``", r"\1", text)
+    return re.sub(r"(?<![\w*])\*{1,2}([^*\s][^*]*?)\*{1,2}(?![\w*])", r"\1", text)
 
 
 def _call(name: str, fn) -> str:
@@ -205,15 +269,20 @@ def rows(category: Category) -> list[tuple[str, ...]]:
 
 @app.command("list")
 def list_(category: Annotated[Category, typer.Argument(help="What to list.")]):
-    """List the backends, edits, masks, mechanisms, probes or tasks this attnlab has, with the paper each comes from."""
+    """List the backends, edits, masks, mechanisms, probes or tasks this attnlab has, with the paper each comes from.
+
+    Papers are given by their number in docs/papers.md and their short name.
+    """
+    from attnlab.papers import cite
+
     table = Table(title=Text(f"attnlab {category.value}"))
     for col in ("name", "paper", "what it is"):
-        table.add_column(col, style="bold" if col == "name" else None)
+        table.add_column(col, style="bold" if col == "name" else None, overflow="fold")
     if category is Category.mechanisms:
         for col in ("input", "time", "memory"):
-            table.add_column(col)
-    for row in rows(category):
-        _row(table, *row)
+            table.add_column(col, overflow="fold")
+    for name, paper, what, *more in rows(category):
+        _row(table, name, cite(paper), plain(what), *more)
     console.print(table)
 
 
@@ -310,7 +379,7 @@ def _figure_formats(figures: list[str] | None) -> list[str]:
     """``--figures png,svg`` or ``--figures png --figures svg`` as a checked list of formats (empty: none)."""
     from attnlab.report.page import check_formats
 
-    return check_formats([f for item in figures or [] for f in item.split(",")])
+    return check_formats(_listed(figures))
 
 
 OUTPUTS = ("results.json", "report.html")
@@ -377,7 +446,8 @@ def scan(
     synthetic: Annotated[
         list[str] | None,
         typer.Option(
-            help="Synthetic inputs: needle (retrieval trials), repeated (random tokens twice, for the head detectors). Repeat the option for both."
+            help="Synthetic inputs: needle (retrieval trials), repeated (random tokens twice, for the head detectors); needle,repeated or the option repeated for both. Default: repeated (with a text, the head detectors read it and the repeated tokens, reported apart), and needle when retrieval is among --probes.",
+            show_default=False,
         ),
     ] = None,
     max_len: Annotated[
@@ -392,16 +462,16 @@ def scan(
         bool, typer.Option(help="Allow --max-len beyond the positions the model was trained on (memory/speed measurement).")
     ] = False,
     probes: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            help=f"Comma-separated probes (attnlab list probes; default: {','.join(DEFAULT_PROBES)}, those that apply to the model and that the inputs feed: an encoder skips retrieval). retrieval reads --synthetic needle, the others text or repeated tokens.",
+            help=f"Probes to run (attnlab list probes): sink,entropy or the option repeated. Default: {', '.join(DEFAULT_PROBES)}, those that apply to the model (an encoder skips retrieval); with --text or --prompts, retrieval only when asked for. retrieval runs needle trials, the others read text or repeated tokens.",
             show_default=False,
         ),
     ] = None,
     needle_lengths: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            help="Needle trial lengths in tokens, comma-separated (default: 512,768, those whose trials fit the model's trained positions).",
+            help="Needle trial lengths in tokens: 512,768 or the option repeated (default: 512,768, those whose trials fit the model's trained positions).",
             show_default=False,
         ),
     ] = None,
@@ -424,41 +494,51 @@ def scan(
     """Probe a pretrained model's attention (sinks, entropy, head patterns, extreme tokens, layer importance, retrieval heads).
 
     With no options it scans the embedded SmolLM2-135M on 1,024 tokens of The Tempest (shipped with
-    attnlab), plus repeated random tokens and needle-in-a-haystack trials. Defaults fit the model:
-    lengths stay within its trained positions, and default probes that do not apply to it (retrieval
-    on an encoder) are skipped; a line says what and why, and results.json records it.
+    attnlab), plus repeated random tokens and needle-in-a-haystack trials. With --text or --prompts
+    the probes read that text, and the head detectors (patterns) read repeated random tokens as well,
+    reported apart; needle trials run only when retrieval is among --probes. Defaults fit the model:
+    lengths stay within its trained positions, and default probes that do not apply to it
+    (retrieval on an encoder) are skipped; a line says what and why, and results.json records it.
     """
     from attnlab.probes import names as probe_registry
     from attnlab.runs.scan import SAMPLE_TOKENS, capped_length, plan_scan
     from attnlab.runs.scan import scan as run_scan
 
     explicit = probes is not None
-    probe_names = [p.strip() for p in (probes if explicit else ",".join(DEFAULT_PROBES)).split(",") if p.strip()]
+    probe_names = _listed(probes) if explicit else list(DEFAULT_PROBES)
     if not probe_names:
-        raise ValueError(f"--probes {probes!r} names no probe: give some of {', '.join(probe_registry())}")
+        raise ValueError(f"--probes {','.join(probes)!r} names no probe: give some of {', '.join(probe_registry())}")
     for p in probe_names:
         if p not in probe_registry():
             raise ValueError(f"unknown probe {p!r}: choose from {', '.join(probe_registry())}")
-    kinds = set(synthetic or [])
+    kinds = set(_listed(synthetic))
     for k in kinds:
         if k not in ("needle", "repeated"):
             raise ValueError(f"unknown synthetic input {k!r}: choose needle or repeated")
-    lengths = None if needle_lengths is None else _ints(needle_lengths, "--needle-lengths")
+    lengths = None if needle_lengths is None else _ints(",".join(needle_lengths), "--needle-lengths")
     formats = _figure_formats(figures)
-    map_text = ",".join(maps or [])
+    map_text = ",".join(_listed(maps))
     from attnlab.runs.scan import parse_map_heads
 
     map_heads = parse_map_heads(map_text) if map_text else []  # malformed fails here, before loading; the scan checks the model has them
     texts = _read_inputs(text, prompts)
     default_sample = not texts and not kinds
-    if default_sample:  # the built-in sample, plus the synthetic inputs the probes read
-        kinds = {"repeated", *(["needle"] if "retrieval" in probe_names else [])}
+    skipped_here: list[dict] = []
+    if synthetic is None:  # the synthetic inputs the probes read
+        if not explicit and texts and "retrieval" in probe_names:
+            probe_names.remove("retrieval")  # needle trials do not read the user's text: only when asked for
+            why = "its needle trials do not read --text or --prompts; add retrieval to --probes to run them"
+            skipped_here.append({"what": "probe retrieval", "why": why})
+        kinds = {"repeated"} if not texts or "patterns" in probe_names else set()  # with a text: for the head detectors
+        if "retrieval" in probe_names:
+            kinds.add("needle")
     probe_names = _fed_probes(probe_names, explicit, has_text=bool(texts) or default_sample, kinds=kinds)
     _check_out(out, force)
     with console.status(f"loading {escape(model)}"):
         m, tok = _load(model, device, dtype, device_map)
     _header(m, tok)
     plan = plan_scan(m, probe_names if explicit else None, lengths, name=model, defaults=probe_names)  # what applies to this model
+    plan.skipped[:0] = skipped_here
     probe_names = plan.probes
     if "needle" in kinds and "retrieval" not in probe_names:
         why = next(s["why"] for s in plan.skipped if s["what"] == "probe retrieval")
@@ -533,7 +613,8 @@ def _show_capped(meta: dict) -> None:
 def _fed_probes(probes: list[str], explicit: bool, *, has_text: bool, kinds: set[str]) -> list[str]:
     """The probes a scan runs: every requested probe gets the inputs it reads, or the scan is refused.
 
-    ``retrieval`` reads the needle trials (``--synthetic needle``); the other probes read texts or
+    ``retrieval`` reads the needle trials (``--synthetic needle``, which ``retrieval`` in the probes
+    implies when ``--synthetic`` is not given); the other probes read texts or
     repeated random tokens. With the default probes (``--probes`` not given), those the inputs do
     not feed are left out; probes given with ``--probes`` must all be fed, and every requested
     input must feed a probe.
@@ -594,14 +675,18 @@ def report(
 @app.command()
 def edit(
     edit: Annotated[
-        list[str], typer.Option("--edit", help="An edit spec name:key=value,... (attnlab list edits); repeat to compose, in order.")
+        list[str],
+        typer.Option(
+            "--edit",
+            help="An edit spec name:key=value,... (attnlab list edits). Several edits compose in the order given: repeat --edit, or join specs with commas; a comma starts a new spec only before a name (name or name:...), so key=value parts stay with the spec before them: --edit a:x=1,y=2,b:z=3 is two edits, a:x=1,y=2 and b:z=3.",
+        ),
     ],
     model: _Model = "smollm2-135m",
     eval: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--eval",
-            help="Comma-separated measurements: ppl, needle, logit_diff (decoders), match (both). Default: ppl,needle on a decoder, match on an encoder.",
+            help="Measurements: ppl, needle, logit_diff (decoders), match (both); ppl,needle or the option repeated. Default: ppl,needle on a decoder, match on an encoder.",
             show_default=False,
         ),
     ] = None,
@@ -618,18 +703,24 @@ def edit(
 ):
     """Apply training-free attention edits to a model and measure their effect, paired before/after.
 
+    Progress lines say which pass runs (before: the unedited model, after: with the edits); the
+    table gives each measurement before, after, their difference and its 95% CI; a line per
+    calibrated edit says what it was calibrated on.
+
+    \b
     Example: attnlab edit --edit drop_attention:top=4 --eval ppl,needle
     """
     from attnlab import edits as E
     from attnlab.runs.edit import run_edit
 
-    specs = [E.parse(s) for s in edit]  # a malformed spec or unknown edit fails here, before loading
+    texts = _edit_specs(edit)
+    specs = [E.parse(s) for s in texts]  # a malformed spec or unknown edit fails here, before loading
     formats = _figure_formats(figures)
     from attnlab.runs.evaluate import METRICS
 
-    evals = None if eval is None else [e.strip() for e in eval.split(",") if e.strip()]
+    evals = None if eval is None else _listed(eval)
     if evals is not None and not evals:
-        raise ValueError(f"--eval {eval!r} names no evaluation: give some of {', '.join(METRICS)}")
+        raise ValueError(f"--eval {','.join(eval)!r} names no evaluation: give some of {', '.join(METRICS)}")
     for name in evals or []:
         if name not in METRICS:
             raise ValueError(f"unknown evaluation {name!r}: choose from {', '.join(METRICS)}")
@@ -643,13 +734,15 @@ def edit(
     _header(m, tok)
     with console.status("measuring") as status:
         result = run_edit(
-            m, tok, specs, evals, specs_text=list(edit), model_name=model, backend=backend,
+            m, tok, specs, evals, specs_text=texts, model_name=model, backend=backend,
             allow_extrapolation=allow_extrapolation, progress=lambda line: status.update(escape(line)),
         )  # fmt: skip
     _show_skipped(result.meta)
-    table = Table(title="before / after")
-    for col in ("metric", "before", "after", "after − before", "95% CI", "examples"):
-        table.add_column(col)
+    for c in result.meta["calibrated"]:  # nothing when no edit was calibrated
+        _say(f"calibrated on {c['on']}: {c['edit']} -> {c['applied']}")
+    table = Table(title=Text(f"{'; '.join(texts)}: before / after"))
+    for col in ("metric", "before", "after", "difference (after − before)", "95% CI of the difference", "better", "examples"):
+        table.add_column(col, overflow="fold")
     for r in result.meta["metrics"]:
         _row(
             table,
@@ -658,6 +751,7 @@ def edit(
             f"{r['after']:.4g}",
             f"{r['difference']:+.4g}",
             f"[{r['ci95'][0]:+.3g}, {r['ci95'][1]:+.3g}]",
+            "higher" if r["higher_is_better"] else "lower",
             str(r["examples"]),
         )
     console.print(table)
@@ -790,11 +884,12 @@ def _read_utf8(path: Path) -> str:
 
 # ---- train and bench (issue 6) ------------------------------------------------------------------
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: compare attention mechanisms on synthetic tasks.")
+bench_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="Benchmarks: compare attention mechanisms on synthetic tasks.")
 app.add_typer(bench_app, name="bench")
 
 _TaskOption = Annotated[
-    list[str] | None, typer.Option("--task-option", help="A task option key=value (repeat for more), e.g. --task-option pairs=8.")
+    list[str] | None,
+    typer.Option("--task-option", help="Task options key=value: pairs=8,seq_len=64 or the option repeated (attnlab list tasks)."),
 ]
 _TaskName = Annotated[str, typer.Option(help="A registered task (mqar, ...), or module:Class for a Task defined elsewhere.")]
 
@@ -837,26 +932,52 @@ def _model_options(dim: int, heads: int, layers: int, mlp: bool, positions: str,
     return opts if causal is None else {**opts, "causal": causal}
 
 
+def _given(**options) -> dict:
+    """The options given on the command line (None: not given, so a preset or the defaults decide)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+_PRESET_HELP = "A paper's settings by name, as differences from the defaults (options given still win): " + describe_presets()
+
+
 @app.command()
 def train(
-    task: _TaskName,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="A registered task (attnlab list tasks), or module:Class for a Task defined elsewhere; a --preset names its own."
+        ),
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help=_PRESET_HELP, show_default=False)] = None,
     mechanism: Annotated[str, typer.Option(help="The attention mechanism (attnlab list mechanisms).")] = "mha",
     task_option: _TaskOption = None,
-    mechanism_option: Annotated[list[str] | None, typer.Option("--mechanism-option", help="A mechanism option key=value (repeat).")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 32,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warmup then cosine).")] = 1e-3,
+    mechanism_option: Annotated[
+        list[str] | None, typer.Option("--mechanism-option", help="Mechanism options key=value: a=1,b=2 or the option repeated.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help=f"Optimizer steps (default {DEFAULTS['steps']}; fewer for slow tasks).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=f"Sequences per step (default {DEFAULTS['batch_size']}).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(min=0.0, help=f"Peak learning rate, AdamW, warmup then cosine (default {DEFAULTS['lr']:g}).")
+    ] = None,
     warmup: Annotated[int | None, typer.Option(min=0, help="Warmup steps (default: a tenth of --steps).")] = None,
-    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay on matrices.")] = 0.1,
+    weight_decay: Annotated[
+        float | None, typer.Option(min=0.0, help=f"AdamW weight decay on matrices (default {DEFAULTS['weight_decay']}).")
+    ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seeds the model's initialisation and the data.")] = 0,
     target: Annotated[float | None, typer.Option(help="Stop when the test metric reaches this.")] = None,
-    eval_every: Annotated[int, typer.Option(min=1, help="Evaluate and checkpoint every this many steps.")] = 100,
-    eval_batches: Annotated[int, typer.Option(min=1, help="Test batches per evaluation.")] = 4,
-    dim: Annotated[int, typer.Option(min=1, help="Model width.")] = 64,
-    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
-    layers: Annotated[int, typer.Option(min=1, help="Blocks.")] = 2,
-    mlp: Annotated[bool, typer.Option(help="Feed-forward layers (--no-mlp: attention only).")] = True,
-    positions: Annotated[str, typer.Option(help="learned, none or rope.")] = "learned",
+    eval_every: Annotated[
+        int | None, typer.Option(min=1, help=f"Evaluate and checkpoint every this many steps (default {DEFAULTS['eval_every']}).")
+    ] = None,
+    eval_batches: Annotated[
+        int | None, typer.Option(min=1, help=f"Test batches per evaluation (default {DEFAULTS['eval_batches']}).")
+    ] = None,
+    dim: Annotated[int | None, typer.Option(min=1, help=f"Model width (default {DEFAULTS['dim']}).")] = None,
+    heads: Annotated[int | None, typer.Option(min=1, help=f"Attention heads (default {DEFAULTS['heads']}).")] = None,
+    layers: Annotated[int | None, typer.Option(min=1, help=f"Blocks (default {DEFAULTS['layers']}).")] = None,
+    mlp: Annotated[
+        bool | None, typer.Option("--mlp/--no-mlp", help="Feed-forward layers, or attention only (default: with).", show_default=False)
+    ] = None,
+    positions: Annotated[str | None, typer.Option(help=f"learned, none or rope (default {DEFAULTS['positions']}).")] = None,
     causal: Annotated[bool | None, typer.Option("--causal/--encoder", help="Decoder or encoder (default: what the task asks).")] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default cpu).")] = None,
     threads: Annotated[
@@ -875,17 +996,27 @@ def train(
 ):
     """Train a tiny transformer with one mechanism on a synthetic task; print its curves.
 
+    Without --preset, task sizes and steps are chosen to finish in about a minute on 2 CPU cores
+    (mqar: vocabulary 64, 32 tokens, 4 pairs); --preset NAME gives a paper's settings instead.
+    Settings: the defaults, then the preset (or the quick sizes), then the options given.
+
+    \b
     Example: attnlab train --task mqar --mechanism mha --steps 2000 --target 0.99
     """
     import torch
 
+    from attnlab.presets import resolve
     from attnlab.results import versions
     from attnlab.train import SweepResult, build_model
     from attnlab.train import train as run_train
     from attnlab.train.sweep import make_task
 
-    spec = _task_class_or_name(task)
-    task_options = _key_values(task_option, "--task-option")
+    spec = None if task is None else _task_class_or_name(task)
+    given = _given(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, eval_every=eval_every,
+                   eval_batches=eval_batches, dim=dim, heads=heads, layers=layers, mlp=mlp, positions=positions)  # fmt: skip
+    run = resolve(preset, spec, _key_values(task_option, "--task-option"), given)
+    spec, task_options = run["task"], run["task_options"]
+    task = task or spec
     mech_options = _key_values(mechanism_option, "--mechanism-option")
     formats = _figure_formats(figures)
     the_task = make_task(spec, task_options)
@@ -893,8 +1024,9 @@ def train(
     _check_out(out, force=force or checkpoint.is_file())  # resuming a run is not overwriting it
     _check_device(device)
     model_options = _model_options(
-        dim, heads, layers, mlp, positions, causal, **({"mechanism_options": mech_options} if mech_options else {})
-    )
+        run["dim"], run["heads"], run["layers"], run["mlp"], run["positions"], causal,
+        **({"mechanism_options": mech_options} if mech_options else {}),
+    )  # fmt: skip
     torch.manual_seed(seed)
     model = build_model(the_task, mechanism, model_options)
     if force and checkpoint.is_file():
@@ -903,8 +1035,9 @@ def train(
     if checkpoint.exists():
         _say(f"resuming from {checkpoint}")
     r = run_train(
-        the_task, model, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed, target=target,
-        eval_every=eval_every, eval_batches=eval_batches, checkpoint=checkpoint, device=device, threads=threads,
+        the_task, model, steps=run["steps"], batch_size=run["batch_size"], lr=run["lr"], warmup=run["warmup"],
+        weight_decay=run["weight_decay"], seed=seed, target=target, eval_every=run["eval_every"], eval_batches=run["eval_batches"],
+        checkpoint=checkpoint, device=device, threads=threads,
     )  # fmt: skip
     table = Table(title=Text(f"{mechanism} on {the_task.name or task}: curves"))
     for col in ("step", "train loss", "test loss", "test metric"):
@@ -916,7 +1049,7 @@ def train(
     reached = f", target {target} reached at step {r.steps_to_target}" if r.steps_to_target is not None else ""
     _say(f"final test metric {r.final_metric:.4f} after {r.steps_done} steps{reached}; {r.steps_per_s} steps/s, {r.wall_s} s")
     settings = {
-        "task": task, "task_options": task_options, "task_settings": r.settings["task"], "mechanisms": [mechanism], "seeds": [seed],
+        "task": task, "preset": preset, "task_options": task_options, "task_settings": r.settings["task"], "mechanisms": [mechanism], "seeds": [seed],
         "model_options": model_options, "train": {k: v for k, v in r.settings.items() if k not in ("task", "model", "seed")},
         "executor": "serial", "workers": 1, "command": "attnlab train",
     }  # fmt: skip
@@ -957,7 +1090,9 @@ def _bench():
 @bench_app.command("tasks")
 def bench_tasks(
     task: _TaskName,
-    mechanisms: Annotated[str, typer.Option(help="Comma-separated mechanisms to compare.")] = "mha,linear",
+    mechanisms: Annotated[
+        list[str], typer.Option(help="Mechanisms to compare (attnlab list mechanisms): mha,linear or the option repeated.")
+    ] = ["mha,linear"],  # noqa: B006 (typer reads the default; it is never mutated)
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per mechanism (0 .. seeds-1).")] = 5,
     task_option: _TaskOption = None,
     executor: Annotated[str, typer.Option(help="process (local pool), ray (pip install ray) or serial.")] = "process",
@@ -981,6 +1116,7 @@ def bench_tasks(
 ):
     """Train every mechanism with every seed on one task, same data and budget; print mean ± 95% CI.
 
+    \b
     Example: attnlab bench tasks --task mqar --mechanisms mha,linear,normalized --seeds 5
     """
     from rich.progress import Progress
@@ -989,7 +1125,7 @@ def bench_tasks(
     from attnlab.train import sweep
     from attnlab.train.sweep import make_task
 
-    names = [m.strip() for m in mechanisms.split(",") if m.strip()]
+    names = _listed(mechanisms)
     spec, task_options = _task_class_or_name(task), _key_values(task_option, "--task-option")
     sample = make_task(spec, task_options)  # bad tasks and mechanisms fail here, before the progress bar
     for name in names:

@@ -1,4 +1,7 @@
-"""Means with 95% confidence intervals: the statistics attnlab reports for seeds and paired edits."""
+"""Means with 95% confidence intervals: the statistics attnlab reports for seeds and paired edits.
+
+Quantiles come from :mod:`scipy.stats` (Student's t), not from a table of our own.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +9,23 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scipy import stats
+
 __all__ = ["Estimate", "mean_ci", "t_quantile"]
 
-# Student's t, 0.975 quantile, for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
 
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """The two-sided ``level`` quantile of Student's t with ``df`` degrees of freedom (``scipy.stats.t.ppf``).
 
-def t_quantile(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (table to 30, Cornish-Fisher above)."""
+    Example:
+        >>> round(t_quantile(4), 3)
+        2.776
+    """
     if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got df={df}")
-    if df <= 30:
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        raise ValueError(f"degrees of freedom must be >= 1, got df={df}: a confidence interval needs at least 2 values")
+    if not 0 < level < 1:
+        raise ValueError(f"level is a probability between 0 and 1, got level={level}: e.g. 0.95 for a 95% interval")
+    return float(stats.t.ppf(0.5 + level / 2, df))
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Estimate:
 def mean_ci(values: Sequence[float]) -> Estimate:
     """Mean with a two-sided 95% t-interval (for seeds, or paired before/after differences).
 
+    NaN values (a diverged seed's metric) are left out.
+
     Example:
         >>> str(mean_ci([1.0, 2.0, 3.0]))
         '2 ± 2.5'
@@ -49,9 +56,9 @@ def mean_ci(values: Sequence[float]) -> Estimate:
     n = len(xs)
     if n == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    m = sum(xs) / n
+    m = math.fsum(xs) / n
     if n < 2:
         return Estimate(m, float("nan"), float("nan"), n)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    sd = math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (n - 1))
     half = t_quantile(n - 1) * sd / math.sqrt(n)
     return Estimate(m, m - half, m + half, n)

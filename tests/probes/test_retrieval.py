@@ -35,10 +35,19 @@ def test_scores_count_only_copies_from_the_needle_in_recalled_trials():
     assert r["trials"] == 1
 
 
-def test_rouge1_recall():
-    assert rouge1_recall("the cat sat", "The cat, the dog.") == 2 / 3
-    assert rouge1_recall("a a b", "a b") == 2 / 3  # clipped counts
-    assert rouge1_recall("", "x") == 0.0
+def test_rouge1_recall_counts_clipped_lowercased_words():
+    for stemmer in (True, False):
+        assert rouge1_recall("the cat sat", "The cat, the dog.", stemmer=stemmer) == 2 / 3
+        assert rouge1_recall("a a b", "a b", stemmer=stemmer) == 2 / 3  # clipped counts
+        assert rouge1_recall("", "x", stemmer=stemmer) == 0.0
+
+
+def test_rouge1_recall_stems_as_the_papers_code():
+    # Porter stems by hand: sandwiches -> sandwich, sitting -> sit, parks -> park; "is"/"in" stay (3 letters or fewer)
+    needle = "The best thing is to sit in the park and eat a sandwich."  # 13 words
+    answer = "Sitting in parks, eating sandwiches is the best thing."  # hits: the best thing is sit in park eat sandwich = 9
+    assert rouge1_recall(needle, answer) == 9 / 13
+    assert rouge1_recall(needle, answer, stemmer=False) == 5 / 13  # the best thing is in: words as written
 
 
 def test_needle_trial_on_smollm2_finds_copying_heads(smollm2):

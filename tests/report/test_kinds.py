@@ -66,8 +66,10 @@ def edit_result(**meta) -> EditResult:
 def test_an_edit_says_calibrated_only_when_something_was():
     plain = shown(edit.render(edit_result(calibrated=[])))
     assert "Applied: HeadMask(heads=['L0H0'])." in plain and "calibrat" not in plain.lower()
-    done = shown(edit.render(edit_result(calibrated=[{"edit": "DropAttention(top=4)", "by": "probe"}])))
-    assert "Calibrated before measuring: DropAttention(top=4) (by probe)" in done
+    done = shown(
+        edit.render(edit_result(calibrated=[{"edit": "drop_attention", "on": "4 held-out prompts", "applied": "DropAttention(top=4)"}]))
+    )
+    assert "Calibrated before measuring: drop_attention on 4 held-out prompts, as applied: DropAttention(top=4)" in done
     bars = specs(edit.render(edit_result()))["examples.ppl"]["datasets"]["bars"]
     assert [b["value"] for b in bars] == [0.5, None]  # after − before; NaN left out
 

@@ -73,3 +73,17 @@ def test_capped_length_records_a_cap_only_when_it_caps():
         512,
         [{"what": "max_len", "default": 1024, "used": 512, "why": "tiny was trained on 512 positions"}],
     )
+
+
+def test_with_a_text_the_head_detectors_read_the_text_and_the_repeated_tokens_labelled_apart():
+    model, tok = tiny_causal_lm("llama"), char_tokenizer()
+    both = scan(model, tok, [TEXT], probes=["sink", "patterns"])
+    on_text = scan(model, tok, [TEXT], probes=["patterns"], repeated=False).findings["patterns"]
+    on_repeated = scan(model, tok, probes=["patterns"]).findings["patterns"]
+    assert list(both.findings) == ["sink", "patterns", "patterns_text"]
+    assert both.findings["patterns_text"]["heatmaps"] == on_text["heatmaps"]
+    assert both.findings["patterns"]["heatmaps"] == on_repeated["heatmaps"]
+    assert both.findings["patterns"]["titles"]["induction"] == "induction score (on repeated random tokens)"
+    assert both.findings["patterns_text"]["titles"]["induction"] == "induction score (on the text)"
+    assert all(n.startswith("On the text: ") for n in both.findings["patterns_text"]["notes"])
+    assert [i["kind"] for i in both.meta["inputs"]] == ["text", "repeated"]

@@ -5,7 +5,8 @@ haystack and the model answers a question about it with greedy decoding. At ever
 (the prefill is not scored), for every head, if the head's top-1 attention falls inside the
 needle span and the token there equals the token being generated, the head's score for the trial
 grows by ``1 / |needle|``. A trial counts only if the answer recalls the needle (ROUGE-1 recall of
-the needle sentence above 50%; words lower-cased, no stemming). A head's retrieval score is its
+the needle sentence above 50%, by the ``rouge-score`` package with its stemmer, as the paper's
+code; :func:`attnlab.runs.needle.rouge1_recall`). A head's retrieval score is its
 mean over the counted trials; retrieval heads score above 0.1.
 
 The probe keeps the trials' bookkeeping; :func:`attnlab.runs.needle.needle_in_a_haystack` runs

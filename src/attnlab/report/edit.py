@@ -28,7 +28,7 @@ def _applied(meta: dict) -> str:
     calibrated = meta.get("calibrated") or []
     text = "Applied: " + "; ".join(meta.get("applied") or meta["settings"]["edits"])
     if calibrated:
-        text += ". Calibrated before measuring: " + "; ".join(f"{c['edit']} (by {c['by']})" for c in calibrated)
+        text += ". Calibrated before measuring: " + "; ".join(f"{c['edit']} on {c['on']}, as applied: {c['applied']}" for c in calibrated)
     return text + "."
 
 

@@ -20,7 +20,6 @@ from torch import Tensor
 
 from attnlab.core import attach
 from attnlab.core.site import Edit, Probe, Site
-from attnlab.edits import SiteEdit
 from attnlab.models.hf_load import input_device
 from attnlab.results import EditResult, make_meta, model_meta
 from attnlab.runs._checks import check_positions
@@ -139,10 +138,16 @@ def run_edit(
         check_positions(model, n, f"the {ev} evaluation (inputs of up to {n} tokens)", allow_extrapolation)
     t0, started = time.perf_counter(), time.time()
     sites = bind(model, edits, backend=backend)
-    for e in edits:
-        if e.calibration is not None and progress:
-            progress(f"calibrating {(e.name if isinstance(e, SiteEdit) else '') or type(e).__name__}")
+    calibrated = []
+    for i, e in enumerate(edits):
+        if e.calibration is None:
+            continue
+        name = specs_text[i] if i < len(specs_text) else repr(e)
+        on = _calibration_inputs(e, tokenizer)  # before: a calibrated edit may declare no calibration any more
+        if progress:
+            progress(f"calibrating {name}")
         calibrate(e, model, tokenizer, allow_extrapolation=allow_extrapolation)
+        calibrated.append({"edit": name, **on, "applied": repr(e)})
     try:
         results = compare(model, tokenizer, edits, evals, progress=progress, names=list(specs_text))
     finally:
@@ -161,7 +166,7 @@ def run_edit(
         },
         model=model_meta(model, name=model_name, layers=len(sites), heads=sites[0].num_heads, conventions=conv.as_dict()),
         applied=[repr(e) for e in edits],  # after calibration: the layers and heads each edit chose
-        calibrated=[{"edit": repr(e), "by": e.calibration} for e in edits if e.calibration is not None],
+        calibrated=calibrated,  # only the edits that were calibrated, and on what
         composition="stages run logits → probs → output; within a stage, edits act in the order given",
         metrics=[r.summary() for r in results],
         skipped=skipped,
@@ -174,6 +179,15 @@ def run_edit(
         if r.detail:
             examples[r.name]["detail"] = r.detail
     return EditResult(meta, examples)
+
+
+def _calibration_inputs(edit: Edit, tokenizer) -> dict:
+    """What ``edit`` was calibrated on: ``{"calibration", "on", "passes", "tokens"}`` (its default calibration inputs)."""
+    inputs = edit.calibration_inputs(tokenizer)
+    tokens = sum(int(ids.shape[-1]) for ids in inputs)
+    how = "unedited passes" if edit.calibration == "probe" else f"the {edit.calibration} search over"
+    on = f"{how} {len(inputs)} input{'s' if len(inputs) != 1 else ''} ({tokens:,} tokens)" if inputs else f"the {edit.calibration} search"
+    return {"calibration": edit.calibration, "on": on, "passes": len(inputs), "tokens": tokens}
 
 
 def choose_evals(evals: Sequence[str] | None, kind: str, name: str) -> tuple[list[str], list[dict]]:

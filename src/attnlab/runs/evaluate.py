@@ -327,6 +327,11 @@ def input_tokens(name: str, tokenizer, **options) -> int:
     return max(T.sequence(tokenizer, T.encode(tokenizer, x)).shape[1] for pair in sonnet_halves(kw["first"], kw["n"]) for x in pair)
 
 
+def _stage(progress: Callable | None, stage: str) -> Callable | None:
+    """``progress`` with each line saying which pass it is: ``"before: perplexity window 1/8"``."""
+    return None if progress is None else lambda line: progress(f"{stage}: {line}")
+
+
 def compare(
     model,
     tokenizer,
@@ -343,6 +348,8 @@ def compare(
         evals: metric names: ``ppl``, ``needle``, ``logit_diff``, ``match``.
         options: per-metric keyword arguments, e.g. ``{"needle": {"lengths": [1024]}}``.
         names: how to call the edits in messages (their specs); default: their reprs.
+        progress: called with a line per example, starting ``before:`` (the unedited model) or
+            ``after:`` (with the edits).
 
     Raises:
         NonFiniteError: (a ``ValueError``) a metric is NaN or infinite on some example, before the
@@ -359,11 +366,11 @@ def compare(
     for name in evals:
         m = METRICS[name]
         kw = (options or {}).get(name, {})
-        before = m.fn(model, tokenizer, (), progress=progress, **kw)
+        before = m.fn(model, tokenizer, (), progress=_stage(progress, "before"), **kw)
         check_finite(
             before.values, f"{m.what} of the unedited model", m.unit, "the model's own outputs are not finite: check its weights and dtype"
         )
-        after = m.fn(model, tokenizer, edits, progress=progress, **kw)
+        after = m.fn(model, tokenizer, edits, progress=_stage(progress, "after"), **kw)
         check_finite(after.values, f"{m.what} after {label}", m.unit, "the edit breaks the model's outputs: choose milder settings")
         detail = {"before": before.detail, "after": after.detail} if before.detail else {}
         results.append(MetricResult(name, before.values, after.values, m.higher_is_better, before.weights, detail))

@@ -3,7 +3,8 @@
 A needle sentence is hidden at some depth of a long haystack (shipped with attnlab:
 :func:`attnlab.data.haystack`) and the model answers a question about it with greedy decoding
 and a KV cache. The answer recalls the needle when the ROUGE-1 recall of the needle sentence is
-above 50% (words lower-cased, no stemming). :func:`needle_in_a_haystack` runs the trials over
+above 50%, computed as the paper's code does: ``rouge_score.rouge_scorer.RougeScorer(["rouge1"],
+use_stemmer=True)`` (words lower-cased, Porter-stemmed; ``stemmer=False`` keeps words as written). :func:`needle_in_a_haystack` runs the trials over
 context lengths × depths and feeds a :class:`attnlab.probes.Retrieval` probe every decode step
 after the prefill, which scores the retrieval heads.
 
@@ -16,9 +17,9 @@ repeating the question. Every prompt starts as the tokenizer starts a sequence
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -80,21 +81,24 @@ def positions_used(length: int, max_new_tokens: int = MAX_NEW_TOKENS) -> int:
     return length + max_new_tokens - 1
 
 
-def rouge1_recall(reference: str, candidate: str) -> float:
-    """Unigram recall of ``reference`` in ``candidate`` (lower-cased alphanumeric words, clipped counts)."""
-    ref = re.findall(r"[a-z0-9]+", reference.lower())
-    cand = re.findall(r"[a-z0-9]+", candidate.lower())
-    if not ref:
-        return 0.0
-    counts: dict[str, int] = {}
-    for w in cand:
-        counts[w] = counts.get(w, 0) + 1
-    hit = 0
-    for w in ref:
-        if counts.get(w, 0) > 0:
-            counts[w] -= 1
-            hit += 1
-    return hit / len(ref)
+def rouge1_recall(reference: str, candidate: str, *, stemmer: bool = True) -> float:
+    """ROUGE-1 recall of ``reference`` in ``candidate``, by the ``rouge-score`` package as the paper's code computes it.
+
+    Words are lower-cased alphanumeric runs, counts clipped; ``stemmer`` Porter-stems words longer
+    than 3 letters first (the paper's setting), so "sandwiches" recalls "sandwich".
+
+    Example:
+        >>> rouge1_recall("eat a sandwich", "eating sandwiches"), rouge1_recall("eat a sandwich", "eating sandwiches", stemmer=False)
+        (0.6666666666666666, 0.0)
+    """
+    return _scorer(stemmer).score(reference, candidate)["rouge1"].recall
+
+
+@functools.cache
+def _scorer(stemmer: bool):
+    from rouge_score.rouge_scorer import RougeScorer  # imports nltk (~1.5 s): only when a trial is scored
+
+    return RougeScorer(["rouge1"], use_stemmer=stemmer)
 
 
 PROMPT_STYLES = ("chat", "few-shot")
@@ -173,6 +177,7 @@ def needle_in_a_haystack(
     max_new_tokens: int = MAX_NEW_TOKENS,
     edits: Sequence[Edit] = (),
     prompt: str | None = None,
+    stemmer: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[Trial]:
     """Run needle trials with greedy decoding, feeding ``probe`` the decode steps.
@@ -184,6 +189,9 @@ def needle_in_a_haystack(
         edits: attached to the prefill and every decode step, prepared on the prompt first
             (:func:`attnlab.runs.edit.prepare`: the unedited passes they ask for).
         prompt: ``"chat"`` or ``"few-shot"`` (default :func:`prompt_style`).
+        stemmer: the recall criterion's stemmer (:func:`rouge1_recall`); False gives attnlab's
+            earlier criterion (no stemming), which bench/repro/retrieval_heads_mask.py's recorded
+            figures were measured with.
         progress: called with a line per trial.
     """
     check_grid(lengths, depths)
@@ -209,7 +217,7 @@ def needle_in_a_haystack(
             prepare(model, edits, ids)
             generated, finite = _greedy(model, ids, probe, max_new_tokens, eos, tokenizer, edits)
             answer = tokenizer.decode(generated, skip_special_tokens=True).strip()
-            recall = rouge1_recall(needle.sentence, answer)
+            recall = rouge1_recall(needle.sentence, answer, stemmer=stemmer)
             trial = Trial(int(ids.shape[1]), float(depth), recall > 0.5 and finite, answer, round(recall, 3), span, finite)
             probe.end_trial(trial.recalled, length=trial.length, depth=depth, recall=trial.recall, answer=answer)
             trials.append(trial)

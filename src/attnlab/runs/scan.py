@@ -37,11 +37,13 @@ from attnlab.probes import _base as probe_registry
 from attnlab.probes.retrieval import Retrieval
 from attnlab.results import ScanResult, make_meta, model_meta
 from attnlab.runs._checks import check_positions, trained_positions
+from attnlab.runs.defaults import DEFAULT_NEEDLE_LENGTHS, DEFAULT_PROBES, SAMPLE_TOKENS
 from attnlab.runs.needle import MAX_NEW_TOKENS, check_grid, needle_in_a_haystack, positions_used, prompt_style
 
 __all__ = [
     "DEFAULT_NEEDLE_LENGTHS",
     "DEFAULT_PROBES",
+    "PATTERNS_ON_TEXT",
     "SAMPLE_TOKENS",
     "ScanPlan",
     "ScanResult",
@@ -58,12 +60,10 @@ class ShortInputWarning(UserWarning):
     """A scan's inputs are too short for a probe's statistics to mean anything (each probe's ``min_tokens`` says why)."""
 
 
-DEFAULT_PROBES = ("sink", "entropy", "patterns", "extreme", "layer_importance", "retrieval")
-DEFAULT_NEEDLE_LENGTHS = (512, 768)  # needle trial prompts in tokens, those that fit the model
 SHORTEST_NEEDLE = 256  # when no default length fits, the longest that does, down to this; below it retrieval is skipped
-SAMPLE_TOKENS = 1024  # attnlab scan's built-in sample text is cut to this (or the model's positions)
 REPEAT_TOKENS = 64  # the repeated random sequences: this many tokens, said twice
 MAP_TOKENS = 64  # attention maps in the report: a prompt of at most this many tokens
+PATTERNS_ON_TEXT = "patterns_text"  # findings of the head detectors on the texts, when they read repeated tokens too
 
 
 @dataclass
@@ -217,8 +217,10 @@ def scan(
         texts: text inputs; each is run whole (batch 1) through the model.
         probes: probe names (``attnlab.probes.names()``); ``retrieval`` runs needle trials.
             None: the :data:`DEFAULT_PROBES` that apply to the model's kind (:func:`plan_scan`).
-        repeated: also run repeated random token sequences: the ``patterns`` probe then reads only
-            them (and, without texts, every probe reads them).
+        repeated: also run repeated random token sequences. Without texts every probe reads them;
+            with texts the other probes read the texts and ``patterns`` reads both, its findings
+            kept apart and labelled: ``findings["patterns"]`` on the repeated tokens,
+            ``findings["patterns_text"]`` on the texts (titles and notes say which).
         needle_lengths, needle_depths: the needle trial grid, in tokens and fractions
             (``needle_lengths`` None: :data:`DEFAULT_NEEDLE_LENGTHS`, those that fit the model).
         max_len: longest input in tokens (default: the model's ``max_position_embeddings``).
@@ -255,12 +257,14 @@ def scan(
     chosen = _checked_heads(maps, sites)  # before any work
     inputs = [_encode(tokenizer, t, i, max_len, truncate) for i, t in enumerate(texts)]
     passive = {name: probe_registry.get(name) for name in probes if name != "retrieval"}
-    on_repeated = [] if not repeated else list(passive.values()) if not inputs else [passive["patterns"]] if "patterns" in passive else []
-    _warn_short(inputs, [p for p in passive.values() if p not in on_repeated])
+    both = bool(inputs) and repeated and "patterns" in passive  # the head detectors read the texts and the repeated tokens
+    on_text = {**passive, **({"patterns": probe_registry.get("patterns")} if both else {})} if inputs else {}
+    on_repeated = {} if not repeated else passive if not inputs else {k: v for k, v in passive.items() if k == "patterns"}
+    _warn_short(inputs, list(on_text.values()))
     record = []
     for i, ids in enumerate(inputs):
         what = f"text {i + 1}/{len(inputs)} ({ids.shape[1]} tokens)"
-        _run(model, tokenizer, ids, [p for p in passive.values() if p not in on_repeated], _Layers(progress, what, len(sites)))
+        _run(model, tokenizer, ids, list(on_text.values()), _Layers(progress, what, len(sites)))
         record.append({"kind": "text", "tokens": int(ids.shape[1])})
     if on_repeated:
         n, start = REPEAT_TOKENS, len(T.start_tokens(tokenizer))
@@ -269,9 +273,20 @@ def scan(
             why = f"a sequence is said twice after {start} start token(s) ({2 * REPEAT_TOKENS + start} positions), and {name} was trained on {trained}"
             capped.append({"what": "repeated tokens", "default": REPEAT_TOKENS, "used": n, "why": why})
         seq = repeated_tokens(tokenizer, n=n)
-        _run(model, tokenizer, seq, on_repeated, _Layers(progress, f"repeated random tokens ({seq.shape[0]} × {seq.shape[1]})", len(sites)))
+        _run(
+            model,
+            tokenizer,
+            seq,
+            list(on_repeated.values()),
+            _Layers(progress, f"repeated random tokens ({seq.shape[0]} × {seq.shape[1]})", len(sites)),
+        )
         record.append({"kind": "repeated", "sequences": int(seq.shape[0]), "tokens": int(seq.shape[1])})
-    findings = {name: asdict(p.findings(sites)) for name, p in passive.items()}
+    findings = {}
+    for name, p in passive.items():
+        findings[name] = asdict(p.findings(sites))
+        if name == "patterns" and both:
+            findings[name] = _labelled(findings[name], "repeated random tokens")
+            findings[PATTERNS_ON_TEXT] = _labelled(asdict(on_text[name].findings(sites)), "the text" if len(inputs) == 1 else "the texts")
     if "retrieval" in probes:
         from attnlab.data import haystack
 
@@ -400,6 +415,13 @@ def _warn_short(inputs: list[torch.Tensor], probes: list) -> None:
                 ),
                 stacklevel=3,
             )
+
+
+def _labelled(findings: dict, inputs: str) -> dict:
+    """``findings`` (a :class:`Findings` as a dict) with every title and note saying which ``inputs`` it was measured on."""
+    ids = [*findings["heatmaps"], *findings["bars"], *findings["tables"]]
+    titles = {k: f"{findings['titles'].get(k, k)} (on {inputs})" for k in ids}
+    return {**findings, "titles": titles, "notes": [f"On {inputs}: {n}" for n in findings["notes"]]}
 
 
 def _report(progress, what: str, done: int, total: int) -> None:
