@@ -24,10 +24,10 @@ def test_pruning_drop_equals_the_gradient_score_when_the_score_is_linear_in_head
     w = torch.randn(9, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
     def score(batch):  # linear in layer 1's head outputs: attn.out = o_proj(z) + bias
-        with attnlab.capture(model, "layers.1.attn.out") as cache:
-            with attnlab.intervene(model, {"layers.1.attn.out": lambda x, p: cache.__setitem__("x", x) or x}):
-                model(batch)
-        return (cache["x"] * w).sum()
+        seen = {}
+        with attnlab.intervene(model, {"layers.1.attn.out": lambda x, p: seen.setdefault("x", x.view_as(x))}):
+            model(batch)
+        return (seen["x"] * w).sum()
 
     pruned = pruning_importance(model, score, BATCHES[:1])  # [L, H]
     gradient = gradient_importance(model, score, BATCHES[:1])
@@ -43,7 +43,7 @@ def test_gradient_score_is_the_mean_over_batches_of_abs_z_dot_grad():
     reference = torch.zeros(2, 4, dtype=torch.float64)
     for batch in BATCHES:
         zs = {}
-        with attnlab.intervene(model, {"layers.*.attn.z": lambda z, p: zs.setdefault(p, z.view_as(z))}):
+        with attnlab.intervene(model, {"layers.*.attn.z": lambda z, p, zs=zs: zs.setdefault(p, z.view_as(z))}):
             s = score(batch)
             grads = torch.autograd.grad(s, [zs[f"layers.{i}.attn.z"] for i in range(2)])
         for i, g in enumerate(grads):
