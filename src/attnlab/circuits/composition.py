@@ -17,7 +17,7 @@ and per rank-1 component ``s_i u_i v_iᵀ`` of ``W_OV^{h1}`` (its SVD), the same
 component in place of ``W_OV^{h1}``: ``‖W_QK^{h2} u_i‖ / ‖W_QK^{h2}‖_F`` for K-composition.
 
 Every product is computed through ``[D, D]`` matrices (``‖A M B‖_F² = tr(Mᵀ AᵀA M BBᵀ)``), never
-a ``[C, C]`` one, so all 270 × 270 head pairs of SmolLM2 take a second.
+a ``[C, C]`` one per pair of heads.
 
 Shapes: ``L`` layers, ``H`` heads, ``C`` model width, ``D`` head dim.
 
@@ -190,7 +190,8 @@ def composition_scores(weights, kind: str = "k") -> Tensor:
     out = torch.full((L, H, L, H), float("nan"))
     for l1 in range(L - 1):
         M = torch.einsum("lacd,hec->lahde", R[l1 + 1 :], w.W_O[l1])  # Rᵀ W_Oᵀ of each reader, writer pair [L2, H2, H1, D, D]
-        sq = torch.einsum("lahde,ladf,lahfg,hge->lah", M, GA[l1 + 1 :], M, GB[l1])  # tr(Mᵀ GA M GB) [L2, H2, H1]
+        N = GA[l1 + 1 :, :, None] @ M @ GB[l1][None, None]  # GA M GB [L2, H2, H1, D, D]
+        sq = (M * N).sum((-1, -2))  # tr(Mᵀ GA M GB) [L2, H2, H1]
         score = sq.clamp_min(0).sqrt() / (reader_norm[l1 + 1 :, :, None] * writer_norm[l1][None, None, :])
         out[l1, :, l1 + 1 :] = rearrange(score, "l a h -> h l a")
     return out
@@ -215,7 +216,7 @@ def component_scores(weights, kind: str = "k") -> Tensor:
     out = torch.full((L, H, D, L, H), float("nan"))
     for l1 in range(L - 1):
         Ru = torch.einsum("lacd,hci->lahid", R[l1 + 1 :], U[l1])  # Rᵀ u_i [L2, H2, H1, D(i), D]
-        sq = torch.einsum("lahid,lade,lahie->lahi", Ru, GA[l1 + 1 :], Ru)  # ‖A Rᵀ u_i‖² [L2, H2, H1, D]
+        sq = ((Ru @ GA[l1 + 1 :, :, None]) * Ru).sum(-1)  # ‖A Rᵀ u_i‖² = (Rᵀu)ᵀ GA (Rᵀu) [L2, H2, H1, D]
         out[l1, :, :, l1 + 1 :] = rearrange(sq.clamp_min(0).sqrt() / reader_norm[l1 + 1 :, :, None, None], "l a h i -> h i l a")
     return out
 
