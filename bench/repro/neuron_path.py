@@ -16,8 +16,9 @@ the probability more than the largest of its 20 random paths. The joint IG sum i
 the measured drop (completeness: they agree up to the midpoint rule's error).
 
 Cost: each layer of the search is one batch of m = 20 forward/backward passes; on the shared
-2-core machine the default (3 prompts, the last 8 layers, candidates 1) takes ~15 minutes
-measured with other jobs running; ``--layers all`` searches every layer as the paper does.
+2-core machine (load 14-20 from other jobs) the default (3 prompts, the last 8 layers,
+candidates 1) took 13-17 minutes per prompt, 43 minutes in all; ``--layers all`` searches every
+layer as the paper does.
 
 Usage: python bench/repro/neuron_path.py [--layers all|22-29] [--candidates 1] [--steps 20]
 """
