@@ -38,6 +38,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from attnlab.circuits.weights import head_weights
 from attnlab.edits._base import parse_heads
 from attnlab.edits.ov_component import RemoveOVComponent
 
@@ -62,12 +63,6 @@ class FoldedWeights:
     W_O: Tensor
 
 
-def _rows(w: Tensor, heads: int, H: int) -> Tensor:
-    """A projection weight ``[heads·D, C]`` (nn.Linear's ``[out, in]``) as ``[H, C, D]``."""
-    W = rearrange(w, "(h d) c -> h c d", h=heads)  # [heads, C, D]
-    return W.repeat_interleave(H // heads, dim=0)  # [H, C, D]
-
-
 def _num_layers(model: nn.Module) -> int:
     from attnlab.models import hf
     from attnlab.models.tiny import TinyTransformer
@@ -89,38 +84,34 @@ def _supported(model: nn.Module) -> str:
     return kind
 
 
-def _layer_weights(model: nn.Module, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One layer's ``W_Q, W_K, W_V [H, C, D]``, ``W_O [H, D, C]`` and its input norm's linear part ``N [C, C]``."""
+def _input_norm(model: nn.Module, layer: int) -> tuple[Tensor, bool]:
+    """Layer ``layer``'s attention-input norm: its gain ``[C]`` and whether it centres (LayerNorm) first."""
     from attnlab.mechanisms.mha import MultiHeadAttention
     from attnlab.models import hf
     from attnlab.models.tiny import TinyTransformer
 
     if isinstance(model, TinyTransformer):
         block = model.layers[layer]
-        a = block.attn
-        if type(a) is not MultiHeadAttention or type(a.q_proj) is not nn.Linear:
+        if type(block.attn) is not MultiHeadAttention or type(block.attn.q_proj) is not nn.Linear:
             raise ValueError(f"composition needs a TinyTransformer built with the plain 'mha' mechanism, got {model.mechanism!r}")
-        q, k, v, o, H, Hkv, norm = a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight, a.heads, a.kv_heads, block.norm1
-        gain, centre = norm.weight, True
-    else:
-        kind = _supported(model)
-        block, cfg = hf.layers(model).blocks[layer], model.config
-        if kind == "gpt2":
-            H = Hkv = cfg.n_head
-            q, k, v = block.attn.c_attn.weight.T.chunk(3, dim=0)  # Conv1D stores [in, out]: each [C, C] as [out, in]
-            o, gain, centre = block.attn.c_proj.weight.T, block.ln_1.weight, True
-        else:
-            a, H = block.self_attn, cfg.num_attention_heads
-            Hkv = cfg.num_key_value_heads or H
-            q, k, v, o = a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight
-            w = block.input_layernorm.weight
-            gain, centre = (1 + w if kind.startswith("gemma") else w), False  # Gemma's RMSNorm scales by 1 + w
-    C = o.shape[0]
+        return block.norm1.weight, True
+    kind = _supported(model)
+    block = hf.layers(model).blocks[layer]
+    if kind == "gpt2":
+        return block.ln_1.weight, True
+    w = block.input_layernorm.weight
+    return (1 + w if kind.startswith("gemma") else w), False  # Gemma's RMSNorm scales by 1 + w
+
+
+def _layer_weights(model: nn.Module, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One layer's ``W_Q, W_K, W_V [H, C, D]``, ``W_O [H, D, C]`` (:func:`~attnlab.circuits.weights.head_weights`) and its input norm's linear part ``N [C, C]``."""
+    gain, centre = _input_norm(model, layer)  # refuses unknown models before reading weights
+    w = head_weights(model, layer)
+    C = w.W_O.shape[-1]
     N = torch.diag(gain.detach().float())  # [C, C]
     if centre:  # LayerNorm removes the mean first: x -> x (I - 11ᵀ/C)
         N = (torch.eye(C) - torch.full((C, C), 1.0 / C)) @ N
-    W_O = rearrange(o.detach().float(), "c (h d) -> h d c", h=H)  # [H, D, C]
-    return _rows(q.detach().float(), H, H), _rows(k.detach().float(), Hkv, H), _rows(v.detach().float(), Hkv, H), W_O, N
+    return w.W_Q.float(), w.W_K.float(), w.W_V.float(), w.W_O.float(), N
 
 
 @torch.no_grad()
