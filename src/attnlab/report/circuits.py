@@ -154,7 +154,7 @@ def build(result) -> Report:
                 ["pair", "clean", "corrupted", "answer", "wrong"],
             )
         )
-    model = [["model", meta["model"]["identity"]]] + [[f"weights {k}", v] for k, v in (meta["model"].get("weights") or {}).items()]
+    model = [["model identity", meta["model"]["identity"]]] + [[f"weights {k}", v] for k, v in (meta["model"].get("weights") or {}).items()]
     r.section("Settings", "settings").add(Table([[k, v] for k, v in settings.items()] + model))
     return r
 
