@@ -641,11 +641,11 @@ def _fed_probes(probes: list[str], explicit: bool, *, has_text: bool, kinds: set
 
 @app.command()
 def report(
-    results: Annotated[Path, typer.Argument(help="A results.json written by attnlab scan, edit, train or bench tasks.")],
+    results: Annotated[Path, typer.Argument(help="A results.json written by attnlab scan, edit, circuit, train or bench tasks.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the HTML (default: report.html beside the results).")] = None,
     figures: _Figures = None,
 ):
-    """Re-render the HTML report of a saved result of any kind (scan, edit or sweep)."""
+    """Re-render the HTML report of a saved result of any kind (scan, edit, sweep or circuit)."""
     from attnlab.results import load, write_atomic, write_together
 
     formats = _figure_formats(figures)
@@ -776,19 +776,25 @@ def circuit(
     method: Annotated[
         str, typer.Option(help="patch (attn.z per head), path (each head into --receivers), attrib (attribution patching), dla.")
     ] = "patch",
-    receivers: Annotated[str, typer.Option(help="For --method path: comma-separated heads (L9H6,L10H0) or 'logits'.")] = "logits",
+    receivers: Annotated[
+        str, typer.Option(help="For --method path: comma-separated heads (L9H6,L10H0: each alone, a senders × receivers grid) or 'logits'.")
+    ] = "logits",
+    per: Annotated[
+        str, typer.Option(help="For patch and attrib: head (attn.z, layer × head) or position (resid_pre, layer × position).")
+    ] = "head",
     batch_size: Annotated[int, typer.Option(help="Pairs per forward pass.")] = 8,
-    out: Annotated[Path, typer.Option(help="Output directory for results.json.")] = Path("attnlab-circuit"),
+    figures: _Figures = None,
+    out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-circuit"),
     force: _Force = False,
     device: _Device = None,
     dtype: _Dtype = "float32",
     device_map: _DeviceMap = None,
 ):
-    """Find the heads that carry a model's answer: activation/path/attribution patching or direct logit attribution; writes results.json.
+    """Find the heads that carry a model's answer: activation/path/attribution patching or direct logit attribution.
 
-    Example: attnlab circuit --task ioi --method patch --out ioi-heads
+    Writes results.json and report.html. Example: attnlab circuit --task ioi --method patch --out ioi-heads
     """
-    from attnlab.circuits.run import METHODS, TASKS, run_circuit, task_pairs
+    from attnlab.circuits.run import METHODS, PER, TASKS, run_circuit, task_pairs
 
     if (prompts is None) == (task is None):
         raise ValueError(f"give exactly one of --prompts pairs.jsonl or --task ({', '.join(TASKS)})")
@@ -796,8 +802,13 @@ def circuit(
         raise ValueError(f"unknown --task {task!r}: choose one of {', '.join(TASKS)}")
     if method not in METHODS:
         raise ValueError(f"unknown --method {method!r}: choose one of {', '.join(METHODS)}")
+    if per not in PER:
+        raise ValueError(f"unknown --per {per!r}: choose one of {', '.join(PER)}")
+    if per != "head" and method not in ("patch", "attrib"):
+        raise ValueError(f"--per {per} applies to --method patch and attrib; --method {method} is per head: leave --per out")
     if prompts is not None and not prompts.is_file():
         raise ValueError(f"--prompts {prompts} is not a file: give a JSONL file of prompt pairs")
+    formats = _figure_formats(figures)
     heads = "logits" if receivers.strip() == "logits" else [h.strip() for h in receivers.split(",") if h.strip()]
     _check_out(out, force)
     with console.status(f"loading {escape(model)}"):
@@ -809,19 +820,13 @@ def circuit(
     settings = {"model": model, "prompts": str(prompts) if prompts else None, "task": task, "receivers": heads, "batch_size": batch_size}
     with console.status("running") as status:
         result = run_circuit(
-            m, chosen, method, settings=settings, receivers=heads, batch_size=batch_size,
+            m, chosen, method, settings=settings, receivers=heads, per=per, batch_size=batch_size, tokenizer=tok,
             progress=lambda what, done, total: status.update(escape(f"{what} ({done}/{total})")),
         )  # fmt: skip
     for key, value in result.meta.get("summary", {}).items():
         _say(f"{key}: {value:.4g}")
-    from attnlab.results import to_json, write_together
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_together({out / "results.json": to_json(result)})
-    except OSError as e:
-        raise _write_error(f"the results into --out {out}", e) from None
-    _say(f"wrote {out / 'results.json'} ({result.meta['wall_s']} s)")
+    written = _write_outputs(out, result, formats)
+    _say(f"wrote {written[0]} and {written[1]} ({result.meta['wall_s']} s)")
 
 
 def _header(model, tokenizer) -> None:

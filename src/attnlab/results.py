@@ -467,12 +467,15 @@ class CircuitResult(Result):
 
     Attributes:
         meta: the meta block; ``settings`` holds the method, points, task or prompts file, pairs
-            and options; ``summary`` the clean and corrupted metric (patching methods) and
-            ``agreement`` (attribution patching against activation patching, when run).
+            and options; ``pairs`` the prompt pairs as text (``{"clean", "corrupted", "answer",
+            "wrong"}``); ``summary`` the clean and corrupted metric (patching methods; the logit
+            difference and the terms' sum for direct logit attribution) and ``agreement``
+            (attribution patching against activation patching, when run).
         table: one row per unit: ``point, layer, head, position, metric, score`` (patching
-            methods) or ``term, kind, layer, head, value`` (direct logit attribution).
-        grid: the scores as a grid, ``grid_axes`` naming its axes (``["layer", "head"]``) and
-            ``grid_rows`` labelling its rows.
+            methods; path patching into several receivers adds ``receiver``) or ``term, kind,
+            layer, head, value`` (direct logit attribution).
+        grid: the scores as a grid, ``grid_axes`` naming its axes (``["layer", "head"]``,
+            ``["layer", "position"]``, ``["sender", "receiver"]``) and ``grid_rows`` labelling its rows.
     """
 
     KIND: ClassVar[str] = "circuit"
@@ -489,8 +492,11 @@ class CircuitResult(Result):
 
         return pd.DataFrame(self.table)
 
-    def html(self) -> str:
-        raise ValueError("circuit results have no HTML report yet: read results.json, or results.load(path).to_pandas()")
+    def page(self):
+        """The report: the method's heatmap and top components, the pairs and settings (:mod:`attnlab.report.circuits`)."""
+        from attnlab.report.circuits import build
+
+        return build(self)
 
 
 def _classes() -> dict[str, type[Result]]:

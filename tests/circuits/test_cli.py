@@ -48,6 +48,8 @@ def test_circuit_writes_a_results_json_a_report_can_draw(tiny, tmp_path, method)
     assert len(loaded.to_pandas()) == len(data["table"])
     if method == "attrib":
         assert set(data["meta"]["agreement"]) >= {"pearson", "spearman", "top_k_overlap"}
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and "<title>Circuit: " in page and "on induction (3 pairs)" in page
     again = cli("circuit", "--model", tiny, "--task", "induction", "--method", method, "--out", out)
     assert again.exit_code != 0 and "already holds results" in again.output
 
@@ -67,3 +69,18 @@ def test_circuit_reads_a_pairs_file_and_refuses_bad_ones_without_a_traceback(tin
     assert r.exit_code != 0 and "unknown --method 'saliency'" in r.output
     r = cli("circuit", "--model", tiny, "--task", "induction", "--method", "path", "--receivers", "L7H0", "--out", tmp_path / "o5")
     assert r.exit_code != 0 and "does not exist: the model has layers 0..1" in r.output
+
+
+@pytest.mark.slow
+def test_circuit_writes_figures_per_position_and_attnlab_report_redraws_it(tiny, tmp_path):
+    out = tmp_path / "out"
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--pairs", 2, "--per", "position", "--figures", "svg", "--out", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["grid_axes"] == ["layer", "position"] and (out / "figures" / "circuit.scores.svg").read_text().startswith("<svg")
+    again = cli("report", out / "results.json", "--out", tmp_path / "again.html", "--figures", "png")
+    assert again.exit_code == 0, again.output
+    assert "circuit report" in again.output and (tmp_path / "figures" / "circuit.scores.png").stat().st_size > 1000
+    assert (tmp_path / "again.html").read_text().count("layer × position") >= 1
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--method", "dla", "--per", "position", "--out", tmp_path / "o")
+    assert r.exit_code != 0 and "--per position applies to --method patch and attrib" in r.output and "Traceback" not in r.output

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab import edits
+from attnlab import circuits, edits
+from attnlab.circuits.run import run_circuit
 from attnlab.models import hf
 from attnlab.runs.edit import run_edit
 from attnlab.runs.scan import scan
@@ -41,6 +42,7 @@ def runs(smollm2, tmp_path_factory):
     text = "Full fathom five thy father lies; of his bones are coral made; those are pearls that were his eyes. " * 3
     out = {
         "scan": scan(model, tok, [text], probes=["sink", "entropy", "patterns", "extreme", "layer_importance"], maps=[(1, 3)]),
+        "circuit": run_circuit(model, circuits.ioi_pairs(tok, 4), "patch", settings={"task": "ioi"}, tokenizer=tok),
         "edit": run_edit(model, tok, [edits.parse("head_mask:heads=L0H0")], ["logit_diff"], specs_text=["head_mask:heads=L0H0"]),
         "train": sweep(
             Lag, {}, mechanisms=["mha", "linear"], seeds=2, executor="serial", threads=1,
@@ -91,7 +93,7 @@ def marks(page, figure: str, group: str):
     return page.locator(f'[data-figure="{figure}"] g.{group}').first.locator("path")
 
 
-@pytest.mark.parametrize("kind", ["scan", "edit", "train"])
+@pytest.mark.parametrize("kind", ["scan", "edit", "train", "circuit"])
 def test_every_report_loads_offline_without_errors_and_draws_every_figure(runs, browser, kind):
     result, path = runs[kind]
     page = open_page(browser, path)
@@ -112,6 +114,20 @@ def test_hovering_a_heatmap_cell_shows_its_layer_head_and_value(runs, browser):
     marks(page, "sink.first_token_mass", "layer_1_marks").nth(i).hover()
     text = tooltip(page)
     assert f"layer {layer} head {h} first-token mass {v:.3g}" in text and "what it measures" in text
+    page.close()
+
+
+def test_hovering_a_circuit_heatmap_cell_shows_its_layer_head_score_and_meaning(runs, browser):
+    result, path = runs["circuit"]
+    page = open_page(browser, path)
+    drawn = [(layer, h, v) for layer, row in enumerate(result.grid) for h, v in enumerate(row)]  # data order
+    i = next(i for i, (_, _, v) in enumerate(drawn) if abs(v) > 0.01 and i > 0)
+    layer, h, v = drawn[i]
+    marks(page, "circuit.scores", "layer_1_marks").nth(i).hover()
+    text = tooltip(page)
+    assert f"layer {layer} head {h} score (fraction restored) {v:.3g}" in text.replace("−", "-")
+    assert "fraction of the clean−corrupted logit difference restored" in text
+    assert result.meta["pairs"][0]["clean"] in page.inner_text("#section-pairs")
     page.close()
 
 

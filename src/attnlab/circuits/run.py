@@ -15,9 +15,10 @@ from attnlab.circuits.patching import PatchResult, activation_patching
 from attnlab.circuits.path import path_patching_sweep
 from attnlab.results import CircuitResult, make_meta, model_meta
 
-__all__ = ["METHODS", "TASKS", "run_circuit", "task_pairs"]
+__all__ = ["METHODS", "PER", "TASKS", "pair_records", "run_circuit", "task_pairs"]
 
 METHODS = ("patch", "path", "attrib", "dla")
+PER = {"head": "layers.*.attn.z", "position": "layers.*.resid_pre"}  # what patch and attrib patch, per unit
 TASKS = ("ioi", "induction", "colored_objects", "multiple_choice")
 
 
@@ -34,9 +35,38 @@ def task_pairs(task: str, tokenizer, n: int, seed: int = 0) -> Pairs:
     raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}, or give --prompts pairs.jsonl")
 
 
+def pair_records(pairs: Pairs, tokenizer=None) -> list[dict]:
+    """``{"clean", "corrupted", "answer", "wrong"}`` per pair, as text: the records the pairs came from, else their ids decoded
+    by ``tokenizer``, else the ids themselves (``"ids 3 17 5"``)."""
+    if pairs.records:
+        return [{k: r[k] for k in P.KEYS} for r in pairs.records]
+
+    def text(ids) -> str:
+        ids = [int(i) for i in (ids.tolist() if ids.dim() else [ids.item()])]
+        return tokenizer.decode(ids) if tokenizer is not None else "ids " + " ".join(map(str, ids))
+
+    return [
+        {"clean": text(c), "corrupted": text(k), "answer": text(a), "wrong": text(w)}
+        for c, k, a, w in zip(pairs.clean, pairs.corrupted, pairs.answer, pairs.wrong, strict=True)
+    ]
+
+
 def _patch_result(r: PatchResult, axes: list[str], meta_extra: dict) -> tuple[list[dict], list[list[float]], list[str], list[str], dict]:
     summary = {"clean": r.clean, "corrupted": r.corrupted}
     return r.table.to_dict("records"), r.grid.tolist(), axes, r.rows, {"summary": summary, **meta_extra}
+
+
+def _by_receiver(model, pairs: Pairs, receivers: list[str], kw: dict):
+    """Each sender head path-patched alone into each receiver alone: the table (with a ``receiver`` column) and the
+    ``[senders, receivers]`` grid (NaN where a sender is not below the receiver)."""
+    sweeps = {r: path_patching_sweep(model, pairs, [r], **kw) for r in receivers}
+    table = [row | {"receiver": r} for r, sw in sweeps.items() for row in sw.table.to_dict("records")]
+    senders = sorted({(row["layer"], row["head"]) for row in table})
+    score = {(row["layer"], row["head"], row["receiver"]): row["score"] for row in table}
+    grid = [[score.get((sl, sh, r), float("nan")) for r in receivers] for sl, sh in senders]  # [senders, receivers]
+    first = next(iter(sweeps.values()))
+    summary = {"clean": first.clean, "corrupted": first.corrupted}
+    return table, grid, ["sender", "receiver"], [f"L{sl}H{sh}" for sl, sh in senders], {"summary": summary}
 
 
 def run_circuit(
@@ -46,24 +76,36 @@ def run_circuit(
     *,
     settings: dict,
     receivers: list[str] | str = "logits",
+    per: str = "head",
     batch_size: int = 8,
+    tokenizer=None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CircuitResult:
-    """Run ``method`` (``patch``: attn.z per head; ``path``: each head into ``receivers``; ``attrib``: attribution patching of attn.z per head, with its agreement with ``patch``; ``dla``)."""
+    """Run ``method`` and record it with the pairs (as text: ``tokenizer`` decodes pairs built from ids).
+
+    Methods: ``patch`` (activation patching of ``attn.z`` per head, or of ``resid_pre`` per
+    position: ``per``), ``path`` (each head into ``receivers`` together; several receivers: into
+    each alone, a senders × receivers grid), ``attrib`` (attribution patching as ``patch``, with its
+    agreement with it), ``dla``.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if per not in PER or (per != "head" and method not in ("patch", "attrib")):
+        raise ValueError(f"per={per!r}: patch and attrib take per='head' or 'position', path and dla per='head' only")
     start = time.perf_counter()
     kw = {"batch_size": batch_size, "progress": progress}
     if method == "patch":
-        out = _patch_result(activation_patching(model, pairs, "layers.*.attn.z", per="head", **kw), ["layer", "head"], {})
+        out = _patch_result(activation_patching(model, pairs, PER[per], per=per, **kw), ["layer", per], {})
+    elif method == "path" and isinstance(receivers, list) and len(receivers) > 1:
+        out = _by_receiver(model, pairs, receivers, kw)
     elif method == "path":
         out = _patch_result(path_patching_sweep(model, pairs, receivers, **kw), ["layer", "head"], {})
     elif method == "attrib":
         from attnlab.circuits.attribution import agreement
 
-        estimate = attribution_patching(model, pairs, "layers.*.attn.z", per="head", **kw)
-        exact = activation_patching(model, pairs, "layers.*.attn.z", per="head", **kw)
-        out = _patch_result(estimate, ["layer", "head"], {"agreement": agreement(estimate, exact)})
+        estimate = attribution_patching(model, pairs, PER[per], per=per, **kw)
+        exact = activation_patching(model, pairs, PER[per], per=per, **kw)
+        out = _patch_result(estimate, ["layer", per], {"agreement": agreement(estimate, exact)})
     else:
         d = direct_logit_attribution(model, pairs, batch_size=batch_size)
         summary = {"logit_diff": float(d.logit_diff.mean()), "terms_sum": float(d.values.sum(1).mean())}
@@ -77,9 +119,10 @@ def run_circuit(
     table, grid, axes, rows, extra = out
     meta = make_meta(
         "circuit",
-        settings={**settings, "method": method, "pairs": len(pairs)},
+        settings={**settings, "method": method, "per": per, "pairs": len(pairs)} | ({"receivers": receivers} if method == "path" else {}),
         model=model_meta(model),
         wall_s=time.perf_counter() - start,
+        pairs=pair_records(pairs, tokenizer),
         **extra,
     )
     return CircuitResult(meta, table, grid, axes, rows)

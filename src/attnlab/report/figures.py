@@ -54,44 +54,58 @@ def heatmap(
     domain: tuple[float, float] | None = None,
     label: str = "",
     caption: str = "",
+    axes: tuple[str, str] = ("layer", "head"),
+    rows: Sequence | None = None,
+    columns: Sequence | None = None,
+    diverging: bool = False,
 ) -> Figure:
-    """A ``[layer][head]`` heatmap: hover a cell for its layer, head, value and what the value means.
+    """A ``[row][column]`` heatmap (``[layer][head]`` by default): hover a cell for where it is, its value and what the value means.
 
     Args:
         label: the value's name in tooltips (default: ``title``).
         meaning: what the value measures, in words (shown in every tooltip).
         unit: the colour bar's title (what the values are in).
         domain: the colour scale's range of values; heatmaps whose values compare share one.
-            None: the values' own range.
+            None: the values' own range (``diverging``: ± the largest magnitude).
+        axes: the names of the rows and the columns (``("layer", "position")``, ``("sender", "receiver")``).
+        rows, columns: their labels, in order (default ``0, 1, ...``).
+        diverging: a blue–orange scale centred at 0 (signed scores), instead of viridis.
     """
-    rows = [{"layer": i, "head": j, "value": _num(v)} for i, row in enumerate(grid) for j, v in enumerate(row)]
+    y, x = axes
+    ys = list(rows) if rows is not None else list(range(len(grid)))
+    xs = list(columns) if columns is not None else list(range(max((len(r) for r in grid), default=0)))
+    cells = [{y: ys[i], x: xs[j], "value": _num(v)} for i, row in enumerate(grid) for j, v in enumerate(row)]
     base = alt.Chart(alt.Data(name="cells")).encode(
-        x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("layer:O", title="layer"),
+        x=alt.X(f"{x}:O", title=x, axis=alt.Axis(labelAngle=0 if columns is None else -60), **({} if columns is None else {"sort": xs})),
+        y=alt.Y(f"{y}:O", title=y, **({} if rows is None else {"sort": ys})),
     )
     missing = (
         base.mark_rect(color=GREY)
         .transform_filter("datum.value === null")
         .transform_calculate(value="'not measured'")
-        .encode(tooltip=["layer:O", "head:O", alt.Tooltip("value:N", title=label or title)])
+        .encode(tooltip=[f"{y}:O", f"{x}:O", alt.Tooltip("value:N", title=label or title)])
     )
-    scale = alt.Scale(scheme=SCHEME, domain=list(domain)) if domain else alt.Scale(scheme=SCHEME, zero=False)
-    cells = (
+    if diverging:
+        top = max(abs(v) for v in domain) if domain else max([abs(c["value"]) for c in cells if c["value"] is not None] + [1e-12])
+        scale = alt.Scale(scheme="blueorange", domain=[-top, top], domainMid=0)
+    else:
+        scale = alt.Scale(scheme=SCHEME, domain=list(domain)) if domain else alt.Scale(scheme=SCHEME, zero=False)
+    drawn = (
         base.mark_rect()
         .transform_filter("datum.value !== null")
         .transform_calculate(meaning=_text(meaning))
         .encode(
             color=alt.Color("value:Q", scale=scale, title=unit or title, legend=alt.Legend(gradientLength=160, tickCount=5, format=".3~g")),
             tooltip=[
-                alt.Tooltip("layer:O"),
-                alt.Tooltip("head:O"),
+                alt.Tooltip(f"{y}:O"),
+                alt.Tooltip(f"{x}:O"),
                 alt.Tooltip("value:Q", title=label or title, format=".3~g"),
                 alt.Tooltip("meaning:N", title="what it measures"),
             ],
         )
     )
-    chart = alt.layer(missing, cells).properties(width=alt.Step(16), height=alt.Step(13))
-    return Figure(name, title, _spec(chart, cells=rows), caption)
+    chart = alt.layer(missing, drawn).properties(width=alt.Step(16), height=alt.Step(13))
+    return Figure(name, title, _spec(chart, cells=cells), caption)
 
 
 def per_layer(

@@ -1,6 +1,6 @@
 """One report page for every kind: a :class:`Report` of sections holding texts, tables and figures.
 
-Every attnlab report (scan, edit, sweep) is a :class:`Report` rendered by :func:`Report.html`
+Every attnlab report (scan, edit, sweep, circuit) is a :class:`Report` rendered by :func:`Report.html`
 with the one template and stylesheet in ``report/templates``. Figures are Vega-Lite specs
 (made with altair, :mod:`attnlab.report.figures`); the page inlines the vega, vega-lite and
 vega-embed JavaScript once (from ``vl-convert-python``), so it works offline and makes no network
