@@ -777,8 +777,11 @@ def circuit(
         str, typer.Option(help="patch (attn.z per head), path (each head into --receivers), attrib (attribution patching), dla.")
     ] = "patch",
     receivers: Annotated[
-        str, typer.Option(help="For --method path: comma-separated heads (L9H6,L10H0: each alone, a senders × receivers grid) or 'logits'.")
-    ] = "logits",
+        list[str] | None,
+        typer.Option(
+            help="For --method path: heads as L9H6,L10H0 or repeated (each alone: a senders × receivers grid), or 'logits' (the default)."
+        ),
+    ] = None,
     per: Annotated[
         str, typer.Option(help="For patch and attrib: head (attn.z, layer × head) or position (resid_pre, layer × position).")
     ] = "head",
@@ -809,7 +812,8 @@ def circuit(
     if prompts is not None and not prompts.is_file():
         raise ValueError(f"--prompts {prompts} is not a file: give a JSONL file of prompt pairs")
     formats = _figure_formats(figures)
-    heads = "logits" if receivers.strip() == "logits" else [h.strip() for h in receivers.split(",") if h.strip()]
+    named = _listed(receivers)
+    heads = "logits" if named in ([], ["logits"]) else named
     _check_out(out, force)
     with console.status(f"loading {escape(model)}"):
         m, tok = _load(model, device, dtype, device_map)

@@ -84,3 +84,14 @@ def test_circuit_writes_figures_per_position_and_attnlab_report_redraws_it(tiny,
     assert (tmp_path / "again.html").read_text().count("layer × position") >= 1
     r = cli("circuit", "--model", tiny, "--task", "induction", "--method", "dla", "--per", "position", "--out", tmp_path / "o")
     assert r.exit_code != 0 and "--per position applies to --method patch and attrib" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_circuit_receivers_as_a_list_or_repeated(tiny, tmp_path):
+    outs = []
+    for i, args in enumerate((["--receivers", "L1H0,L1H2"], ["--receivers", "L1H0", "--receivers", "L1H2"])):
+        r = cli("circuit", "--model", tiny, "--task", "induction", "--pairs", 2, "--method", "path", *args, "--out", tmp_path / f"o{i}")
+        assert r.exit_code == 0, r.output
+        outs.append(json.loads((tmp_path / f"o{i}" / "results.json").read_text()))
+    assert outs[0]["meta"]["settings"]["receivers"] == outs[1]["meta"]["settings"]["receivers"] == ["L1H0", "L1H2"]
+    assert outs[0]["grid"] == outs[1]["grid"]
