@@ -1,0 +1,253 @@
+"""All-heads activation patching on SmolLM2-135M: attnlab vs TransformerLens vs nnsight.
+
+The job: 8 IOI prompt pairs (``attnlab.circuits.ioi_pairs``: clean "... Mary and John ... John
+gave a drink to" → " Mary", corrupted with the names replaced, same token length). For every
+head of every layer (30 × 9 = 270), patch that head's output ``z`` (the per-head attention output
+before the output projection, all positions) from the clean run into the corrupted run and read
+the metric: the mean over pairs of logit(answer) − logit(wrong) at the last position. Each tool
+computes the 30 × 9 grid in its own process, on the same weights (attnlab's loader: the embedded
+GGUF dequantised to float32), the same tokens and the same threads:
+
+  - attnlab: ``activation_patching(model, pairs, "layers.*.attn.z", per="head")`` on the
+    instrumented model (defaults: each patched pass starts at the patched layer, logits at the
+    last position only, the layer's 9 heads side by side in one pass);
+  - TransformerLens 4: ``TransformerBridge.boot_transformers(..., hf_model=model)`` with
+    ``enable_compatibility_mode(no_processing=True)``, ``run_with_cache`` on the clean tokens,
+    then ``patching.get_act_patch_attn_head_out_all_pos`` (its patching utility);
+  - nnsight: ``LanguageModel(model)``; one trace saves every layer's ``o_proj`` input on the
+    clean run, then one trace per head sets that head's slice in the corrupted run.
+
+Also timed: attribution patching in attnlab (one forward of each run and one backward) on the same
+pairs, and its agreement with activation patching.
+
+Measured per process: wall time of the patching (model loading excluded, the same for all),
+peak RSS of the process (``ru_maxrss``, model included) and the RSS added by the patching
+(peak minus the RSS after loading). Results must agree to 1e-4 (max abs difference of the grids).
+Targets (issue 18): attnlab ≥ 3× faster and ≤ 1/3 the peak memory of TransformerLens;
+attribution patching ≥ 20× faster than activation patching.
+
+Usage:
+    python bench/circuits.py            # bench/results/circuits.{md,json}
+    python bench/circuits.py --repeats 1 --pairs 4
+
+Needs the bench extra (transformer-lens, nnsight).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from harness import write
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TOOLS = ("attnlab", "transformer_lens", "nnsight")
+AGREE = 1e-4
+
+
+def _rss_mb() -> float:
+    """Current resident set size of this process in MB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _metric(logits, answer, wrong):
+    """Mean over pairs of logit(answer) − logit(wrong) at the last position."""
+    import torch
+
+    last = logits[:, -1]  # [B, V]
+    rows = torch.arange(last.shape[0])
+    return (last[rows, answer] - last[rows, wrong]).mean()
+
+
+def _work_attnlab(model, tok, data):
+    import torch
+
+    from attnlab.circuits.attribution import attribution_patching
+    from attnlab.circuits.pairs import from_ids
+    from attnlab.circuits.patching import activation_patching
+    from attnlab.models.hf import instrument
+
+    instrument(model)
+    pairs = from_ids(data["clean"], data["corrupted"], data["answer"], data["wrong"])
+    t = time.perf_counter()
+    exact = activation_patching(model, pairs, "layers.*.attn.z", per="head")
+    wall = time.perf_counter() - t
+    t = time.perf_counter()
+    approx = attribution_patching(model, pairs, "layers.*.attn.z", per="head")
+    attrib_wall = time.perf_counter() - t
+    grid = torch.tensor(_metric_grid(exact.table))  # the mean logit difference, as the peers report it
+    return grid, wall, {"attribution_wall_s": attrib_wall, "attribution_grid": _metric_grid(approx.table).tolist()}
+
+
+def _metric_grid(table):
+    """``[L, H]`` of a patching table's ``metric`` column (the patched mean metric, not the normalised score)."""
+    return table.pivot(index="layer", columns="head", values="metric").sort_index().to_numpy()
+
+
+def _work_transformer_lens(model, tok, data):
+    import torch
+    from transformer_lens import patching
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers("HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=model, tokenizer=tok)
+    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    clean, corrupted = torch.tensor(data["clean"]), torch.tensor(data["corrupted"])
+    answer, wrong = torch.tensor(data["answer"]), torch.tensor(data["wrong"])
+    t = time.perf_counter()
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(clean)
+        grid = patching.get_act_patch_attn_head_out_all_pos(bridge, corrupted, cache, lambda logits: _metric(logits, answer, wrong))
+    return grid, time.perf_counter() - t, {}
+
+
+def _work_nnsight(model, tok, data):
+    import torch
+    from nnsight import LanguageModel
+
+    lm = LanguageModel(model, tokenizer=tok)
+    clean, corrupted = torch.tensor(data["clean"]), torch.tensor(data["corrupted"])
+    answer, wrong = torch.tensor(data["answer"]), torch.tensor(data["wrong"])
+    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+    D = model.config.hidden_size // H
+    grid = torch.zeros(L, H)
+    t = time.perf_counter()
+    with torch.no_grad():
+        z = {}  # layer -> [B, T, H*D], filled inside the trace (nnsight runs its body apart from this frame)
+        with lm.trace(clean):
+            for i in range(L):
+                z[i] = lm.model.layers[i].self_attn.o_proj.input.save()
+        for i in range(L):
+            for h in range(H):
+                out = {}
+                with lm.trace(corrupted):
+                    lm.model.layers[i].self_attn.o_proj.input[:, :, h * D : (h + 1) * D] = z[i][:, :, h * D : (h + 1) * D]
+                    out["logits"] = lm.lm_head.output.save()
+                grid[i, h] = _metric(out["logits"], answer, wrong)
+    return grid, time.perf_counter() - t, {}
+
+
+def worker(tool: str, data_file: Path, out_file: Path, threads: int) -> None:
+    """Run one tool in this process and write its grid, time and memory to ``out_file``."""
+    import torch
+
+    from attnlab.models.hf import load
+
+    torch.set_num_threads(threads)
+    data = json.loads(data_file.read_text())
+    model, tok = load("smollm2-135m", progress=False)
+    loaded = _rss_mb()
+    grid, wall, extra = globals()[f"_work_{tool}"](model, tok, data)
+    out_file.write_text(
+        json.dumps(
+            {"tool": tool, "wall_s": wall, "peak_rss_mb": _peak_mb(), "added_rss_mb": _peak_mb() - loaded, "grid": grid.tolist(), **extra}
+        )
+    )
+
+
+def _pairs(n: int) -> dict:
+    from attnlab.circuits.pairs import ioi_pairs
+    from attnlab.models.hf import load
+
+    _, tok = load("smollm2-135m", progress=False)
+    pairs = ioi_pairs(tok, n)
+    if len(pairs.lengths()) > 1:
+        raise ValueError(f"the {n} IOI pairs have token lengths {pairs.lengths()}; the peers need one: choose another --pairs")
+    return {
+        "clean": [c.tolist() for c in pairs.clean],
+        "corrupted": [c.tolist() for c in pairs.corrupted],
+        "answer": pairs.answer.tolist(),
+        "wrong": pairs.wrong.tolist(),
+        "texts": pairs.records,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2, help="runs per tool, alternating tools; the fastest run counts")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
+    p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args.worker, args.data, args.result, args.threads)
+        return
+
+    import numpy as np
+
+    load_before = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="attnlab-circuits-"))
+    data = _pairs(args.pairs)
+    (tmp / "pairs.json").write_text(json.dumps(data))
+    runs: dict[str, list[dict]] = {t: [] for t in TOOLS}
+    for r in range(args.repeats):
+        for tool in TOOLS:  # alternate the tools, each in a fresh process
+            out = tmp / f"{tool}-{r}.json"
+            cmd = [sys.executable, __file__, "--worker", tool, "--data", str(tmp / "pairs.json"), "--result", str(out)]
+            subprocess.run([*cmd, "--threads", str(args.threads)], check=True)
+            runs[tool].append(json.loads(out.read_text()))
+            print(f"{tool} run {r + 1}: {runs[tool][-1]['wall_s']:.1f} s, peak RSS {runs[tool][-1]['peak_rss_mb']:.0f} MB", flush=True)
+
+    best = {t: min(rs, key=lambda x: x["wall_s"]) for t, rs in runs.items()}
+    ref = np.array(best["attnlab"]["grid"])
+    rows = []
+    for tool in TOOLS:
+        b = best[tool]
+        rows.append(
+            {
+                "tool": tool,
+                "patching wall (s)": round(b["wall_s"], 2),
+                "× attnlab time": round(b["wall_s"] / best["attnlab"]["wall_s"], 2),
+                "peak RSS (MB)": round(b["peak_rss_mb"]),
+                "RSS added by patching (MB)": round(b["added_rss_mb"]),
+                "max |grid − attnlab|": float(np.abs(np.array(b["grid"]) - ref).max()),
+            }
+        )
+    attrib = best["attnlab"]
+    approx = np.array(attrib["attribution_grid"])
+    from scipy.stats import pearsonr
+
+    tl = best["transformer_lens"]
+    checks = {
+        "agree (max diff ≤ 1e-4)": all(r["max |grid − attnlab|"] <= AGREE for r in rows),
+        "≥ 3× faster than TransformerLens": tl["wall_s"] / attrib["wall_s"] >= 3,
+        "≤ 1/3 TransformerLens peak RSS": attrib["peak_rss_mb"] <= tl["peak_rss_mb"] / 3,
+        "≤ 1/3 TransformerLens added RSS": attrib["added_rss_mb"] <= tl["added_rss_mb"] / 3,
+        "attribution ≥ 20× faster than activation patching": attrib["wall_s"] / attrib["attribution_wall_s"] >= 20,
+    }
+    summary = {
+        "attribution patching wall (s)": round(attrib["attribution_wall_s"], 3),
+        "activation / attribution time": round(attrib["wall_s"] / attrib["attribution_wall_s"], 1),
+        "attribution vs activation (Pearson r over 270 heads)": round(float(pearsonr(approx.ravel(), ref.ravel())[0]), 3),
+    }
+    columns = [(k, k) for k in rows[0]]
+    notes = [f"{k}: {v}" for k, v in {**summary, **checks}.items()]
+    console = Console()
+    for r in rows:
+        console.print("  ".join(f"{k} {v}" for k, v in r.items()))
+    for n in notes:
+        console.print(n)
+    settings = {"pairs": args.pairs, "repeats": args.repeats, "threads": args.threads, "texts": data["texts"]}
+    settings["load average (1, 5, 15 min) before / after"] = [load_before, os.getloadavg()]
+    md, _ = write("circuits", runs["attnlab"] + runs["transformer_lens"] + runs["nnsight"], rows, columns, settings=settings, notes=notes)
+    console.print(f"wrote {md}")
+
+
+if __name__ == "__main__":
+    main()
