@@ -101,6 +101,8 @@ def test_unknown_points_heads_and_positions_name_the_valid_ones():
         activation_patching(model, p, direction="sideways")
     with pytest.raises(ValueError, match="unknown metric 'kl'"):
         activation_patching(model, p, metric="kl")
+    with pytest.raises(ValueError, match="units_per_pass must be a positive int"):
+        activation_patching(model, p, units_per_pass=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
