@@ -1,6 +1,6 @@
 """All-heads activation patching on SmolLM2-135M: attnlab vs TransformerLens vs nnsight.
 
-The job: 8 IOI prompt pairs (``attnlab.circuits.pairs.ioi``: clean "... Mary and John ... John
+The job: 8 IOI prompt pairs (``attnlab.circuits.ioi_pairs``: clean "... Mary and John ... John
 gave a drink to" → " Mary", corrupted with the names replaced, same token length). For every
 head of every layer (30 × 9 = 270), patch that head's output ``z`` (the per-head attention output
 before the output projection, all positions) from the clean run into the corrupted run and read
@@ -8,8 +8,9 @@ the metric: the mean over pairs of logit(answer) − logit(wrong) at the last po
 computes the 30 × 9 grid in its own process, on the same weights (attnlab's loader: the embedded
 GGUF dequantised to float32), the same tokens and the same threads:
 
-  - attnlab: ``attnlab.circuits.patching.patch(model, pairs, points="attn.z", per="head")``
-    on the instrumented model (only the patched point is cached);
+  - attnlab: ``activation_patching(model, pairs, "layers.*.attn.z", per="head")`` on the
+    instrumented model (defaults: each patched pass starts at the patched layer, logits at the
+    last position only, the layer's 9 heads side by side in one pass);
   - TransformerLens 4: ``TransformerBridge.boot_transformers(..., hf_model=model)`` with
     ``enable_compatibility_mode(no_processing=True)``, ``run_with_cache`` on the clean tokens,
     then ``patching.get_act_patch_attn_head_out_all_pos`` (its patching utility);
@@ -28,6 +29,7 @@ attribution patching ≥ 20× faster than activation patching.
 Usage:
     python bench/circuits.py            # bench/results/circuits.{md,json}
     python bench/circuits.py --repeats 1 --pairs 4
+    python bench/circuits.py --reuse /tmp/attnlab-circuits-XXXX --tools attnlab transformer_lens   # summarise the tool results a run left there
 
 Needs the bench extra (transformer-lens, nnsight).
 """
@@ -76,21 +78,26 @@ def _metric(logits, answer, wrong):
 def _work_attnlab(model, tok, data):
     import torch
 
-    from attnlab.circuits import attribution, patching
-    from attnlab.circuits.pairs import Pairs
+    from attnlab.circuits.attribution import attribution_patching
+    from attnlab.circuits.pairs import from_ids
+    from attnlab.circuits.patching import activation_patching
     from attnlab.models.hf import instrument
 
     instrument(model)
-    pairs = Pairs.from_ids(
-        torch.tensor(data["clean"]), torch.tensor(data["corrupted"]), torch.tensor(data["answer"]), torch.tensor(data["wrong"])
-    )
+    pairs = from_ids(data["clean"], data["corrupted"], data["answer"], data["wrong"])
     t = time.perf_counter()
-    grid = patching.patch(model, pairs, "attn.z", per="head", normalise=False).grid
+    exact = activation_patching(model, pairs, "layers.*.attn.z", per="head")
     wall = time.perf_counter() - t
     t = time.perf_counter()
-    approx = attribution.attribute(model, pairs, "attn.z", per="head").grid
+    approx = attribution_patching(model, pairs, "layers.*.attn.z", per="head")
     attrib_wall = time.perf_counter() - t
-    return grid, wall, {"attribution_wall_s": attrib_wall, "attribution_grid": approx.tolist()}
+    grid = torch.tensor(_metric_grid(exact.table))  # the mean logit difference, as the peers report it
+    return grid, wall, {"attribution_wall_s": attrib_wall, "attribution_grid": _metric_grid(approx.table).tolist()}
+
+
+def _metric_grid(table):
+    """``[L, H]`` of a patching table's ``metric`` column (the patched mean metric, not the normalised score)."""
+    return table.pivot(index="layer", columns="head", values="metric").sort_index().to_numpy()
 
 
 def _work_transformer_lens(model, tok, data):
@@ -145,26 +152,37 @@ def worker(tool: str, data_file: Path, out_file: Path, threads: int) -> None:
     data = json.loads(data_file.read_text())
     model, tok = load("smollm2-135m", progress=False)
     loaded = _rss_mb()
+    load = os.getloadavg()  # the machine's 1, 5, 15 min load average
     grid, wall, extra = globals()[f"_work_{tool}"](model, tok, data)
     out_file.write_text(
         json.dumps(
-            {"tool": tool, "wall_s": wall, "peak_rss_mb": _peak_mb(), "added_rss_mb": _peak_mb() - loaded, "grid": grid.tolist(), **extra}
+            {
+                "tool": tool,
+                "load_avg_before_after": [load, os.getloadavg()],
+                "wall_s": wall,
+                "peak_rss_mb": _peak_mb(),
+                "added_rss_mb": _peak_mb() - loaded,
+                "grid": grid.tolist(),
+                **extra,
+            }
         )
     )
 
 
 def _pairs(n: int) -> dict:
-    from attnlab.circuits.pairs import ioi
+    from attnlab.circuits.pairs import ioi_pairs
     from attnlab.models.hf import load
 
     _, tok = load("smollm2-135m", progress=False)
-    pairs = ioi(tok, n=n)
+    pairs = ioi_pairs(tok, n)
+    if len(pairs.lengths()) > 1:
+        raise ValueError(f"the {n} IOI pairs have token lengths {pairs.lengths()}; the peers need one: choose another --pairs")
     return {
-        "clean": pairs.clean.tolist(),
-        "corrupted": pairs.corrupted.tolist(),
+        "clean": [c.tolist() for c in pairs.clean],
+        "corrupted": [c.tolist() for c in pairs.corrupted],
         "answer": pairs.answer.tolist(),
         "wrong": pairs.wrong.tolist(),
-        "texts": pairs.texts,
+        "texts": pairs.records,
     }
 
 
@@ -173,6 +191,11 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2, help="runs per tool, alternating tools; the fastest run counts")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS), help="the tools to run (attnlab, the reference, always)")
+    p.add_argument(
+        "--reuse", type=Path, help="a run's folder (printed at the start): its pairs, and its tool results instead of running them again"
+    )
+    p.add_argument("--note", action="append", default=[], help="a line for the results' notes (e.g. the machine's load)")
     p.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -183,22 +206,29 @@ def main() -> None:
 
     import numpy as np
 
-    tmp = Path(tempfile.mkdtemp(prefix="attnlab-circuits-"))
-    data = _pairs(args.pairs)
-    (tmp / "pairs.json").write_text(json.dumps(data))
-    runs: dict[str, list[dict]] = {t: [] for t in TOOLS}
+    load_before = os.getloadavg()
+    tools = ["attnlab", *(t for t in args.tools if t != "attnlab")]
+    tmp = args.reuse or Path(tempfile.mkdtemp(prefix="attnlab-circuits-"))
+    print(f"run folder {tmp}", flush=True)
+    if args.reuse:
+        data = json.loads((tmp / "pairs.json").read_text())
+    else:
+        data = _pairs(args.pairs)
+        (tmp / "pairs.json").write_text(json.dumps(data))
+    runs: dict[str, list[dict]] = {t: [] for t in tools}
     for r in range(args.repeats):
-        for tool in TOOLS:  # alternate the tools, each in a fresh process
+        for tool in tools:  # alternate the tools, each in a fresh process
             out = tmp / f"{tool}-{r}.json"
-            cmd = [sys.executable, __file__, "--worker", tool, "--data", str(tmp / "pairs.json"), "--result", str(out)]
-            subprocess.run([*cmd, "--threads", str(args.threads)], check=True)
+            if not out.exists():
+                cmd = [sys.executable, __file__, "--worker", tool, "--data", str(tmp / "pairs.json"), "--result", str(out)]
+                subprocess.run([*cmd, "--threads", str(args.threads)], check=True)
             runs[tool].append(json.loads(out.read_text()))
             print(f"{tool} run {r + 1}: {runs[tool][-1]['wall_s']:.1f} s, peak RSS {runs[tool][-1]['peak_rss_mb']:.0f} MB", flush=True)
 
     best = {t: min(rs, key=lambda x: x["wall_s"]) for t, rs in runs.items()}
     ref = np.array(best["attnlab"]["grid"])
     rows = []
-    for tool in TOOLS:
+    for tool in tools:
         b = best[tool]
         rows.append(
             {
@@ -207,35 +237,35 @@ def main() -> None:
                 "× attnlab time": round(b["wall_s"] / best["attnlab"]["wall_s"], 2),
                 "peak RSS (MB)": round(b["peak_rss_mb"]),
                 "RSS added by patching (MB)": round(b["added_rss_mb"]),
-                "max |grid − attnlab|": float(np.abs(np.array(b["grid"]) - ref).max()),
+                "max abs(grid − attnlab)": float(np.abs(np.array(b["grid"]) - ref).max()),
             }
         )
     attrib = best["attnlab"]
     approx = np.array(attrib["attribution_grid"])
     from scipy.stats import pearsonr
 
-    tl = best["transformer_lens"]
-    checks = {
-        "agree (max diff ≤ 1e-4)": all(r["max |grid − attnlab|"] <= AGREE for r in rows),
-        "≥ 3× faster than TransformerLens": tl["wall_s"] / attrib["wall_s"] >= 3,
-        "≤ 1/3 TransformerLens peak RSS": attrib["peak_rss_mb"] <= tl["peak_rss_mb"] / 3,
-        "≤ 1/3 TransformerLens added RSS": attrib["added_rss_mb"] <= tl["added_rss_mb"] / 3,
-        "attribution ≥ 20× faster than activation patching": attrib["wall_s"] / attrib["attribution_wall_s"] >= 20,
-    }
+    checks = {"agree (max diff ≤ 1e-4)": all(r["max abs(grid − attnlab)"] <= AGREE for r in rows)}
+    if "transformer_lens" in best:
+        tl = best["transformer_lens"]
+        checks["≥ 3× faster than TransformerLens"] = tl["wall_s"] / attrib["wall_s"] >= 3
+        checks["≤ 1/3 TransformerLens peak RSS"] = attrib["peak_rss_mb"] <= tl["peak_rss_mb"] / 3
+        checks["≤ 1/3 TransformerLens added RSS"] = attrib["added_rss_mb"] <= tl["added_rss_mb"] / 3
+    checks["attribution ≥ 20× faster than activation patching"] = attrib["wall_s"] / attrib["attribution_wall_s"] >= 20
     summary = {
         "attribution patching wall (s)": round(attrib["attribution_wall_s"], 3),
         "activation / attribution time": round(attrib["wall_s"] / attrib["attribution_wall_s"], 1),
         "attribution vs activation (Pearson r over 270 heads)": round(float(pearsonr(approx.ravel(), ref.ravel())[0]), 3),
     }
     columns = [(k, k) for k in rows[0]]
-    notes = [f"{k}: {v}" for k, v in {**summary, **checks}.items()]
+    notes = [f"{k}: {v}" for k, v in {**summary, **checks}.items()] + args.note
     console = Console()
     for r in rows:
         console.print("  ".join(f"{k} {v}" for k, v in r.items()))
     for n in notes:
         console.print(n)
-    settings = {"pairs": args.pairs, "repeats": args.repeats, "threads": args.threads, "texts": data["texts"]}
-    md, _ = write("circuits", runs["attnlab"] + runs["transformer_lens"] + runs["nnsight"], rows, columns, settings=settings, notes=notes)
+    settings = {"pairs": len(data["clean"]), "repeats": args.repeats, "threads": args.threads, "tools": tools, "texts": data["texts"]}
+    settings["load average (1, 5, 15 min) at the start / at the summary"] = [load_before, os.getloadavg()]
+    md, _ = write("circuits", [x for t in tools for x in runs[t]], rows, columns, settings=settings, notes=notes)
     console.print(f"wrote {md}")
 
 

@@ -101,3 +101,54 @@ def test_unknown_points_heads_and_positions_name_the_valid_ones():
         activation_patching(model, p, direction="sideways")
     with pytest.raises(ValueError, match="unknown metric 'kl'"):
         activation_patching(model, p, metric="kl")
+    with pytest.raises(ValueError, match="units_per_pass must be a positive int"):
+        activation_patching(model, p, units_per_pass=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_units_side_by_side_score_as_one_at_a_time(family):
+    model, p = make_model(family), make_pairs(3, length=5)
+    for per, points in [("head", "layers.*.attn.z"), ("head_position", "layers.1.attn.q"), ("position", "layers.1.resid_mid")]:
+        alone = activation_patching(model, p, points, per=per, units_per_pass=1)
+        side = activation_patching(model, p, points, per=per, units_per_pass=3, direction="denoise")
+        assert alone.table[["point", "head", "position"]].equals(side.table[["point", "head", "position"]])
+        torch.testing.assert_close(torch.tensor(side.table["metric"]), torch.tensor(alone.table["metric"]), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_resumed_run_equals_the_full_run(family):
+    from attnlab.circuits import resume
+
+    model, p = make_model(family, layers=3), make_pairs(3)
+    ids = torch.stack(p.corrupted)  # [N, T]
+    with torch.no_grad():
+        with resume.record(model) as outputs:
+            full = logits_of(model, ids)
+        with resume.resume(model, 2, outputs):
+            assert torch.equal(logits_of(model, ids), full)
+        with resume.resume(model, 1, outputs, times=2):
+            torch.testing.assert_close(logits_of(model, ids.repeat(2, 1)), full.repeat(2, 1, 1), rtol=0, atol=1e-12)
+    assert all("forward" not in b.__dict__ for b in resume._blocks(model))  # the class's forward is back
+
+
+@pytest.mark.parametrize("family", ["tiny", "llama"])
+def test_patching_starts_at_the_patched_layer_unless_something_watches_the_lower_ones(family):
+    model, p = make_model(family), make_pairs(3)
+    mlp0 = model.layers[0].mlp if family == "tiny" else model.model.layers[0].mlp
+    calls = []
+    handle = mlp0.register_forward_hook(lambda *a: calls.append(1))
+    activation_patching(model, p, "layers.1.attn.z", per="head", units_per_pass=1)
+    assert len(calls) == 2  # the clean and corrupted runs; the 4 patched passes start at layer 1
+    calls.clear()
+    with attnlab.capture(model, "layers.0.mlp.out"):
+        activation_patching(model, p, "layers.1.attn.z", per="head", units_per_pass=1)
+    assert len(calls) == 2 + 4
+    handle.remove()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_last_position_logits_are_the_full_runs_last_row(family):
+    model, p = make_model(family), make_pairs(3)
+    ids = torch.stack(p.clean)
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(model, ids, last=True), logits_of(model, ids)[:, -1:], rtol=0, atol=1e-12)

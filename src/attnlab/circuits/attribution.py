@@ -51,16 +51,17 @@ def attribution_patching(
         raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted into clean), got {direction!r}")
     if per in ("position", "head_position") and len(pairs.lengths()) > 1:
         raise ValueError(f"per={per!r} needs pairs of one token length, got lengths {pairs.lengths()}: use pairs of one template")
+    last = M.last_only(metric)
     sums: dict[tuple[str, int, int], float] = {}
     source_sum = target_sum = 0.0
     batches = list(pairs.batches(batch_size))
     for b, (clean, corrupted, answer, wrong) in enumerate(batches):
         source_ids, target_ids = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
         with torch.no_grad(), capture(model, names) as source:
-            source_sum += float(fn(M.logits_of(model, source_ids), answer, wrong).sum())
+            source_sum += float(fn(M.logits_of(model, source_ids, last=last), answer, wrong).sum())
         target, zeros, add_zero = _zeros()
         with torch.enable_grad(), intervene(model, dict.fromkeys(names, add_zero)):
-            value = fn(M.logits_of(model, target_ids), answer, wrong).sum()
+            value = fn(M.logits_of(model, target_ids, last=last), answer, wrong).sum()
             grads = dict(zip(zeros, torch.autograd.grad(value, list(zeros.values()), allow_unused=True), strict=True))
         for p, g in grads.items():
             if g is None:

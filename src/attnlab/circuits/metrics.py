@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["METRICS", "Metric", "answer_prob", "logit_diff", "logits_of", "normalised", "resolve"]
+__all__ = ["METRICS", "Metric", "answer_prob", "last_only", "logit_diff", "logits_of", "normalised", "resolve"]
 
 Metric = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -60,13 +60,27 @@ def normalised(patched: float, *, clean: float, corrupted: float) -> float:
     return (patched - corrupted) / (clean - corrupted)
 
 
-def logits_of(model: nn.Module, ids: Tensor) -> Tensor:
-    """``[B, T, V]`` logits of a causal LM (Hugging Face or ``TinyTransformer``) on ids ``[B, T]``."""
+def last_only(metric: str | Metric) -> bool:
+    """Whether ``metric`` reads the last position only (the built-in metrics), so a run may compute the logits there alone."""
+    return metric in METRICS or metric in METRICS.values()
+
+
+def logits_of(model: nn.Module, ids: Tensor, *, last: bool = False) -> Tensor:
+    """``[B, T, V]`` logits of a causal LM (Hugging Face or ``TinyTransformer``) on ids ``[B, T]``.
+
+    With ``last=True`` only the last position's ``[B, 1, V]``: the output layer runs on one
+    position (``logits_to_keep=1``, ``TinyTransformer``'s ``where``) and no KV cache is kept.
+    """
     from attnlab.models.tiny import TinyTransformer
 
     if isinstance(model, TinyTransformer):
-        return model(ids)
-    logits = getattr(model(input_ids=ids), "logits", None)
+        if not last:
+            return model(ids)
+        where = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        where[:, -1] = True
+        return model(ids, where)[:, None]  # [B, 1, V]
+    out = model(input_ids=ids, use_cache=False, logits_to_keep=1) if last else model(input_ids=ids)
+    logits = getattr(out, "logits", None)
     if logits is None:
         raise ValueError(f"{type(model).__name__} returns no logits: circuits need a causal LM (an encoder has no next-token answer)")
     return logits

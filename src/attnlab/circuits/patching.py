@@ -8,8 +8,11 @@ the unit from the corrupted run. Either way the score is the normalised metric
 ``(patched − corrupted) / (clean − corrupted)`` of the means over pairs: 1 = the clean answer,
 0 = the corrupted one.
 
-It streams: only the points being patched are captured, one batch of pairs at a time, and one
-patched forward pass is run per unit and batch.
+It streams: only the points being patched (and each block's output of the target run) are kept,
+one batch of pairs at a time. A patched pass starts at the patched layer (:mod:`attnlab.circuits.resume`:
+the layers below give the target run's output, which the patch cannot change), computes the
+logits at the last position only when the metric is a built-in one, and patches up to
+``units_per_pass`` units of one point side by side along the batch.
 
     >>> from attnlab.models.tiny import TinyTransformer
     >>> from attnlab.circuits.pairs import induction_pairs
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.circuits import metrics as M
+from attnlab.circuits import resume as R
 from attnlab.circuits.pairs import Pairs
 from attnlab.models.graph import _resolve, capture, intervene
 
@@ -136,6 +141,7 @@ def activation_patching(
     direction: str = "denoise",
     metric: str | M.Metric = "logit_diff",
     batch_size: int = 8,
+    units_per_pass: int = 16,
     progress: Progress | None = None,
 ) -> PatchResult:
     """Patch every unit of ``points`` from one run into the other and score it (module docstring).
@@ -150,7 +156,9 @@ def activation_patching(
         direction: ``"denoise"`` (clean into corrupted) or ``"noise"`` (corrupted into clean).
         metric: ``"logit_diff"``, ``"answer_prob"`` or ``fn(logits, answer, wrong) -> [B]``.
         batch_size: pairs per forward pass.
-        progress: called as ``progress(what, done, total)`` after each unit.
+        units_per_pass: units of one point patched side by side in one pass (``units_per_pass`` ×
+            the pairs along the batch); 1 runs each unit alone.
+        progress: called as ``progress(what, done, total)`` after each pass.
 
     Raises:
         ValueError: an unknown point, head or position (naming the valid ones); per-position
@@ -162,28 +170,37 @@ def activation_patching(
         raise ValueError(f"per={per!r} needs pairs of one token length, got lengths {pairs.lengths()}: use pairs of one template")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted into clean), got {direction!r}")
+    if isinstance(units_per_pass, bool) or not isinstance(units_per_pass, int) or units_per_pass < 1:
+        raise ValueError(f"units_per_pass must be a positive int (units patched side by side in one pass), got {units_per_pass!r}")
+    last, skip = M.last_only(metric), R.can_resume()
     sums: dict[tuple[str, int, int], float] = {}
     clean_sum = corrupted_sum = 0.0
     batches = list(pairs.batches(batch_size))
     plan: list[tuple[str, int, int]] = []
     for b, (clean, corrupted, answer, wrong) in enumerate(batches):
-        with capture(model, names) as clean_cache:
-            clean_logits = M.logits_of(model, clean)
-        with capture(model, names) as corrupted_cache:
-            corrupted_logits = M.logits_of(model, corrupted)
-        clean_sum += float(fn(clean_logits, answer, wrong).sum())
-        corrupted_sum += float(fn(corrupted_logits, answer, wrong).sum())
-        source, target, target_ids = (
-            (clean_cache, corrupted_cache, corrupted) if direction == "denoise" else (corrupted_cache, clean_cache, clean)
-        )
+        source_ids, target_ids = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
+        with capture(model, names) as source:
+            source_m = fn(M.logits_of(model, source_ids, last=last), answer, wrong)  # [B]
+        with capture(model, names) as target, R.record(model) as outputs:
+            target_m = fn(M.logits_of(model, target_ids, last=last), answer, wrong)  # [B]
+        clean_m, corrupted_m = (source_m, target_m) if direction == "denoise" else (target_m, source_m)
+        clean_sum, corrupted_sum = clean_sum + float(clean_m.sum()), corrupted_sum + float(corrupted_m.sum())
         plan = plan or [(p, h, t) for p in names for h, t in units(p, tuple(source[p].shape), per, heads, positions)]
-        for k, (p, h, t) in enumerate(plan):
-            with intervene(model, {p: patch(target[p], source[p], p, h, t)}):
-                value = fn(M.logits_of(model, target_ids), answer, wrong)  # [B]
-            sums[(p, h, t)] = sums.get((p, h, t), 0.0) + float(value.sum())
+        done = 0
+        for group in _groups(plan, units_per_pass):
+            p, k = group[0][0], len(group)
+            new = torch.cat([patch(target[p], source[p], p, h, t) for _, h, t in group])  # [k·B, ...]: unit j in rows j·B ..
+            start = R.resume(model, _layer(p), outputs, k) if skip else nullcontext()
+            with start, intervene(model, {p: new}):
+                logits = M.logits_of(model, target_ids.repeat(k, 1), last=last)  # [k·B, T or 1, V]
+            values = fn(logits, answer.repeat(k), wrong.repeat(k)).view(k, -1).sum(1)  # [k]
+            for unit, v in zip(group, values.tolist(), strict=True):
+                sums[unit] = sums.get(unit, 0.0) + v
+            done += k
             if progress:
+                _, h, t = group[-1]
                 what = f"patching {p}" + (f" head {h}" if h >= 0 else "") + (f" position {t}" if t >= 0 else "")
-                progress(what, b * len(plan) + k + 1, len(batches) * len(plan))
+                progress(what, b * len(plan) + done, len(batches) * len(plan))
     n = len(pairs)
     clean_m, corrupted_m = clean_sum / n, corrupted_sum / n
     rows = [
@@ -200,6 +217,17 @@ def activation_patching(
     table = pd.DataFrame(rows, columns=["point", "layer", "head", "position", "metric", "score"])
     grid, grid_rows = _grid(table, per)
     return PatchResult(table, grid, grid_rows, clean_m, corrupted_m)
+
+
+def _groups(plan: list[tuple[str, int, int]], size: int) -> list[list[tuple[str, int, int]]]:
+    """The units in runs of at most ``size`` that share a point, in plan order."""
+    groups: list[list[tuple[str, int, int]]] = []
+    for unit in plan:
+        if groups and len(groups[-1]) < size and groups[-1][0][0] == unit[0]:
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    return groups
 
 
 def _grid(table: pd.DataFrame, per: str) -> tuple[np.ndarray, list[str]]:
