@@ -112,7 +112,7 @@ def main():
         rows=rows,
         verdict=verdict,
         supported=supported,
-        figure_svg=bar_chart(
+        figure=bar_chart(
             "Drop of p(target) when a neuron path is ablated (random: mean of 20)", labels, values, ylabel="drop of p(target)"
         ),
         settings={

@@ -84,7 +84,7 @@ def main():
         rows=[{**r, "needle accuracy": round(r["needle accuracy"], 3)} for r in rows],
         verdict=verdict,
         supported=bool(explains),
-        figure_svg=bar_chart("SmolLM2-135M needle accuracy, one head at a time", labels, values, [0] * len(values), "accuracy"),
+        figure=bar_chart("SmolLM2-135M needle accuracy, one head at a time", labels, values, [0] * len(values), "accuracy"),
         settings={
             "lengths": LENGTHS,
             "detect_depths": DETECT_DEPTHS,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.circuits import activation_patching, patch
+from attnlab.circuits import activation_patching, patch, patch_heads
 from attnlab.circuits.metrics import logit_diff, logits_of
 from tests.circuits._models import model as make_model
 from tests.circuits._models import pairs as make_pairs
@@ -152,3 +152,25 @@ def test_last_position_logits_are_the_full_runs_last_row(family):
     ids = torch.stack(p.clean)
     with torch.no_grad():
         torch.testing.assert_close(logits_of(model, ids, last=True), logits_of(model, ids)[:, -1:], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["tiny", "llama"])
+def test_patch_heads_one_head_is_its_per_head_score_and_two_heads_match_a_hand_patched_run(family):
+    model, p = make_model(family), make_pairs(5)
+    r = activation_patching(model, p, "layers.*.attn.z", per="head", batch_size=2)
+    one = patch_heads(model, p, ["L0H2"], batch_size=2)
+    assert one["score"] == pytest.approx(r.grid[0, 2], abs=1e-12) and one["clean"] == pytest.approx(r.clean, abs=1e-12)
+    both = patch_heads(model, p, [(0, 1), "L1H3"])
+    clean, corrupted = torch.stack(p.clean), torch.stack(p.corrupted)  # [N, T]
+    with torch.no_grad():
+        with attnlab.capture(model, ["layers.0.attn.z", "layers.1.attn.z"]) as cache:
+            logits_of(model, clean)
+        with attnlab.capture(model, ["layers.0.attn.z", "layers.1.attn.z"]) as target:
+            logits_of(model, corrupted)
+        z0, z1 = target["layers.0.attn.z"].clone(), target["layers.1.attn.z"].clone()  # [N, T, H, D]
+        z0[:, :, 1], z1[:, :, 3] = cache["layers.0.attn.z"][:, :, 1], cache["layers.1.attn.z"][:, :, 3]
+        with attnlab.intervene(model, {"layers.0.attn.z": z0, "layers.1.attn.z": z1}):
+            ref = float(logit_diff(logits_of(model, corrupted), p.answer, p.wrong).mean())
+    assert both["metric"] == pytest.approx(ref, abs=1e-12)
+    with pytest.raises(ValueError, match="does not exist"):
+        patch_heads(model, p, ["L2H0"])

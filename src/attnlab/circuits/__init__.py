@@ -29,7 +29,7 @@ from attnlab.circuits.pairs import (
     load_pairs,
     multiple_choice_pairs,
 )
-from attnlab.circuits.patching import PatchResult, activation_patching, patch
+from attnlab.circuits.patching import PatchResult, activation_patching, patch, patch_heads
 from attnlab.circuits.path import path_patching, path_patching_sweep
 from attnlab.circuits.saliency import normgrad
 from attnlab.circuits.weights import HeadWeights, head_weights
@@ -67,6 +67,7 @@ __all__ = [
     "ov_component_edit",
     "ov_svd",
     "patch",
+    "patch_heads",
     "path_ig",
     "path_patching",
     "path_patching_sweep",

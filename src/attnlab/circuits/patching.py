@@ -39,7 +39,7 @@ from attnlab.circuits import resume as R
 from attnlab.circuits.pairs import Pairs
 from attnlab.models.graph import _resolve, capture, intervene
 
-__all__ = ["PER", "PatchResult", "activation_patching", "axes", "patch", "units"]
+__all__ = ["PER", "PatchResult", "activation_patching", "axes", "patch", "patch_heads", "units"]
 
 PER = ("layer", "head", "position", "head_position")
 DIRECTIONS = ("denoise", "noise")
@@ -228,6 +228,47 @@ def _groups(plan: list[tuple[str, int, int]], size: int) -> list[list[tuple[str,
         else:
             groups.append([unit])
     return groups
+
+
+@torch.no_grad()
+def patch_heads(
+    model: nn.Module,
+    pairs: Pairs,
+    heads: list,
+    *,
+    direction: str = "denoise",
+    metric: str | M.Metric = "logit_diff",
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Patch several heads' outputs (``attn.z``, every position) together: ``{"metric", "score", "clean", "corrupted"}`` (means over pairs).
+
+    ``heads`` as in :func:`attnlab.circuits.path_patching` (``["L1H3", (0, 2)]``); the other
+    arguments as :func:`activation_patching`. One head alone scores as its ``per="head"`` row.
+    """
+    from attnlab.circuits.path import _shape, parse_heads
+
+    fn = M.resolve(metric)
+    chosen = parse_heads(heads, *_shape(model))
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted into clean), got {direction!r}")
+    names = sorted({f"layers.{layer}.attn.z" for layer, _ in chosen})
+    sums = {"metric": 0.0, "clean": 0.0, "corrupted": 0.0}
+    for clean, corrupted, answer, wrong in pairs.batches(batch_size):
+        with capture(model, names) as clean_cache:
+            sums["clean"] += float(fn(M.logits_of(model, clean), answer, wrong).sum())
+        with capture(model, names) as corrupted_cache:
+            sums["corrupted"] += float(fn(M.logits_of(model, corrupted), answer, wrong).sum())
+        source, target, target_ids = (
+            (clean_cache, corrupted_cache, corrupted) if direction == "denoise" else (corrupted_cache, clean_cache, clean)
+        )
+        edits = {p: target[p] for p in names}
+        for layer, h in chosen:
+            p = f"layers.{layer}.attn.z"
+            edits[p] = patch(edits[p], source[p], p, h)  # [B, T, H, D]
+        with intervene(model, edits):
+            sums["metric"] += float(fn(M.logits_of(model, target_ids), answer, wrong).sum())
+    out = {k: v / len(pairs) for k, v in sums.items()}
+    return {**out, "score": M.normalised(out["metric"], clean=out["clean"], corrupted=out["corrupted"])}
 
 
 def _grid(table: pd.DataFrame, per: str) -> tuple[np.ndarray, list[str]]:
