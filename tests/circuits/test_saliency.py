@@ -66,3 +66,13 @@ def test_normgrad_refuses_streamed_points_and_non_scalar_losses():
         normgrad(model, "layers.0.attn.probs", _loss(model))
     with pytest.raises(ValueError, match="scalar"):
         normgrad(model, "layers.0.resid_post", lambda: model(IDS))
+
+
+@pytest.mark.parametrize("selective", [False, True])
+def test_normgrad_needs_no_parameter_gradients(selective):
+    model = _model()
+    with_grads = normgrad(model, "layers.1.resid_pre", _loss(model), selective=selective)
+    model.requires_grad_(False)  # as after a gradient-free analysis: the point's own gradient still exists
+    assert torch.equal(normgrad(model, "layers.1.resid_pre", _loss(model), selective=selective), with_grads)
+    with pytest.raises(ValueError, match=r"loss does not depend on layers\.1\.resid_pre"):
+        normgrad(model, "layers.1.resid_pre", lambda: (model(IDS), torch.tensor(1.0))[1])

@@ -50,8 +50,8 @@ def normgrad(model: nn.Module, point: str, loss: Callable[[], Tensor], *, select
     seen: list[Tensor] = []
 
     def keep(x: Tensor, name: str) -> Tensor:
-        seen.append(x.view_as(x))  # a new tensor (same values), so the pass runs through it and its gradient flows
-        return seen[-1]
+        seen.append(x.detach().requires_grad_())  # a leaf with the same values: the pass runs on from it, and ∂L/∂a exists
+        return seen[-1]  # even when no parameter or input requires gradients
 
     with torch.enable_grad(), intervene(model, {point: keep}):
         value = loss()
@@ -60,8 +60,8 @@ def normgrad(model: nn.Module, point: str, loss: Callable[[], Tensor], *, select
         if len(seen) != 1:
             raise ValueError(f"loss must run the model once: {point} was reached {len(seen)} times")
         (a,) = seen
-        if not a.requires_grad:
-            raise ValueError(f"{point} does not depend on any parameter or input with gradients: run the model with gradients on")
+        if not value.requires_grad:
+            raise ValueError(f"loss does not depend on {point}: return a value computed from this model's run")
         (g,) = torch.autograd.grad(value, a)
     a, g = a.detach().flatten(2), g.flatten(2)  # [B, T, F]
     if selective:
