@@ -14,7 +14,7 @@ ranks 6..10 both restores recall when added to the top-5 mask (accuracy ≥ base
 re-breaks it when removed from the top-10 mask (accuracy ≤ top-5 accuracy + 0.2). Otherwise the
 table says which combination does and the verdict is NOT supported (no single head explains it).
 
-Usage: python bench/repro/retrieval_heads_sweep.py   (23 needle conditions of 16 trials each: about an hour on 2 shared cores)
+Usage: python bench/repro/retrieval_heads_sweep.py   (23 needle conditions of 16 trials each: 2 h 15 min measured with the 2 cores shared by other jobs, load 7-20)
 """
 
 from __future__ import annotations
