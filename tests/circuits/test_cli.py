@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from attnlab import results
-from attnlab.cli import app
 from tests.conftest import char_tokenizer
+from tests.test_cli_errors import _own_cache, cli  # noqa: F401  (an autouse fixture: its own cache, offline)
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +22,6 @@ def tiny(tmp_path_factory):
     transformers.LlamaForCausalLM(cfg).save_pretrained(d)
     char_tokenizer("bos").save_pretrained(d)
     return d
-
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "attnlab-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.slow
