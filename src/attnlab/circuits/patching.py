@@ -252,12 +252,13 @@ def patch_heads(
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted into clean), got {direction!r}")
     names = sorted({f"layers.{layer}.attn.z" for layer, _ in chosen})
+    last = M.last_only(metric)  # the built-in metrics read the last position: compute the logits there only
     sums = {"metric": 0.0, "clean": 0.0, "corrupted": 0.0}
     for clean, corrupted, answer, wrong in pairs.batches(batch_size):
         with capture(model, names) as clean_cache:
-            sums["clean"] += float(fn(M.logits_of(model, clean), answer, wrong).sum())
+            sums["clean"] += float(fn(M.logits_of(model, clean, last=last), answer, wrong).sum())
         with capture(model, names) as corrupted_cache:
-            sums["corrupted"] += float(fn(M.logits_of(model, corrupted), answer, wrong).sum())
+            sums["corrupted"] += float(fn(M.logits_of(model, corrupted, last=last), answer, wrong).sum())
         source, target, target_ids = (
             (clean_cache, corrupted_cache, corrupted) if direction == "denoise" else (corrupted_cache, clean_cache, clean)
         )
@@ -266,7 +267,7 @@ def patch_heads(
             p = f"layers.{layer}.attn.z"
             edits[p] = patch(edits[p], source[p], p, h)  # [B, T, H, D]
         with intervene(model, edits):
-            sums["metric"] += float(fn(M.logits_of(model, target_ids), answer, wrong).sum())
+            sums["metric"] += float(fn(M.logits_of(model, target_ids, last=last), answer, wrong).sum())
     out = {k: v / len(pairs) for k, v in sums.items()}
     return {**out, "score": M.normalised(out["metric"], clean=out["clean"], corrupted=out["corrupted"])}
 
