@@ -26,8 +26,13 @@ from tests.models.test_hf_load import _char_tokenizer, _tiny_llama
 TEXT = "the rest is silence"
 
 
-def write_tiny_gguf(path, arch: str = "llama", layers: int = 2, hidden: int = 32, heads: int = 4, kv: int = 2, ffn: int = 64) -> None:
-    """A random float32 Llama GGUF with a small byte-level BPE vocabulary, as llama.cpp lays one out."""
+def write_tiny_gguf(
+    path, arch: str = "llama", layers: int = 2, hidden: int = 32, heads: int = 4, kv: int = 2, ffn: int = 64, tied: bool = False
+) -> None:
+    """A random float32 Llama GGUF with a small byte-level BPE vocabulary, as llama.cpp lays one out.
+
+    ``tied``: no ``output.weight`` (the output layer is the embedding, as in SmolLM2's GGUF).
+    """
     import gguf
     import numpy as np
 
@@ -70,7 +75,8 @@ def write_tiny_gguf(path, arch: str = "llama", layers: int = 2, hidden: int = 32
         random(f"blk.{i}.ffn_up.weight", ffn, hidden)
         random(f"blk.{i}.ffn_down.weight", hidden, ffn)
     w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
-    random("output.weight", V, hidden)
+    if not tied:
+        random("output.weight", V, hidden)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -130,6 +136,40 @@ def test_a_gguf_converts_once_and_records_every_file_it_wrote(tiny_gguf, cache, 
     torch.testing.assert_close(_logits(model, tok), reference_logits)
     load(str(tiny_gguf))
     assert "converting" not in capsys.readouterr().out and _temps(cache) == []
+
+
+def test_a_tied_gguf_is_stored_as_save_pretrained_would_and_loads_without_a_warning(tmp_path, caplog):
+    """SmolLM2's GGUF has no output.weight: the embedding is stored once, as model.embed_tokens.weight."""
+    from safetensors import safe_open
+
+    gguf = tmp_path / "tied.gguf"
+    write_tiny_gguf(gguf, tied=True)
+    load(str(gguf), progress=False)  # converts
+    with safe_open(converted_dir(gguf) / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    caplog.clear()
+    model, _ = load(str(gguf), progress=False)  # from the cache
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("transformers")] == []
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_a_conversion_missing_a_weight_is_refused_not_run_half_random(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    gguf = tmp_path / "tied.gguf"
+    write_tiny_gguf(gguf, tied=True)
+    load(str(gguf), progress=False)
+    weights = converted_dir(gguf) / "model.safetensors"
+    state = load_file(weights)
+    del state["model.layers.1.mlp.up_proj.weight"]
+    save_file(state, weights, metadata={"format": "pt"})
+    record = converted_dir(gguf) / "attnlab-source.json"  # re-recorded, so the size check passes and the load goes on
+    rec = json.loads(record.read_text())
+    rec["files"]["model.safetensors"] = {"size": weights.stat().st_size, "sha256": hf_cache.hash_file(weights)}
+    record.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match=r"lacks model\.layers\.1\.mlp\.up_proj\.weight: remove .* to convert it again"):
+        load(str(gguf), progress=False)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -261,14 +301,14 @@ def test_two_threads_converting_at_once_convert_once(tiny_gguf, cache, capsys, m
 CHILD = """
 import os, sys, time
 import safetensors.torch
-real = safetensors.torch.save_model
+real = safetensors.torch.save_file
 
-def save_model(model, path, *a, **kw):
-    real(model, path, *a, **kw)
+def save_file(tensors, path, *a, **kw):
+    real(tensors, path, *a, **kw)
     open(os.environ["MARK"], "w").close()
     time.sleep(float(os.environ["HOLD"]))  # the weights are written; the rename is still to come
 
-safetensors.torch.save_model = save_model
+safetensors.torch.save_file = save_file
 while not os.path.exists(os.environ["GO"]):  # start together
     time.sleep(0.01)
 from attnlab.models.hf_load import load

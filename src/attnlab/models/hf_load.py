@@ -396,7 +396,11 @@ def load(
     if src.path.suffix == ".gguf":
         where, gguf = _converted(src.path, src.identity, progress, verify or os.environ.get("ATTNLAB_VERIFY_CACHE") == "1"), src.path
     tokenizer = _from_pretrained(transformers.AutoTokenizer, where, src, "tokenizer")
-    model = _from_pretrained(auto, where, src, "model", dtype=torch_dtype, **placement)
+    model, info = _from_pretrained(auto, where, src, "model", dtype=torch_dtype, output_loading_info=True, **placement)
+    if gguf is not None and info["missing_keys"]:  # our own conversion must hold every weight: never run half-random
+        raise ValueError(
+            f"the conversion of {gguf.name} in {where} lacks {', '.join(sorted(info['missing_keys']))}: remove {where} to convert it again"
+        )
     model.eval()
     model.attnlab_identity = src.identity
     model.attnlab_weights = _weights(src, gguf, model, progress)
@@ -532,10 +536,13 @@ def _gguf_record(gguf: Path) -> dict:
     return record
 
 
+LAYOUT = 2  # of a conversion folder; 2: tied weights stored under their source name (model.embed_tokens.weight)
+
+
 def converted_dir(gguf: Path) -> Path:
-    """Where the float32 conversion of a GGUF file is cached (keyed by its name, size and mtime)."""
+    """Where the float32 conversion of a GGUF file is cached (keyed by its name, size, mtime and :data:`LAYOUT`)."""
     stat = gguf.stat()
-    key = f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}".replace(" ", "_")
+    key = f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}-v{LAYOUT}".replace(" ", "_")
     return cache_root() / "models" / key
 
 
@@ -594,9 +601,17 @@ def _dequantise(gguf: Path, architecture: str):
 
 
 def _save(model, tokenizer, folder: Path) -> None:
-    from safetensors.torch import save_model
+    """Weights as ``save_pretrained`` lays them out: a tied weight once, under its source's name.
 
-    save_model(model, str(folder / "model.safetensors"))
+    (safetensors' ``save_model`` keeps the alphabetically first name of a shared tensor,
+    ``lm_head.weight``, and the model then loads only through transformers' reverse tying.)
+    """
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    for target in model.all_tied_weights_keys:  # {target: source}, e.g. lm_head.weight -> model.embed_tokens.weight
+        state.pop(target, None)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # save_pretrained refuses a GGUF-dequantised model; we save parts
     (folder / "config.json").write_text(json.dumps(config, indent=1))
