@@ -1,6 +1,6 @@
 """Regenerate the *today* column of docs/papers.md from the code itself.
 
-Every mechanism, probe, edit, task and mask declares its paper where it registers (``paper=``), and
+Every mechanism, probe, edit, task, mask and operator declares its paper where it registers (``paper=``), and
 every reproduction script in bench/repro/ cites its paper in its docstring's first line; this
 script collects them per paper number and rewrites the table. ``tests/test_docs.py`` fails when
 the page is out of date.
@@ -29,7 +29,7 @@ def entries() -> dict[str, list[str]]:
     from attnlab.cli import Category, rows
 
     out: dict[str, list[str]] = {}
-    for kind in ("mechanism", "probe", "edit", "task", "mask"):
+    for kind in ("mechanism", "probe", "edit", "task", "mask", "operator"):
         for row in rows(Category(kind + "s")):
             name = row[0].split("(")[0]
             for n in _numbers(row[1]):

@@ -186,6 +186,7 @@ class Category(str, Enum):
     edits = "edits"
     masks = "masks"
     mechanisms = "mechanisms"
+    operators = "operators"
     probes = "probes"
     tasks = "tasks"
 
@@ -269,7 +270,7 @@ def rows(category: Category) -> list[tuple[str, ...]]:
 
 @app.command("list")
 def list_(category: Annotated[Category, typer.Argument(help="What to list.")]):
-    """List the backends, edits, masks, mechanisms, probes or tasks this attnlab has, with the paper each comes from.
+    """List the backends, edits, masks, mechanisms, operators, probes or tasks this attnlab has, with the paper each comes from.
 
     Papers are given by their number in docs/papers.md and their short name.
     """

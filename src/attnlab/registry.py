@@ -1,4 +1,4 @@
-"""Named classes of one kind (mechanisms, probes, edits, tasks), found by a short name.
+"""Named classes of one kind (mechanisms, probes, edits, tasks, operators), found by a short name.
 
 A kind lives in a package with one module per class; the modules are imported on first use, so
 adding a file is all it takes to add a mechanism, probe, edit or task. Every class declares the
@@ -22,7 +22,7 @@ import re
 
 __all__ = ["KINDS", "Registry", "available", "check_paper", "names"]
 
-KINDS = ("backends", "edits", "masks", "mechanisms", "probes", "tasks")
+KINDS = ("backends", "edits", "masks", "mechanisms", "operators", "probes", "tasks")
 _PAPER = re.compile(r"(\d{1,2}(, \d{1,2})*)?")
 
 
@@ -114,7 +114,7 @@ def names(kind: str) -> list[str]:
 
     ``kind`` is one of :data:`KINDS`: ``backends`` (what ``attend(backend=...)`` takes, besides
     ``"auto"``), ``edits``, ``masks`` (the predicates and factories of :mod:`attnlab.core.masks`),
-    ``mechanisms``, ``probes`` or ``tasks``.
+    ``mechanisms``, ``operators``, ``probes`` or ``tasks``.
     """
     if kind == "backends":
         from attnlab.core import backends
