@@ -45,7 +45,7 @@ class InjectSelfAttention(SiteEdit):
 
     Paper: 36, PrimeComposer: the subject's appearance is carried by the source image's
     self-attention; injecting its logits at the foreground rows and columns keeps it. Record the
-    source first (``with attach(probes=[edit.recorder]): model(source)``), then attach the edit
+    source first (``attach(probes=[edit.recorder])`` around the source pass), then attach the edit
     to the target pass; rows of foreground queries then equal the source's rows exactly.
 
     Args:
@@ -57,6 +57,7 @@ class InjectSelfAttention(SiteEdit):
     """
 
     stage = "logits"
+    caveat = "acts at sites with a query grid only (a diffusion model instrumented by attnlab.models.diffusers); elsewhere it raises"
 
     def __init__(self, foreground: Tensor, sites="*.attn1"):
         super().__init__(sites=sites)

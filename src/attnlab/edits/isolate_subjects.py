@@ -26,6 +26,7 @@ class IsolateSubjects(SiteEdit):
     """
 
     stage = "logits"
+    caveat = "acts at sites with a query grid only (a diffusion model instrumented by attnlab.models.diffusers); elsewhere it raises"
 
     def __init__(self, groups: Tensor, sites="*.attn1"):
         super().__init__(sites=sites)

@@ -28,6 +28,7 @@ class RegionCrossAttention(SiteEdit):
     """
 
     stage = "logits"
+    caveat = "acts at sites with a query grid only (a diffusion model instrumented by attnlab.models.diffusers); elsewhere it raises"
 
     def __init__(self, regions: Tensor, tokens: Sequence[Sequence[int]], sites="*.attn2"):
         super().__init__(sites=sites)
