@@ -78,3 +78,19 @@ def test_a_region_mask_of_the_wrong_size_is_refused(unet):
     groups = torch.zeros(6, 6, dtype=torch.long)
     with pytest.raises(ValueError, match=r"a region mask of size \(6, 6\) does not fit site down\.0\.0\.0\.attn1's grid \(8, 8\)"):
         _run(unet, [IsolateSubjects(groups)], AttentionMaps())
+
+
+def test_region_cross_attention_needs_one_token_list_per_region():
+    with pytest.raises(ValueError, match="got 2 regions but 1 token lists"):
+        RegionCrossAttention(torch.zeros(2, LATENT, LATENT, dtype=torch.bool), [[1]])
+
+
+def test_isolation_outside_a_diffusion_model_is_refused():
+    from attnlab.models.tiny import TinyTransformer
+
+    model = TinyTransformer(16, dim=16, heads=2, layers=1)
+    with (
+        pytest.raises(ValueError, match="has no query grid"),
+        attach(edits=[IsolateSubjects(torch.zeros(4, 4, dtype=torch.long), sites="*")]),
+    ):
+        model(torch.zeros(1, 4, dtype=torch.long))

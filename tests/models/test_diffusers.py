@@ -112,6 +112,19 @@ def test_unet_sites_are_named_after_module_paths_with_their_grid():
     assert seen["down.0.0.0.attn2"] == (8, 8) and seen["mid.0.0.attn1"] == (4, 4)
 
 
+def test_transformer_sites_take_the_patch_grid():
+    model = ad.instrument(tiny_pixart())
+    assert [s.name for s in ad.sites(model)] == ["blocks.0.attn1", "blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"]
+    proc = model.transformer_blocks[0].attn1.processor
+    proc.shape.hw = (8, 8)
+    assert proc.grid(16) == (4, 4) and proc.grid(15) is None  # patch size 2: 4 × 4 tokens
+
+
+def test_sites_of_a_model_not_instrumented_are_refused():
+    with pytest.raises(ValueError, match="not routed through attnlab"):
+        ad.sites(tiny_pixart())
+
+
 def test_site_names_of_transformer_models():
     assert ad.site_name("transformer_blocks.3.attn1") == "blocks.3.attn1"
     assert ad.site_name("up_blocks.1.attentions.2.transformer_blocks.0.attn2") == "up.1.2.0.attn2"
