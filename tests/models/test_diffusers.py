@@ -142,3 +142,14 @@ def test_a_non_default_processor_is_refused():
     unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.set_processor(AttnAddedKVProcessor())
     with pytest.raises(ValueError, match="AttnAddedKVProcessor, not diffusers' default"):
         ad.instrument(unet)
+
+
+def test_probes_observe_every_site_by_name():
+    from attnlab.probes import Entropy
+
+    unet = ad.instrument(tiny_unet())
+    probe = Entropy()
+    with torch.no_grad(), attach(probes=[probe]):
+        unet(torch.randn(1, 4, 8, 8), 3, encoder_hidden_states=torch.randn(1, 5, 16))
+    assert sorted(probe.result()) == sorted(s.name for s in ad.sites(unet))
+    assert probe.result()["mid.0.0.attn1"]["rows"].tolist() == [16.0] * 8  # 4 × 4 queries, 8 heads

@@ -61,6 +61,9 @@ class _Input:
 class Processor:
     """A diffusers attention processor that computes attention with :func:`attnlab.core.attend` at a site.
 
+    The logits are scaled by the module's ``attn.scale``: ``1/sqrt(D)``, what ``AttnProcessor2_0``
+    uses, unless the module was built with ``scale_qk=False`` (then 1, as ``AttnProcessor`` uses).
+
     Args:
         site: the site of this module (its name, layer index, heads; ``grid`` is set per call).
         shape: the model input's spatial size, recorded by :func:`instrument`'s pre-hook.
