@@ -39,6 +39,8 @@ class Site:
         module_path: the module's path in its model (``model.layers.3.self_attn``).
         num_heads: query heads.
         num_kv_heads: key/value heads (fewer than ``num_heads`` under GQA).
+        grid: ``(h, w)`` when the queries are the pixels of an image, row by row (a diffusion
+            model's attention, :mod:`attnlab.models.diffusers`): region masks are resized to it.
     """
 
     name: str = "attend"
@@ -46,6 +48,7 @@ class Site:
     module_path: str | None = None
     num_heads: int | None = None
     num_kv_heads: int | None = None
+    grid: tuple[int, int] | None = None
 
 
 @dataclass
