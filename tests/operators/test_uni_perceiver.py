@@ -69,7 +69,7 @@ def test_concept_bags_inputs_hold_their_class_attributes():
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="tau must be a positive temperature, got tau=0"):
         CandidateScorer(nn.Linear(2, 2), tau=0)
-    with pytest.raises(ValueError, match="encoder must be an nn.Module"):
+    with pytest.raises(ValueError, match=r"encoder must be an nn\.Module"):
         CandidateScorer(lambda x: x)
     with pytest.raises(ValueError, match=r"must return \[B, D\] features, got shape \(2, 3, 4\) for x"):
         CandidateScorer(nn.Linear(3, 4))(torch.randn(2, 3, 3), torch.randn(5, 3))

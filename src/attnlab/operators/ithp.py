@@ -63,7 +63,9 @@ class ITHP(nn.Module):
         super().__init__()
         sizes = (*tuple(dims), *tuple(latent), hidden) if isinstance(dims, (tuple, list)) and isinstance(latent, (tuple, list)) else ()
         if len(sizes) != 6 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in sizes):
-            raise ValueError(f"dims must be 3 positive widths (D0, D1, D2), latent 2 and hidden one, got dims={dims!r}, latent={latent!r}, hidden={hidden!r}")
+            raise ValueError(
+                f"dims must be 3 positive widths (D0, D1, D2), latent 2 and hidden one, got dims={dims!r}, latent={latent!r}, hidden={hidden!r}"
+            )
         for name, v in (("beta", beta), ("gamma", gamma), ("lam", lam)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{name} must be a non-negative weight, got {name}={v!r}")

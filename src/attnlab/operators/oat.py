@@ -94,7 +94,9 @@ class OAT(nn.Module):
                 f"positions must be [B, N, 2] = {(B, N, 2)} and target [B, F] = {(B, self.features)}, got {tuple(positions.shape)} and {tuple(target.shape)}"
             )
         if history.dim() != 2 or history.shape[0] != B or history.dtype != torch.long or bool(((history < 0) | (history >= N)).any()):
-            raise ValueError(f"history must be a long tensor [B, T] of object indices in [0, {N}), got {history.dtype} {tuple(history.shape)}")
+            raise ValueError(
+                f"history must be a long tensor [B, T] of object indices in [0, {N}), got {history.dtype} {tuple(history.shape)}"
+            )
         tok = self.encoder(self.embed(objects) + object_position_encoding(positions, self.dim))  # (B, N, C)
         fixated = tok.gather(1, history[..., None].expand(-1, -1, self.dim))  # (B, T, C)
         seq = torch.cat([self.target(target)[:, None], fixated], 1)  # (B, T+1, C)

@@ -99,7 +99,9 @@ def synthetic_kg(
         ``[triples, 3]`` long (subject, predicate, object), in random order.
     """
     if isinstance(triples, bool) or not isinstance(triples, int) or not 0 < triples <= entities * entities * predicates:
-        raise ValueError(f"triples must be an integer in [1, entities² · predicates = {entities * entities * predicates}], got triples={triples!r}")
+        raise ValueError(
+            f"triples must be an integer in [1, entities² · predicates = {entities * entities * predicates}], got triples={triples!r}"
+        )
     u = torch.randn(entities, rank, generator=generator)  # (E, r)
     R = torch.randn(predicates, rank, rank, generator=generator)  # (P, r, r)
     score = torch.einsum("sa,pab,ob->spo", u, R, u)  # (E, P, E)
