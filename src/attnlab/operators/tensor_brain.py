@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from attnlab.operators import register
 
-__all__ = ["SPODecoder", "synthetic_kg"]
+__all__ = ["SPODecoder", "filtered_mrr", "synthetic_kg"]
 
 
 @register("spo_decoder", paper="2")
@@ -102,9 +102,30 @@ def synthetic_kg(
         raise ValueError(
             f"triples must be an integer in [1, entities² · predicates = {entities * entities * predicates}], got triples={triples!r}"
         )
-    u = torch.randn(entities, rank, generator=generator)  # (E, r)
+    u = nn.functional.normalize(torch.randn(entities, rank, generator=generator), dim=-1)  # (E, r) unit vectors: no hub entities
     R = torch.randn(predicates, rank, rank, generator=generator)  # (P, r, r)
     score = torch.einsum("sa,pab,ob->spo", u, R, u)  # (E, P, E)
     top = score.flatten().topk(triples).indices
     spo = torch.stack(torch.unravel_index(top, score.shape), -1)  # (triples, 3)
     return spo[torch.randperm(triples, generator=generator)]
+
+
+def filtered_mrr(object_logits: Tensor, queries: Tensor, known: Tensor) -> float:
+    """Mean reciprocal rank of each query's true object, the other known objects of its ``(s, p)`` left out (the filtered setting).
+
+    Shapes:
+        object_logits ``[n, E]`` scores of every entity as the object of query ``i``; queries ``[n, 3]``
+        (s, p, o); known ``[m, 3]`` every true triple (train and test).
+    """
+    if object_logits.dim() != 2 or queries.shape != (object_logits.shape[0], 3):
+        raise ValueError(f"object_logits must be [n, E] and queries [n, 3], got {tuple(object_logits.shape)} and {tuple(queries.shape)}")
+    by_query: dict[tuple[int, int], set[int]] = {}
+    for s, p, o in known.tolist():
+        by_query.setdefault((s, p), set()).add(o)
+    rr = []
+    for row, (s, p, o) in zip(object_logits, queries.tolist()):
+        others = [x for x in by_query.get((s, p), ()) if x != o]
+        row = row.clone()
+        row[others] = float("-inf")
+        rr.append(1.0 / (1 + int((row > row[o]).sum())))
+    return sum(rr) / len(rr)
