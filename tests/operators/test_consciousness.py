@@ -7,6 +7,8 @@ from torch import nn
 from attnlab import operators
 from attnlab.operators.consciousness import ConsciousnessBottleneck, planted_parents
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
+
 
 def _reference(m, x, query):
     """Loop over rows: scores by hand, softmax over the k largest only."""

@@ -6,6 +6,8 @@ import torch
 from attnlab import operators
 from attnlab.operators.evaluator_layers import layered_aggregation
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
+
 
 def test_each_layer_reads_the_one_below():
     seen = []

@@ -9,6 +9,8 @@ from torch.nn import functional as F
 from attnlab import operators
 from attnlab.operators.oat import OAT, object_position_encoding, saliency_baseline, search_scanpaths
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
+
 
 def test_position_encoding_by_hand():
     pe = object_position_encoding(torch.tensor([[0.25, 0.5]]), 8)  # frequencies π, 2π

@@ -8,6 +8,8 @@ import torch
 from attnlab import operators
 from attnlab.operators.tensor_brain import SPODecoder, filtered_mrr, synthetic_kg
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
+
 
 def test_the_three_steps_match_the_formulas():
     torch.manual_seed(0)

@@ -9,6 +9,8 @@ from torch import nn
 from attnlab import operators
 from attnlab.operators.uni_perceiver import CandidateScorer, concept_bags
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
+
 
 def test_logits_are_cosines_over_tau():
     torch.manual_seed(0)

@@ -6,6 +6,8 @@ import torch
 from attnlab import operators
 from attnlab.operators.visual_search import search_display, topdown_map, winner_take_all
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
+
 
 def test_topdown_map_is_a_cross_correlation_per_image():
     torch.manual_seed(0)

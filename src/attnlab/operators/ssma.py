@@ -9,17 +9,19 @@ computes a gate from the concatenation with a bottleneck of two 3×3 convolution
 convolution and batch norm back to ``C`` channels. "Self-supervised": nothing supervises the
 gate but the task loss, so a modality that is noisy at a position is turned down there. With
 the gate fixed at 1 the block is the plain stream: convolution and batch norm of the
-concatenation.
+concatenation. :func:`noisy_modalities` draws the check's data: two views of one map, one of
+them replaced by noise in each sample.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from attnlab.operators import register
 
-__all__ = ["SSMAFusion"]
+__all__ = ["SSMAFusion", "noisy_modalities"]
 
 
 @register("ssma_fusion", paper="25")
@@ -72,3 +74,22 @@ class SSMAFusion(nn.Module):
         x = self._cat(a, b)  # (B, 2C, H, W)
         s = torch.sigmoid(self.excite(torch.relu(self.squeeze(x))))  # (B, 2C, H, W)
         return self.fuse(s * x)  # (B, C, H, W)
+
+
+def noisy_modalities(
+    n: int, *, channels: int = 16, size: int = 8, noise: float = 3.0, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A smooth target map seen by two modalities; in each sample one of them is buried in noise.
+
+    Both views are ``z`` copied to every channel plus N(0, 0.1²); the noisy one (``a`` or ``b`` with
+    probability 1/2) is replaced by N(0, ``noise``²).
+
+    Returns:
+        a, b ``[n, channels, size, size]``, target z ``[n, 1, size, size]``, noisy_a ``[n]`` bool.
+    """
+    z = F.avg_pool2d(torch.randn(n, 1, size + 2, size + 2, generator=generator), 3, 1)  # (n, 1, size, size)
+    noisy_a = torch.rand(n, generator=generator) < 0.5  # (n,)
+    views = [z.expand(n, channels, size, size) + 0.1 * torch.randn(n, channels, size, size, generator=generator) for _ in range(2)]
+    junk = noise * torch.randn(n, channels, size, size, generator=generator)
+    which = noisy_a[:, None, None, None]
+    return torch.where(which, junk, views[0]), torch.where(which, views[1], junk), z, noisy_a
