@@ -13,7 +13,7 @@ from attnlab.core import masks
 from attnlab.registry import KINDS, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
-REGISTRIES = ("mechanisms", "probes", "edits", "tasks")
+REGISTRIES = ("mechanisms", "probes", "edits", "tasks", "operators")
 
 
 def _cited(doc: str) -> set[str]:
