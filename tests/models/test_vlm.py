@@ -1,0 +1,123 @@
+"""A tiny LLaVA through attnlab: the LM's attention routed, image-token spans, PAINT (paper 4), paper 49 knockouts, F-LMM capture (64)."""
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.core import attach
+from attnlab.edits.emphasis import Emphasis
+from attnlab.edits.knockout import Knockout
+from attnlab.mechanisms.shared import CaptureProbs
+from attnlab.models import hf, vlm
+from attnlab.operators.paint_tokens import outlier_ratio, paint_tokens
+from attnlab.probes import VisualSensitivity, WordToPatch
+from attnlab.runs.edit import prepare
+from tests.conftest import tiny_causal_lm
+
+PROMPT = "<image> describe the red cat on the mat"
+
+
+@pytest.fixture(scope="module")
+def llava():
+    model, processor = vlm.tiny_llava(seed=0)
+    vlm.instrument(model)
+    image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype("uint8")
+    enc = processor(images=image, text=PROMPT, return_tensors="pt")
+    return model, processor, enc, vlm.spans(model, enc["input_ids"], processor)
+
+
+def _run(model, enc, edits=(), probes=()):
+    prepare(model, list(edits), enc["input_ids"])
+    with torch.no_grad(), attach(edits=list(edits), probes=list(probes)):
+        return model(**enc).logits
+
+
+def test_language_model_routed_through_attnlab_matches_eager(llava):
+    model, _, enc, _ = llava
+    eager, _ = vlm.tiny_llava(seed=0)
+    eager.set_attn_implementation("eager")
+    hf._CALLED.clear()
+    got = _run(model, enc)
+    assert hf._CALLED == {f"layers.{i}.attn" for i in range(4)}  # the vision tower stays on eager attention
+    with torch.no_grad():
+        torch.testing.assert_close(got, eager(**enc).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_spans_of_a_processed_input(llava):
+    model, processor, enc, s = llava
+    assert tuple(s.image) == tuple(range(16))  # 32 / 8 = 4 × 4 patches, CLS dropped
+    assert len(s.text) == enc["input_ids"].shape[1] - 16
+    the = s["word:the"]
+    assert processor.tokenizer.decode(enc["input_ids"][0, list(the)]) == "the" and tuple(s["word:the#1"]) > tuple(the)
+
+
+def test_a_model_with_no_image_token_is_refused():
+    with pytest.raises(ValueError, match="no image token id in its config"):
+        vlm.instrument(tiny_causal_lm("llama"))
+
+
+def test_paint_alpha_zero_is_bit_identical(llava):
+    model, _, enc, s = llava
+    base = _run(model, enc)
+    assert torch.equal(_run(model, enc, [Emphasis(positions=s.image, alpha=0.0, second=s.image[:3], beta=0.0)]), base)
+
+
+def test_paint_mass_on_selected_image_tokens_rises_with_alpha_and_rows_sum_to_one(llava):
+    model, _, enc, s = llava
+    top, second = paint_tokens(vlm.vision_attentions(model, enc["pixel_values"]), s.image)
+    masses = []
+    for alpha in (0.0, 0.3, 0.7, 1.5, 3.0):
+        probe, cap = VisualSensitivity(keys=top, sites="layers.1.attn"), CaptureProbs("layers.3.attn")
+        _run(model, enc, [Emphasis(positions=top, alpha=alpha, second=second, beta=0.3, layers=[1, 2, 3]), cap], [probe])
+        masses.append(probe.result()["layers.1.attn"]["mass"][0])  # [H] at the first edited layer
+        torch.testing.assert_close(cap.probs()[0, :, -1].sum(-1), torch.ones(4), atol=1e-5, rtol=0)
+    m = torch.stack(masses)  # [alphas, H]
+    assert bool((m[1:] > m[:-1]).all()), m
+
+
+def test_paint_token_sets_follow_the_authors_rule_on_the_encoder_maps(llava):
+    model, _, enc, s = llava
+    maps = vlm.vision_attentions(model, enc["pixel_values"])  # 2 layers of [1, 2, 17, 17]
+    top, second = paint_tokens(maps, s.image)
+    first, feature = maps[0][0, :, 0, 1:].sum(0).numpy(), maps[-2][0, :, 0, 1:].sum(0).numpy()  # [16] each
+    q1, q3 = np.percentile(feature, [25, 75])
+    n_second = int((feature > q3 + 1.5 * (q3 - q1)).sum())
+    assert n_second == round(16 * outlier_ratio(torch.from_numpy(feature)))
+    assert set(second) == set(np.argsort(-feature)[:n_second].tolist())
+    assert set(top) == set(np.argsort(-first)[:4].tolist()) - set(second)
+    assert set(top) <= set(s.image) and top.length == s.image.length
+
+
+def test_a_span_of_another_input_is_refused_by_the_edits(llava):
+    model, _, enc, s = llava
+    other = {**enc, "input_ids": enc["input_ids"][:, :-2], "attention_mask": enc["attention_mask"][:, :-2]}
+    for edit in (Emphasis(positions=s.image), Knockout(target=s.text, source=s.image)):
+        with pytest.raises(ValueError, match="comes from a sequence of 23 tokens, the input has 21"):
+            _run(model, other, [edit])
+
+
+def test_knockout_between_groups_cuts_text_rows_off_the_image(llava):
+    model, _, enc, s = llava
+    probe = VisualSensitivity(keys=s.image, rows=list(s.text))
+    _run(model, enc, [Knockout(target=s.text, source=s.image, layers=[1, 2])], [probe])
+    r = probe.result()
+    assert float(r["layers.0.attn"]["mass"].min()) > 0
+    for layer in (1, 2):
+        assert float(r[f"layers.{layer}.attn"]["mass"].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["word:cat", "token 18..21"])
+def test_word_to_patch_maps_equal_the_eager_attention_rows(llava, name):
+    model, _, enc, s = llava
+    word = s[name]
+    probe = WordToPatch(word=word, image=s.image)
+    _run(model, enc, probes=[probe])
+    maps = probe.maps(hf.sites(model), (4, 4))  # [1, L·H, 4, 4]
+    eager, _ = vlm.tiny_llava(seed=0)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        att = eager(**enc, output_attentions=True).attentions  # L × [1, H, T, T]
+    ref = torch.cat([a[:, :, list(word)][..., list(s.image)].mean(2) for a in att], 1).view(1, 16, 4, 4)
+    torch.testing.assert_close(maps, ref, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="grid 3×5 holds 15 patches"):
+        probe.maps(hf.sites(model), (3, 5))
