@@ -1,5 +1,8 @@
 """A tiny LLaVA through attnlab: the LM's attention routed, image-token spans, PAINT (paper 4), paper 49 knockouts, F-LMM capture (64)."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,11 +10,12 @@ import torch
 from attnlab.core import attach
 from attnlab.edits.emphasis import Emphasis
 from attnlab.edits.knockout import Knockout
+from attnlab.edits.sink_redistribute import SinkRedistribute
 from attnlab.mechanisms.shared import CaptureProbs
 from attnlab.models import hf, vlm
 from attnlab.operators.paint_tokens import outlier_ratio, paint_tokens
 from attnlab.probes import VisualSensitivity, WordToPatch
-from attnlab.runs.edit import prepare
+from attnlab.runs.edit import prepare, unedited
 from tests.conftest import tiny_causal_lm
 
 PROMPT = "<image> describe the red cat on the mat"
@@ -27,7 +31,7 @@ def llava():
 
 
 def _run(model, enc, edits=(), probes=()):
-    prepare(model, list(edits), enc["input_ids"])
+    prepare(model, list(edits), enc["input_ids"], inputs=enc)
     with torch.no_grad(), attach(edits=list(edits), probes=list(probes)):
         return model(**enc).logits
 
@@ -54,6 +58,13 @@ def test_spans_of_a_processed_input(llava):
 def test_a_model_with_no_image_token_is_refused():
     with pytest.raises(ValueError, match="no image token id in its config"):
         vlm.instrument(tiny_causal_lm("llama"))
+
+
+def test_a_language_model_attnlab_cannot_route_is_refused():
+    model, _ = vlm.tiny_llava(seed=0)
+    model.config.get_text_config().model_type = "falcon"
+    with pytest.raises(ValueError, match="language model is a 'falcon', which attnlab does not route"):
+        vlm.instrument(model)
 
 
 def test_paint_alpha_zero_is_bit_identical(llava):
@@ -121,3 +132,40 @@ def test_word_to_patch_maps_equal_the_eager_attention_rows(llava, name):
     torch.testing.assert_close(maps, ref, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="grid 3×5 holds 15 patches"):
         probe.maps(hf.sites(model), (3, 5))
+
+
+def test_var_scales_image_sinks_by_exactly_p_in_the_rows_it_edits(llava):
+    model, _, enc, s = llava
+    sinks = [s.image[2], s.image[9]]
+    base, cap = CaptureProbs("layers.0.attn"), CaptureProbs("layers.0.attn")
+    _run(model, enc, [base])
+    _run(model, enc, [SinkRedistribute("var", p=0.6, region=s.image, sinks=sinks, layers=[0]), cap])
+    p0, p1 = base.probs()[0], cap.probs()[0]  # [H, T, T]
+    region, sink = list(s.image), torch.zeros(p0.shape[-1], dtype=torch.bool)
+    sink[sinks] = True
+    m_r = p0[..., region].sum(-1)  # [H, T]
+    edited = (p0[..., sink].sum(-1) / m_r <= 0.5) & (m_r >= 0.2)  # VAR's rows: sink share <= rho, region mass >= 0.2
+    assert bool(edited.any()) and not bool(edited.all())
+    torch.testing.assert_close(p1[..., sink][edited], 0.6 * p0[..., sink][edited], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(p1[~edited], p0[~edited], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(p1.sum(-1), torch.ones_like(m_r), atol=1e-5, rtol=0)
+
+
+def test_unedited_passes_see_the_image_when_given_the_inputs(llava):
+    model, _, enc, s = llava
+    attached, with_image, text_only = (VisualSensitivity(keys=s.image, rows=list(s.text)) for _ in range(3))
+    _run(model, enc, probes=[attached])
+    unedited(model, enc["input_ids"], with_image, inputs=enc)
+    unedited(model, enc["input_ids"], text_only)  # the image tokens' embeddings stand in for the image
+    got, want = with_image.result()["layers.2.attn"]["mass"], attached.result()["layers.2.attn"]["mass"]
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(text_only.result()["layers.2.attn"]["mass"], want)
+
+
+@pytest.mark.slow
+def test_the_docs_page_runs_as_written_and_prints_what_it_shows(capsys):
+    page = (Path(__file__).resolve().parents[2] / "docs" / "vision-language.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", page, re.S))
+    shown = "".join(re.findall(r"```text\n(.*?)```", page, re.S))
+    exec(compile(code, "docs/vision-language.md", "exec"), {})
+    assert capsys.readouterr().out == shown

@@ -74,10 +74,16 @@ def instrument(model: nn.Module, *, backend: str = "auto") -> nn.Module:
 
     The language model's layers (``model.language_model.layers``) become sites ``layers.{i}.attn``;
     the vision tower is set to eager attention (its maps come back with ``output_attentions=True``).
-    Raises ``ValueError`` for a model with no image token id or no vision tower.
+    Raises ``ValueError`` for a model with no image token id, no vision tower, or a language model
+    of a type attnlab does not route (:data:`attnlab.models.hf.SUPPORTED`).
     """
     image_token_id(model)
     tower = _vision_tower(model)
+    lm_type = model.config.get_text_config().model_type
+    if lm_type not in hf.SUPPORTED:
+        raise ValueError(
+            f"{type(model).__name__}'s language model is a {lm_type!r}, which attnlab does not route; supported: {', '.join(hf.SUPPORTED)}"
+        )
     hf.instrument(model, backend=backend)
     tower.set_attn_implementation("eager")
     return model
@@ -143,6 +149,7 @@ def tiny_llava(*, seed: int = 0, image_size: int = 32, patch_size: int = 8, laye
         num_attention_heads=heads,
         num_key_value_heads=2,
         vocab_size=len(vocab),
+        initializer_range=0.2,  # wider than the default 0.02: attention far from uniform, as in a trained model
     )
     config = tf.LlavaConfig(vision_config=vision, text_config=text, image_token_id=vocab["<image>"])
     with torch.random.fork_rng():  # the caller's random state is left as it was

@@ -6,9 +6,8 @@ image (:class:`attnlab.operators.flmm.FLMMHead` turns them into a mask). This pr
 rows and columns as the row pass streams each site's attention: ``[B, H, P]`` per site (the mean
 over the word's tokens), never a ``T × T`` matrix.
 
-    >>> probe = WordToPatch(word=s["word:cat"], image=s.image)        # doctest: +SKIP
-    >>> with attnlab.attach(probes=[probe]): model(**enc)             # doctest: +SKIP
-    >>> probe.maps(hf.sites(model), (4, 4)).shape                     # [B, L·H, 4, 4]  # doctest: +SKIP
+Attach it to a run of the model on the input whose spans it was given; docs/vision-language.md
+shows the whole path on a tiny LLaVA.
 """
 
 from __future__ import annotations
