@@ -16,6 +16,7 @@ from attnlab.models import hf, vlm
 from attnlab.operators.paint_tokens import outlier_ratio, paint_tokens
 from attnlab.probes import VisualSensitivity, WordToPatch
 from attnlab.runs.edit import prepare, unedited
+from attnlab.runs.knockout import scan
 from tests.conftest import tiny_causal_lm
 
 PROMPT = "<image> describe the red cat on the mat"
@@ -115,6 +116,18 @@ def test_knockout_between_groups_cuts_text_rows_off_the_image(llava):
     assert float(r["layers.0.attn"]["mass"].min()) > 0
     for layer in (1, 2):
         assert float(r[f"layers.{layer}.attn"]["mass"].abs().max()) == 0.0
+
+
+def test_knockout_scan_of_text_from_image_runs_on_the_image(llava):
+    model, _, enc, s = llava
+    with torch.no_grad():
+        base = float(torch.softmax(model(**enc).logits[0, -1].double(), -1)[5])
+    rows = scan(model, enc["input_ids"], 5, target=s.text, source=s.image, window=1, inputs=enc)
+    assert [r["layers"] for r in rows] == [[0], [1], [2], [3]]
+    assert all(r["base"] == pytest.approx(base, rel=1e-6) for r in rows)
+    assert all(r["change"] != 0 for r in rows)  # every layer's text rows read the image in a random model
+    with pytest.raises(ValueError, match=r"knockout scan target: .* 23 tokens, the input has 21"):
+        scan(model, enc["input_ids"][:, :21], 5, target=s.text, source=s.image, window=1)
 
 
 @pytest.mark.parametrize("name", ["word:cat", "token 18..21"])
