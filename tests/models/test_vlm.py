@@ -56,6 +56,16 @@ def test_spans_of_a_processed_input(llava):
     assert processor.tokenizer.decode(enc["input_ids"][0, list(the)]) == "the" and tuple(s["word:the#1"]) > tuple(the)
 
 
+def test_hf_instrument_alone_leaves_the_vision_tower_alone():
+    model, processor = vlm.tiny_llava(seed=0)
+    hf.instrument(model)  # what runs.edit.bind does to a model not yet instrumented
+    enc = processor(images=np.zeros((32, 32, 3), dtype="uint8"), text=PROMPT, return_tensors="pt")
+    hf._CALLED.clear()
+    with torch.no_grad():
+        model(**enc)
+    assert hf._CALLED == {f"layers.{i}.attn" for i in range(4)}
+
+
 def test_a_model_with_no_image_token_is_refused():
     with pytest.raises(ValueError, match="no image token id in its config"):
         vlm.instrument(tiny_causal_lm("llama"))

@@ -78,15 +78,13 @@ def instrument(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     of a type attnlab does not route (:data:`attnlab.models.hf.SUPPORTED`).
     """
     image_token_id(model)
-    tower = _vision_tower(model)
+    _vision_tower(model)
     lm_type = model.config.get_text_config().model_type
     if lm_type not in hf.SUPPORTED:
         raise ValueError(
             f"{type(model).__name__}'s language model is a {lm_type!r}, which attnlab does not route; supported: {', '.join(hf.SUPPORTED)}"
         )
-    hf.instrument(model, backend=backend)
-    tower.set_attn_implementation("eager")
-    return model
+    return hf.instrument(model, backend=backend)  # it leaves the vision tower on eager attention
 
 
 def _vision_tower(model: nn.Module) -> nn.Module:
