@@ -60,5 +60,7 @@ def test_bad_input_is_refused():
         paint_tokens(maps, IMAGE, top_layer=5)
     with pytest.raises(ValueError, match="fewer than CLS \\+ the 20 image tokens"):
         paint_tokens(maps, Span(range(20), name="image", length=30))
+    with pytest.raises(ValueError, match=r"top_fraction must be a share of the patches in \[0, 1\]"):
+        paint_tokens(maps, IMAGE, top_fraction=25)
     with pytest.raises(ValueError, match="no vision attention maps"):
         paint_tokens([], IMAGE)

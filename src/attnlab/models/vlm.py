@@ -27,33 +27,7 @@ from attnlab.models import hf
 
 __all__ = ["image_token_id", "instrument", "spans", "tiny_llava", "vision_attentions"]
 
-_WORDS = [
-    "a",
-    "an",
-    "the",
-    "of",
-    "on",
-    "in",
-    "is",
-    "what",
-    "this",
-    "that",
-    "photo",
-    "image",
-    "picture",
-    "describe",
-    "cat",
-    "dog",
-    "mat",
-    "red",
-    "blue",
-    "green",
-    "sky",
-    "tree",
-    "sun",
-    "left",
-    "right",
-]
+_WORDS = "a an the of on in is what this that photo image picture describe cat dog mat red blue green sky tree sun left right"  # tiny_llava's words
 
 
 def image_token_id(model: nn.Module) -> int:
@@ -126,7 +100,7 @@ def tiny_llava(*, seed: int = 0, image_size: int = 32, patch_size: int = 8, laye
     import transformers as tf
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", "<image>", *_WORDS])}
+    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", "<image>", *_WORDS.split()])}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = tf.PreTrainedTokenizerFast(

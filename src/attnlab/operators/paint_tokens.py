@@ -77,6 +77,10 @@ def paint_tokens(
     if not maps:
         raise ValueError("paint_tokens: no vision attention maps given (attnlab.models.vlm.vision_attentions(model, pixel_values))")
     P = len(image)
+    if isinstance(top_fraction, bool) or not isinstance(top_fraction, (int, float)) or not 0 <= top_fraction <= 1:
+        raise ValueError(
+            f"paint_tokens: top_fraction must be a share of the patches in [0, 1] (PAINT: 0.25), got top_fraction={top_fraction!r}"
+        )
     for name, layer in (("top_layer", top_layer), ("second_layer", second_layer)):
         if not -len(maps) <= layer < len(maps):
             raise ValueError(f"paint_tokens: {name}={layer} is out of range: the vision encoder has {len(maps)} layers")
