@@ -8,12 +8,15 @@ from attnlab.core import backends, masks
 from attnlab.core.attend import attend, choose_backend
 from attnlab.core.context import attach, attached
 from attnlab.core.site import AttentionChunk, Edit, Probe, Site, site_matcher
+from attnlab.core.spans import Span, Spans
 
 __all__ = [
     "AttentionChunk",
     "Edit",
     "Probe",
     "Site",
+    "Span",
+    "Spans",
     "attach",
     "attached",
     "attend",

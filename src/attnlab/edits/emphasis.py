@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from attnlab.core.site import Site
+from attnlab.core.spans import check_span
 from attnlab.edits._base import as_list, register
 from attnlab.edits.head_mask import HeadEdit, head_selected
 from attnlab.edits.knockout import token_group
@@ -49,8 +50,9 @@ class Emphasis(HeadEdit):
     Shapes: logits stage, elementwise over ``score`` and broadcasting index tensors of any rank.
 
     Args:
-        positions: the top set of key positions (``3+4+5``, ``3-7``, a list, a range, or an
-            elementwise predicate on index tensors); ``[]``: none.
+        positions: the top set of key positions (``3+4+5``, ``3-7``, a list, a range, a
+            :class:`~attnlab.core.spans.Span` such as ``spans.image``, or an elementwise
+            predicate on index tensors); ``[]``: none.
         alpha: boost of the top set (PAINT: 0.7).
         second: the second set, in the same forms; None: none.
         beta: boost of the second set (PAINT: 0.3).
@@ -88,6 +90,7 @@ class Emphasis(HeadEdit):
         super().__init__(heads, layers, sites)
         if positions is None and second is None:
             raise ValueError("emphasis needs the key tokens to boost: positions=3+4+5 (and optionally second=...)")
+        self._groups = (positions, second)  # as given: a Span is checked against each input's length
         self.top = None if positions is None else token_group(positions, "positions")
         self.second = None if second is None else token_group(second, "second")
         self.alpha, self.beta = _weight(alpha, "alpha"), _weight(beta, "beta")
@@ -103,7 +106,12 @@ class Emphasis(HeadEdit):
         self._prepared: int | None = None
 
     def input_probe(self, input_ids: Tensor) -> None:
-        """Remember the input length (``rows="last"`` is the query at ``length − 1``); no unedited pass needed."""
+        """Remember the input length (``rows="last"`` is the query at ``length − 1``); no unedited pass needed.
+
+        A :class:`~attnlab.core.spans.Span` built from an input of another length is refused.
+        """
+        for group, name in zip(self._groups, ("positions", "second")):
+            check_span(group, int(input_ids.shape[-1]), f"emphasis {name}")
         self._prepared = int(input_ids.shape[-1])
         return None
 

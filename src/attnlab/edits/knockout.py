@@ -13,8 +13,9 @@ choice after Geva et al. 2023, "Dissecting recall of factual associations") over
 reports, per window, the relative change of the answer probability ``(p_knock − p) / p``.
 
 Groups are positions of the attention call: lists (``source=3+4+5``), inclusive ranges
-(``source=3-7``), Python ranges, or an elementwise predicate on index tensors
-(``lambda i: i % 2 == 0``). Positions are absolute in a forward without a KV cache.
+(``source=3-7``), Python ranges, spans of a vision-language input (``source=spans.image``,
+``target=spans.text``: :class:`attnlab.core.spans.Spans`), or an elementwise predicate on index
+tensors (``lambda i: i % 2 == 0``). Positions are absolute in a forward without a KV cache.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 
 from attnlab.core.site import Site
+from attnlab.core.spans import check_span
 from attnlab.edits._base import SiteEdit, _value, as_list, register
 from attnlab.edits.head_mask import head_selected
 
@@ -126,6 +128,12 @@ class Knockout(SiteEdit):
 
     def __repr__(self) -> str:
         return f"Knockout(target={self._spec[0]!r}, source={self._spec[1]!r}, layers={self.layers}, heads={self.heads})"
+
+    def input_probe(self, input_ids: Tensor) -> None:
+        """Refuse a :class:`~attnlab.core.spans.Span` built from an input of another length; no unedited pass needed."""
+        for group, name in zip(self._spec, ("target", "source")):
+            check_span(group, int(input_ids.shape[-1]), f"knockout {name}")
+        return None
 
     def at(self, site: Site) -> Callable | None:
         if self.target is None or self.source is None or self.heads == [] or not self.acts_at(site):

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from attnlab.core.site import Probe, Site
+from attnlab.core.spans import check_span
 from attnlab.edits._base import SiteEdit, as_list, check_selects_a_site, integers, number, parse_heads, register, text_windows
 from attnlab.probes import ColumnMass
 
@@ -100,7 +101,7 @@ class SinkRedistribute(SiteEdit):
         tau: sink threshold: ACT ``α_j > τ`` [0.1], VAR ``|x_d| / rms(x) > τ`` [20].
         rho: VAR: largest sink share of the region for an edited row [0.5].
         region_mass: VAR: smallest region mass for an edited row [0.2].
-        region: VAR: target-region key positions (None: every key).
+        region: VAR: target-region key positions, e.g. a vision-language input's ``spans.image`` (None: every key).
         dims: VAR: sink dimensions ``D`` (None: found by calibration or on the first
             prepared input: the dims where the first token's ``|x_d| / rms(x) > τ`` at the inputs of
             at least half of the layers 1..L−1).
@@ -153,6 +154,7 @@ class SinkRedistribute(SiteEdit):
         self.tau = number(_DEFAULTS[method]["tau"] if tau is None else tau, "tau", "sink_redistribute", low=0)
         self.rho = number(rho, "rho", "sink_redistribute", low=0, high=1)
         self.region_mass = number(region_mass, "region_mass", "sink_redistribute", low=0, high=1)
+        self._region_spec = region  # as given: a Span is checked against each input's length
         self.region = None if region is None else sorted(set(integers(region, "region", "sink_redistribute")))
         self.dims = None if dims is None else torch.tensor(integers(dims, "dims", "sink_redistribute"), dtype=torch.long)
         self.fixed = None if sinks is None else sorted(set(integers(sinks, "sinks", "sink_redistribute")))
@@ -243,7 +245,9 @@ class SinkRedistribute(SiteEdit):
         """The probe of an unedited pass over ``input_ids``: VAR's sink dimensions first (if unknown), then the sinks.
 
         None when the sinks of this input are known (cached), fixed (``sinks=``) or unused (scale 1).
+        A region given as a :class:`~attnlab.core.spans.Span` of an input of another length is refused.
         """
+        check_span(self._region_spec, int(input_ids.shape[-1]), "sink_redistribute region")
         if self.fixed is not None or self.scale == 1.0:
             return None
         if self.method == "var" and self.dims is None:

@@ -237,6 +237,9 @@ def instrument(model: nn.Module, *, backend: str = "auto") -> nn.Module:
         module.attnlab_site = Site(name=f"layers.{i}.attn", layer=i, module_path=path, num_heads=heads, num_kv_heads=kv_heads)
     previous = model.config._attn_implementation
     model.set_attn_implementation(NAME)
+    tower = getattr(getattr(model, "model", model), "vision_tower", None)
+    if isinstance(tower, nn.Module):  # a vision-language model: only its language model is routed (attnlab.models.vlm)
+        tower.set_attn_implementation("eager")
     for m in model.modules():
         if hasattr(m, "config"):
             _BACKEND[id(m.config)] = backend

@@ -11,6 +11,8 @@ from attnlab.probes.layer_importance import LayerImportance
 from attnlab.probes.patterns import Patterns
 from attnlab.probes.retrieval import Retrieval
 from attnlab.probes.sink import Sink
+from attnlab.probes.visual_sensitivity import VisualSensitivity
+from attnlab.probes.word_patch import WordToPatch
 
 __all__ = [
     "ColumnMass",
@@ -22,6 +24,8 @@ __all__ = [
     "Retrieval",
     "Sink",
     "SiteProbe",
+    "VisualSensitivity",
+    "WordToPatch",
     "get",
     "names",
     "registry",

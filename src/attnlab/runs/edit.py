@@ -50,33 +50,37 @@ def bind(model, edits: Sequence[Edit], *, backend: str | None = None) -> list[Si
     return sites
 
 
-def unedited(model, input_ids: Tensor, observer: Probe | Edit) -> None:
+def unedited(model, input_ids: Tensor, observer: Probe | Edit, *, inputs: dict | None = None) -> None:
     """One forward pass over ``input_ids`` with only ``observer`` attached (a probe, or an edit that records).
 
     The pass runs in a fresh context: edits and probes attached around the call stay out of it.
     A probe is told :meth:`~attnlab.core.Probe.begin` / :meth:`~attnlab.core.Probe.end` around
-    the input (with no token strings).
+    the input (with no token strings). ``inputs``: the model's other inputs for the pass (a
+    vision-language model's ``pixel_values`` and ``attention_mask``; an ``input_ids`` there is ignored).
     """
     ids = input_ids.to(input_device(model))
+    extra = {k: v for k, v in (inputs or {}).items() if k != "input_ids"}
 
     def run() -> None:
         is_probe = isinstance(observer, Probe)
         if is_probe:
             observer.begin(ids, [])
         with torch.no_grad(), attach(probes=[observer] if is_probe else [], edits=[] if is_probe else [observer]):
-            model(input_ids=ids)
+            model(input_ids=ids, **extra)
         if is_probe:
             observer.end()
 
     contextvars.Context().run(run)
 
 
-def prepare(model, edits: Sequence[Edit], input_ids: Tensor) -> None:
+def prepare(model, edits: Sequence[Edit], input_ids: Tensor, *, inputs: dict | None = None) -> None:
     """Before an edited pass over ``input_ids``: bind the edits and run the unedited passes they ask for.
 
     Each edit's :meth:`~attnlab.core.Edit.input_probe` is asked for a probe; the probe is run on
     the input and given back with :meth:`~attnlab.core.Edit.prepared`, until the edit asks for
-    none. Without edits nothing happens (the model is not even instrumented).
+    none. Without edits nothing happens (the model is not even instrumented). ``inputs``: the
+    model's other inputs for those passes (a vision-language model's ``pixel_values``: VAR finds
+    its sinks among the image tokens only when the image is there).
     """
     if not edits:
         return
@@ -86,7 +90,7 @@ def prepare(model, edits: Sequence[Edit], input_ids: Tensor) -> None:
             probe = e.input_probe(input_ids)
             if probe is None:
                 break
-            unedited(model, input_ids, probe)
+            unedited(model, input_ids, probe, inputs=inputs)
             e.prepared(probe)
         else:
             raise RuntimeError(f"{e!r} asked for more than {MAX_ROUNDS} unedited passes on one input: its input_probe never returns None")
