@@ -536,7 +536,7 @@ def _gguf_record(gguf: Path) -> dict:
     return record
 
 
-LAYOUT = 2  # of a conversion folder; 2: tied weights stored under their source name (model.embed_tokens.weight)
+LAYOUT = 3  # of a conversion folder; 3: a tied weight stored under both its names
 
 
 def converted_dir(gguf: Path) -> Path:
@@ -601,17 +601,17 @@ def _dequantise(gguf: Path, architecture: str):
 
 
 def _save(model, tokenizer, folder: Path) -> None:
-    """Weights as ``save_pretrained`` lays them out: a tied weight once, under its source's name.
+    """Every weight under its own name, a tied one under both (``model.embed_tokens.weight`` and ``lm_head.weight``).
 
-    (safetensors' ``save_model`` keeps the alphabetically first name of a shared tensor,
-    ``lm_head.weight``, and the model then loads only through transformers' reverse tying.)
+    A tied checkpoint stored once loads only through transformers' tie mapping, and a CI run once
+    loaded one with that mapping empty (the other name reported MISSING, the layer left random).
+    Stored under both names, equal, the model loads whole either way; transformers ties them when
+    its mapping says so (equal values), and the shared tensor is read once (safetensors is mmap'd).
     """
     from safetensors.torch import save_file
 
-    state = model.state_dict()
-    for target in model.all_tied_weights_keys:  # {target: source}, e.g. lm_head.weight -> model.embed_tokens.weight
-        state.pop(target, None)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}  # a tied pair: two tensors
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # save_pretrained refuses a GGUF-dequantised model; we save parts
     (folder / "config.json").write_text(json.dumps(config, indent=1))
