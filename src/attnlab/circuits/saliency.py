@@ -124,20 +124,23 @@ def pair_saliency(
         raise ValueError(f"saliency per position needs pairs of one token length, got lengths {pairs.lengths()}: use pairs of one template")
     names = _resolve(model, points)
     batches = list(pairs.batches(batch_size))
-    sums = {name: [0.0, 0.0] for name in names}
-    diff = 0.0
+    plain: dict[str, Tensor] = {}  # point -> [T], summed over pairs
+    selective: dict[str, Tensor] = {}
+    diffs: list[Tensor] = []  # [B] per batch, from the first point's passes
     for k, name in enumerate(names):
         for clean, _, answer, wrong in batches:
-            seen = []
 
-            def loss(clean=clean, answer=answer, wrong=wrong, seen=seen):
-                seen.append(M.logit_diff(M.logits_of(model, clean, last=True), answer, wrong))  # [B]
-                return seen[-1].sum()  # each prompt's gradient is its own: the batch's sum
+            def loss(clean=clean, answer=answer, wrong=wrong, first=k == 0):
+                d = M.logit_diff(M.logits_of(model, clean, last=True), answer, wrong)  # [B]
+                if first:
+                    diffs.append(d.detach())
+                return d.sum()  # each prompt's gradient is its own: the batch's sum
 
-            plain, sel = normgrad_variants(model, name, loss)  # [B, T] each
-            sums[name] = [sums[name][0] + plain.sum(0), sums[name][1] + sel.sum(0)]
-            diff += float(seen[0].detach().sum()) if k == 0 else 0.0
+            a, b = normgrad_variants(model, name, loss)  # [B, T] each
+            plain[name] = plain.get(name, 0) + a.sum(0)
+            selective[name] = selective.get(name, 0) + b.sum(0)
         if progress:
             progress(f"NormGrad at {name}", k + 1, len(names))
     n = len(pairs)
-    return PairSaliency(names, [(sums[p][0] / n).tolist() for p in names], [(sums[p][1] / n).tolist() for p in names], diff / n)
+    mean = lambda sums: [(sums[p] / n).tolist() for p in names]  # noqa: E731
+    return PairSaliency(names, mean(plain), mean(selective), float(torch.cat(diffs).sum()) / n)
