@@ -61,3 +61,19 @@ def test_bad_layers_and_random_paths_are_refused():
         neuron_paths(model, PAIRS, layers=[1, 5])
     with pytest.raises(ValueError, match="random_paths"):
         neuron_paths(model, PAIRS, random_paths=-1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3", "gpt2"])
+def test_ig_and_saliency_run_on_every_decoder_family(family):
+    import attnlab
+    from attnlab.circuits.saliency import pair_saliency
+    from tests.conftest import tiny_causal_lm
+
+    model = tiny_causal_lm(family).eval()
+    attnlab.hook_points(model)
+    pairs = induction_pairs(2, length=3, vocab_size=model.config.vocab_size, seed=0)
+    r = neuron_paths(model, pairs, layers=[1], steps=2, random_paths=2)
+    assert len(r.paths) == 2 and all(p["path"].startswith("L1N") for p in r.paths)
+    s = pair_saliency(model, pairs)
+    assert len(s.rows) == model.config.num_hidden_layers and all(v >= 0 for row in s.normgrad for v in row)
