@@ -56,31 +56,43 @@ def normgrad(model: nn.Module, point: str, loss: Callable[[], Tensor], *, select
     return sel if selective else plain
 
 
-def normgrad_variants(model: nn.Module, point: str, loss: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+def normgrad_variants(model: nn.Module, point: str | list[str], loss: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
     """Both NormGrad variants from one backward pass: ``(normgrad [B, T], selective [B, T])`` (arguments as :func:`normgrad`).
+
+    Several points (a list) are scored in the same pass: ``[P, B, T]`` each, in their order.
 
     Paper: 10 (NormGrad saliency).
     """
-    if not isinstance(point, str) or point.endswith(".probs") or "*" in point:
-        raise ValueError(f"normgrad reads one hook point with a token axis (e.g. 'layers.3.resid_post'), got {point!r}")
-    seen: list[Tensor] = []
+    points = [point] if isinstance(point, str) else list(point)
+    for p in points:
+        if not isinstance(p, str) or p.endswith(".probs") or "*" in p:
+            raise ValueError(f"normgrad reads one hook point with a token axis (e.g. 'layers.3.resid_post'), got {p!r}")
+    acts: dict[str, list[Tensor]] = {p: [] for p in points}
+    zeros: dict[str, Tensor] = {}
 
-    def keep(x: Tensor, name: str) -> Tensor:
-        seen.append(x.detach().requires_grad_())  # a leaf with the same values: the pass runs on from it, and ∂L/∂a exists
-        return seen[-1]  # even when no parameter or input requires gradients
+    def add_zero(x: Tensor, name: str) -> Tensor:  # ∂L/∂zero = ∂L/∂a, and the pass keeps its graph through every point
+        acts[name].append(x.detach())
+        zeros[name] = torch.zeros_like(x, requires_grad=True)
+        return x + zeros[name]
 
-    with torch.enable_grad(), M.weights_frozen(model), intervene(model, {point: keep}):
+    with torch.enable_grad(), M.weights_frozen(model), intervene(model, dict.fromkeys(points, add_zero)):
         value = loss()
         if not isinstance(value, Tensor) or value.numel() != 1:
             raise ValueError(f"loss must return a scalar tensor, got {type(value).__name__} {getattr(value, 'shape', '')}")
-        if len(seen) != 1:
-            raise ValueError(f"loss must run the model once: {point} was reached {len(seen)} times")
-        (a,) = seen
-        if not value.requires_grad:
-            raise ValueError(f"loss does not depend on {point}: return a value computed from this model's run")
-        (g,) = torch.autograd.grad(value, a)
-    a, g = a.detach().flatten(2), g.flatten(2)  # [B, T, F]
-    return g.norm(dim=-1) * a.norm(dim=-1), (a * g).clamp_min(0).norm(dim=-1)  # [B, T] each
+        for p in points:
+            if len(acts[p]) != 1:
+                raise ValueError(f"loss must run the model once: {p} was reached {len(acts[p])} times")
+        grads = torch.autograd.grad(value, [zeros[p] for p in points], allow_unused=True) if value.requires_grad else [None]
+        for p, g in zip(points, grads):
+            if g is None:
+                raise ValueError(f"loss does not depend on {p}: return a value computed from this model's run")
+    out = []
+    for p, g in zip(points, grads, strict=True):
+        a, g = acts[p][0].flatten(2), g.flatten(2)  # [B, T, F]
+        out.append((g.norm(dim=-1) * a.norm(dim=-1), (a * g).clamp_min(0).norm(dim=-1)))  # [B, T] each
+    if isinstance(point, str):
+        return out[0]
+    return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])  # [P, B, T] each
 
 
 @dataclass
@@ -118,29 +130,24 @@ def pair_saliency(
         >>> model = TinyTransformer(20, dim=16, heads=2, layers=2).eval()
         >>> s = pair_saliency(model, induction_pairs(3, length=4, vocab_size=20))
         >>> s.rows, len(s.normgrad[0])
-        (['layers.0.resid_pre', 'layers.1.resid_pre'], 9)
+        (['layers.0.resid_pre', 'layers.1.resid_pre'], 7)
     """
     if len(pairs.lengths()) > 1:
         raise ValueError(f"saliency per position needs pairs of one token length, got lengths {pairs.lengths()}: use pairs of one template")
     names = _resolve(model, points)
     batches = list(pairs.batches(batch_size))
-    plain: dict[str, Tensor] = {}  # point -> [T], summed over pairs
-    selective: dict[str, Tensor] = {}
-    diffs: list[Tensor] = []  # [B] per batch, from the first point's passes
-    for k, name in enumerate(names):
-        for clean, _, answer, wrong in batches:
+    plain = selective = 0  # [P, T], summed over pairs
+    diffs: list[Tensor] = []  # [B] per batch
+    for b, (clean, _, answer, wrong) in enumerate(batches):
 
-            def loss(clean=clean, answer=answer, wrong=wrong, first=k == 0):
-                d = M.logit_diff(M.logits_of(model, clean, last=True), answer, wrong)  # [B]
-                if first:
-                    diffs.append(d.detach())
-                return d.sum()  # each prompt's gradient is its own: the batch's sum
+        def loss(clean=clean, answer=answer, wrong=wrong):
+            d = M.logit_diff(M.logits_of(model, clean, last=True), answer, wrong)  # [B]
+            diffs.append(d.detach())
+            return d.sum()  # each prompt's gradient is its own: the batch's sum
 
-            a, b = normgrad_variants(model, name, loss)  # [B, T] each
-            plain[name] = plain.get(name, 0) + a.sum(0)
-            selective[name] = selective.get(name, 0) + b.sum(0)
+        a, s = normgrad_variants(model, names, loss)  # [P, B, T] each: every point from one backward pass
+        plain, selective = plain + a.sum(1), selective + s.sum(1)
         if progress:
-            progress(f"NormGrad at {name}", k + 1, len(names))
+            progress("NormGrad, batch of pairs", b + 1, len(batches))
     n = len(pairs)
-    mean = lambda sums: [(sums[p] / n).tolist() for p in names]  # noqa: E731
-    return PairSaliency(names, mean(plain), mean(selective), float(torch.cat(diffs).sum()) / n)
+    return PairSaliency(names, (plain / n).tolist(), (selective / n).tolist(), float(torch.cat(diffs).sum()) / n)
