@@ -10,10 +10,12 @@ GGUF dequantised to float32), the same tokens and the same threads:
 
   - attnlab: ``activation_patching(model, pairs, "layers.*.attn.z", per="head")`` on the
     instrumented model (defaults: each patched pass starts at the patched layer, logits at the
-    last position only, the layer's 9 heads side by side in one pass);
+    last position only, 4 heads side by side in one pass);
   - TransformerLens 4: ``TransformerBridge.boot_transformers(..., hf_model=model)`` with
     ``enable_compatibility_mode(no_processing=True)``, ``run_with_cache`` on the clean tokens,
-    then ``patching.get_act_patch_attn_head_out_all_pos`` (its patching utility);
+    then its patching utility (``patching.generic_activation_patch`` with
+    ``layer_head_vector_patch_setter`` on ``z`` over the chosen heads: what
+    ``get_act_patch_attn_head_out_all_pos`` runs over every head);
   - nnsight: ``LanguageModel(model)``; one trace saves every layer's ``o_proj`` input on the
     clean run, then one trace per head sets that head's slice in the corrupted run.
 
