@@ -99,3 +99,14 @@ def test_circuit_receivers_as_a_list_or_repeated(tiny, tmp_path):
         outs.append(json.loads((tmp_path / f"o{i}" / "results.json").read_text()))
     assert outs[0]["meta"]["settings"]["receivers"] == outs[1]["meta"]["settings"]["receivers"] == ["L1H0", "L1H2"]
     assert outs[0]["grid"] == outs[1]["grid"]
+
+
+@pytest.mark.slow
+def test_circuit_ig_over_some_layers_labels_the_report_with_those_layers(tiny, tmp_path):
+    out = tmp_path / "out"
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--pairs", 1, "--method", "ig", "--layers", "1", "--steps", 2, "--out", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["grid_rows"] == ["layers.1"] and data["meta"]["paths"][0]["path"].startswith("L1N")
+    page = (out / "report.html").read_text()
+    assert '"cells":[{"layer":1,"pair":0' in page  # the searched layer, not row 0

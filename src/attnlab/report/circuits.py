@@ -71,7 +71,7 @@ def _grid_figure(result, name: str, title: str, meaning: str, unit: str, domain:
     top = max([abs(v) for v in values] + [domain or 1e-12])
     return figures.heatmap(
         name, title, result.grid, meaning=meaning, unit=unit, domain=(-top, top), label=unit, axes=(y, x), caption=caption,
-        rows=rows if y != "layer" else None, columns=columns if x == "receiver" else None, diverging=True,
+        rows=rows if y != "layer" or rows != list(range(len(rows))) else None, columns=columns if x == "receiver" else None, diverging=True,
     )  # fmt: skip
 
 
@@ -123,14 +123,14 @@ def _ig_sections(r: Report, s, result, meaning: str) -> None:
     s.add(Text(items=[f"pair {p['pair']}: {p['path']}" for p in paths]))
     sec = r.section("Neuron paths", "grid")
     sec.add(_grid_figure(result, "ig.attributions", "path neurons' attributions (layer × pair)", meaning, "joint IG of p(answer)", None))
-    bars = [row for p in paths for row in ({"bar": f"pair {p['pair']} path", "value": p["drop"]},
-            {"bar": f"pair {p['pair']} random", "value": sum(p["random_drops"]) / max(len(p["random_drops"]), 1)})]  # fmt: skip
+    bars = [row for p in paths for row in ({"bar": f"P{p['pair']} path", "value": p["drop"]},
+            {"bar": f"P{p['pair']} random", "value": sum(p["random_drops"]) / max(len(p["random_drops"]), 1)})]  # fmt: skip
     n = len(paths[0]["random_drops"]) if paths else 0
     sec.add(
         figures.bars(
             "ig.ablation", "drop of p(answer) when the path is ablated, against random paths", bars, x="bar", x_title="ablated",
             y_title="drop of p(answer)", meaning="p(answer) − p(answer | these neurons zeroed at every position)",
-            caption=f"random: the mean over {n} random paths of the same size (one random neuron in each searched layer)",
+            caption=f"P0, P1, ...: the pairs; random: the mean over {n} random paths of the same size (one random neuron in each searched layer)",
         )
     )  # fmt: skip
     rows = [
