@@ -775,7 +775,11 @@ def circuit(
     ] = None,
     pairs: Annotated[int, typer.Option("--pairs", help="How many built-in pairs (--task).")] = 8,
     method: Annotated[
-        str, typer.Option(help="patch (attn.z per head), path (each head into --receivers), attrib (attribution patching), dla.")
+        str,
+        typer.Option(
+            help="patch (attn.z per head), path (each head into --receivers), attrib (attribution patching), dla, "
+            "ig (neuron paths by integrated gradients, paper 69), saliency (NormGrad per token, paper 10)."
+        ),
     ] = "patch",
     receivers: Annotated[
         list[str] | None,
@@ -787,6 +791,10 @@ def circuit(
         str, typer.Option(help="For patch and attrib: head (attn.z, layer × head) or position (resid_pre, layer × position).")
     ] = "head",
     batch_size: Annotated[int, typer.Option(help="Pairs per forward pass.")] = 8,
+    layers: Annotated[
+        str, typer.Option(help="For --method ig: the layers to search, 'all', a range 26-29 or a list 3,7 (each costs one IG batch).")
+    ] = "all",
+    steps: Annotated[int, typer.Option(help="For --method ig: integration steps m (paper 69: 20).")] = 20,
     figures: _Figures = None,
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-circuit"),
     force: _Force = False,
@@ -794,7 +802,8 @@ def circuit(
     dtype: _Dtype = "float32",
     device_map: _DeviceMap = None,
 ):
-    """Find the heads that carry a model's answer: activation/path/attribution patching or direct logit attribution.
+    """Find the heads that carry a model's answer: activation/path/attribution patching or direct logit attribution;
+    the MLP neurons (integrated gradients) or the tokens (NormGrad saliency) it depends on.
 
     Writes results.json and report.html. Example: attnlab circuit --task ioi --method patch --out ioi-heads
     """
@@ -812,6 +821,11 @@ def circuit(
         raise ValueError(f"--per {per} applies to --method patch and attrib; --method {method} is per head: leave --per out")
     if prompts is not None and not prompts.is_file():
         raise ValueError(f"--prompts {prompts} is not a file: give a JSONL file of prompt pairs")
+    if method != "ig" and (layers != "all" or steps != 20):
+        raise ValueError(f"--layers and --steps apply to --method ig; --method {method} takes neither: leave them out")
+    if steps < 1:
+        raise ValueError(f"--steps is the number of integration points, a positive int (paper 69: 20), got {steps}")
+    searched = _layer_list(layers)
     formats = _figure_formats(figures)
     named = _listed(receivers)
     heads = "logits" if named in ([], ["logits"]) else named
@@ -825,13 +839,26 @@ def circuit(
     settings = {"model": model, "prompts": str(prompts) if prompts else None, "task": task, "receivers": heads, "batch_size": batch_size}
     with console.status("running") as status:
         result = run_circuit(
-            m, chosen, method, settings=settings, receivers=heads, per=per, batch_size=batch_size, tokenizer=tok,
+            m, chosen, method, settings=settings, receivers=heads, per=per, batch_size=batch_size, layers=searched, steps=steps, tokenizer=tok,
             progress=lambda what, done, total: status.update(escape(f"{what} ({done}/{total})")),
         )  # fmt: skip
     for key, value in result.meta.get("summary", {}).items():
         _say(f"{key}: {value:.4g}")
     written = _write_outputs(out, result, formats)
     _say(f"wrote {written[0]} and {written[1]} ({result.meta['wall_s']} s)")
+
+
+def _layer_list(text: str) -> list[int] | None:
+    """``--layers``: None for 'all', else the layers of a range ``a-b`` or a list ``a,b``."""
+    if text == "all":
+        return None
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-"))
+            return list(range(lo, hi + 1))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise ValueError(f"--layers takes 'all', a range like 26-29 or a list like 3,7, got {text!r}") from e
 
 
 def _header(model, tokenizer) -> None:

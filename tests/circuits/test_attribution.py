@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import attnlab
 from attnlab.circuits import activation_patching, agreement, attribution_patching
 from tests.circuits._models import model as make_model
 from tests.circuits._models import pairs as make_pairs
@@ -43,3 +44,21 @@ def test_agreement_refuses_results_over_different_units():
     layers = activation_patching(model, p, "layers.0.attn.z", per="layer")
     with pytest.raises(ValueError, match="run both methods on the same points"):
         agreement(heads, layers)
+
+
+def test_attribution_runs_with_the_weights_frozen_and_gives_their_flags_back():
+    model, p = make_model("tiny"), make_pairs(3)
+    before = attribution_patching(model, p, "layers.1.attn.z")
+    model.layers[0].norm1.weight.requires_grad_(False)  # a mix of flags, each given back as it was
+    flags = [q.requires_grad for q in model.parameters()]
+    seen = []
+
+    def spy(x, name):
+        seen.append(any(q.requires_grad for q in model.parameters()))
+        return x
+
+    with attnlab.intervene(model, {"layers.0.resid_post": spy}):
+        after = attribution_patching(model, p, "layers.1.attn.z")
+    assert seen[0::2] == [True] and seen[1::2] == [False]  # source pass (no_grad), then the target pass: no weight requires grad
+    assert [q.requires_grad for q in model.parameters()] == flags
+    torch.testing.assert_close(torch.tensor(after.grid), torch.tensor(before.grid), rtol=0, atol=0)

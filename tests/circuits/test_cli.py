@@ -25,18 +25,26 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["patch", "path", "attrib", "dla"])
+@pytest.mark.parametrize("method", ["patch", "path", "attrib", "dla", "saliency", "ig"])
 def test_circuit_writes_a_results_json_a_report_can_draw(tiny, tmp_path, method):
     out = tmp_path / "out"
-    r = cli("circuit", "--model", tiny, "--task", "induction", "--pairs", 3, "--method", method, "--out", out)
+    steps = ["--steps", 4] if method == "ig" else []  # 4 integration points: a quick run
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--pairs", 3, "--method", method, *steps, "--out", out)
     assert r.exit_code == 0, r.output
     data = json.loads((out / "results.json").read_text())
     assert data["meta"]["kind"] == "circuit" and data["meta"]["settings"]["method"] == method
-    assert data["grid_axes"] == ["layer", "head"] and len(data["grid"]) == 2 and len(data["grid"][0]) == 4
+    width = {"ig": 3, "saliency": 20}.get(method, 4)  # pairs; 2 × 10 induction tokens; heads
+    axes = {"ig": ["layer", "pair"], "saliency": ["layer", "position"]}.get(method, ["layer", "head"])
+    assert data["grid_axes"] == axes and len(data["grid"]) == 2 and len(data["grid"][0]) == width
     loaded = results.load(out / "results.json")
     assert len(loaded.to_pandas()) == len(data["table"])
     if method == "attrib":
         assert set(data["meta"]["agreement"]) >= {"pearson", "spearman", "top_k_overlap"}
+    if method == "ig":
+        assert len(data["meta"]["paths"]) == 3 and len(data["meta"]["paths"][0]["random_drops"]) == 20
+        assert data["meta"]["settings"]["steps"] == 4 and set(data["meta"]["summary"]) == {"p_target", "path_drop", "random_drop", "ig_sum"}
+    if method == "saliency":
+        assert len(data["meta"]["selective_grid"]) == 2 and {"normgrad", "selective"} <= set(data["table"][0])
     page = (out / "report.html").read_text()
     assert page.startswith("<!doctype html>") and "<title>Circuit: " in page and "on induction (3 pairs)" in page
     again = cli("circuit", "--model", tiny, "--task", "induction", "--method", method, "--out", out)
@@ -54,10 +62,17 @@ def test_circuit_reads_a_pairs_file_and_refuses_bad_ones_without_a_traceback(tin
     assert r.exit_code != 0 and "is 2 tokens ['c', 'c']" in r.output and "Traceback" not in r.output
     r = cli("circuit", "--model", tiny, "--out", tmp_path / "o3")
     assert r.exit_code != 0 and "exactly one of --prompts" in r.output
-    r = cli("circuit", "--model", tiny, "--task", "ioi", "--method", "saliency", "--out", tmp_path / "o4")
-    assert r.exit_code != 0 and "unknown --method 'saliency'" in r.output
+    r = cli("circuit", "--model", tiny, "--task", "ioi", "--method", "nope", "--out", tmp_path / "o4")
+    assert r.exit_code != 0 and "unknown --method 'nope'" in r.output
     r = cli("circuit", "--model", tiny, "--task", "induction", "--method", "path", "--receivers", "L7H0", "--out", tmp_path / "o5")
     assert r.exit_code != 0 and "does not exist: the model has layers 0..1" in r.output
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--method", "patch", "--steps", 5, "--out", tmp_path / "o6")
+    assert r.exit_code != 0 and "--layers and --steps apply to --method ig" in r.output
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--method", "ig", "--layers", "x-1", "--out", tmp_path / "o7")
+    assert r.exit_code != 0 and "--layers takes 'all', a range like 26-29" in r.output
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--method", "ig", "--layers", "1-4", "--out", tmp_path / "o8")
+    assert r.exit_code != 0 and "layers [2, 3, 4] do not exist: the model has layers 0..1" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o8").exists()  # nothing half-written
 
 
 @pytest.mark.slow
@@ -84,3 +99,14 @@ def test_circuit_receivers_as_a_list_or_repeated(tiny, tmp_path):
         outs.append(json.loads((tmp_path / f"o{i}" / "results.json").read_text()))
     assert outs[0]["meta"]["settings"]["receivers"] == outs[1]["meta"]["settings"]["receivers"] == ["L1H0", "L1H2"]
     assert outs[0]["grid"] == outs[1]["grid"]
+
+
+@pytest.mark.slow
+def test_circuit_ig_over_some_layers_labels_the_report_with_those_layers(tiny, tmp_path):
+    out = tmp_path / "out"
+    r = cli("circuit", "--model", tiny, "--task", "induction", "--pairs", 1, "--method", "ig", "--layers", "1", "--steps", 2, "--out", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["grid_rows"] == ["layers.1"] and data["meta"]["paths"][0]["path"].startswith("L1N")
+    page = (out / "report.html").read_text()
+    assert '"cells":[{"layer":1,"pair":0' in page  # the searched layer, not row 0

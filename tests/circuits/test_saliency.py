@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import attnlab
-from attnlab.circuits.saliency import normgrad
+from attnlab.circuits.saliency import normgrad, pair_saliency
 from attnlab.models.tiny import TinyTransformer
 
 IDS = torch.tensor([[3, 1, 4, 1, 5, 9, 2]])
@@ -76,3 +76,47 @@ def test_normgrad_needs_no_parameter_gradients(selective):
     assert torch.equal(normgrad(model, "layers.1.resid_pre", _loss(model), selective=selective), with_grads)
     with pytest.raises(ValueError, match=r"loss does not depend on layers\.1\.resid_pre"):
         normgrad(model, "layers.1.resid_pre", lambda: (model(IDS), torch.tensor(1.0))[1])
+
+
+def _by_hand(model, pairs, point: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both variants of each pair alone, from autograd on the logit difference, then the mean over pairs: ``[T]`` each."""
+    plain, selective = [], []
+    for clean, answer, wrong in zip(pairs.clean, pairs.answer, pairs.wrong, strict=True):
+        seen = {}
+
+        def keep(x, name, seen=seen):
+            seen["a"] = x
+            return x
+
+        with attnlab.intervene(model, {point: keep}):
+            logits = model(clean[None])[0, -1]  # [V]
+            (g,) = torch.autograd.grad(logits[answer] - logits[wrong], seen["a"])
+        a = seen["a"].detach()[0]  # [T, C]
+        plain.append(g[0].norm(dim=-1) * a.norm(dim=-1))
+        selective.append((a * g[0]).clamp_min(0).norm(dim=-1))
+    return torch.stack(plain).mean(0), torch.stack(selective).mean(0)
+
+
+def test_pair_saliency_is_each_pairs_normgrad_of_the_logit_difference_averaged():
+    from attnlab.circuits.pairs import induction_pairs
+
+    model = _model()
+    pairs = induction_pairs(5, length=4, vocab_size=11, seed=1)
+    s = pair_saliency(model, pairs, batch_size=2)  # batches of 2, 2 and 1: each prompt's gradient is its own
+    assert s.rows == ["layers.0.resid_pre", "layers.1.resid_pre"]
+    for i, point in enumerate(s.rows):
+        plain, selective = _by_hand(model, pairs, point)
+        assert torch.allclose(torch.tensor(s.normgrad[i], dtype=torch.float64), plain, atol=1e-10, rtol=0)
+        assert torch.allclose(torch.tensor(s.selective[i], dtype=torch.float64), selective, atol=1e-10, rtol=0)
+    with torch.no_grad():
+        logits = model(torch.stack(pairs.clean))[:, -1]  # [N, V]
+    rows = torch.arange(len(pairs))
+    assert abs(s.logit_diff - float((logits[rows, pairs.answer] - logits[rows, pairs.wrong]).mean())) < 1e-10
+
+
+def test_pair_saliency_needs_one_token_length():
+    from attnlab.circuits.pairs import from_ids
+
+    pairs = from_ids([[1, 2, 3], [1, 2, 3, 4]], [[4, 2, 3], [4, 2, 3, 4]], [5, 6], [7, 8])
+    with pytest.raises(ValueError, match=r"one token length, got lengths \[3, 4\]"):
+        pair_saliency(_model(), pairs)

@@ -60,7 +60,7 @@ def attribution_patching(
         with torch.no_grad(), capture(model, names) as source:
             source_sum += float(fn(M.logits_of(model, source_ids, last=last), answer, wrong).sum())
         target, zeros, add_zero = _zeros()
-        with torch.enable_grad(), intervene(model, dict.fromkeys(names, add_zero)):
+        with torch.enable_grad(), M.weights_frozen(model), intervene(model, dict.fromkeys(names, add_zero)):
             value = fn(M.logits_of(model, target_ids, last=last), answer, wrong).sum()
             grads = dict(zip(zeros, torch.autograd.grad(value, list(zeros.values()), allow_unused=True), strict=True))
         for p, g in grads.items():

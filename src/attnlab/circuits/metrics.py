@@ -12,12 +12,13 @@ read at the last position); a user function has the same signature and may ignor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["METRICS", "Metric", "answer_prob", "last_only", "logit_diff", "logits_of", "normalised", "resolve"]
+__all__ = ["METRICS", "Metric", "answer_prob", "last_only", "logit_diff", "logits_of", "normalised", "resolve", "weights_frozen"]
 
 Metric = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -84,3 +85,21 @@ def logits_of(model: nn.Module, ids: Tensor, *, last: bool = False) -> Tensor:
     if logits is None:
         raise ValueError(f"{type(model).__name__} returns no logits: circuits need a causal LM (an encoder has no next-token answer)")
     return logits
+
+
+@contextmanager
+def weights_frozen(model: nn.Module) -> Iterator[None]:
+    """Inside the block no parameter of ``model`` requires gradients (each one's flag is restored on exit).
+
+    A backward pass for an activation's gradient then keeps no layer inputs for weight gradients
+    that nobody asks for: on SmolLM2 with 8 IOI pairs, attribution patching's peak RSS added
+    drops from 196 to 160 MB (bench/results/circuits.md).
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from attnlab.circuits.metrics import weights_frozen
+
 __all__ = ["NeuronPath", "ablate_neurons", "down_projection", "layer_ig", "neuron_path", "path_ig", "replace_neurons", "target_prob"]
 
 
@@ -134,7 +136,7 @@ def _joint_ig(model: nn.Module, ids: Tensor, target: int, chosen: Mapping[int, T
     for layer in chosen:
         a = acts[layer][:, idx[layer].to(acts[layer].device)].float()  # [T, k]
         leaves[layer] = (alpha.to(a.device)[:, None, None] * a).requires_grad_()  # [m, T, k]
-    with torch.enable_grad(), replace_neurons(model, {layer: scaled(layer) for layer in chosen}):
+    with torch.enable_grad(), weights_frozen(model), replace_neurons(model, {layer: scaled(layer) for layer in chosen}):
         f = target_prob(model, ids.expand(steps, -1).to(device), target)  # [m]
         grads = torch.autograd.grad(f.sum(), [leaves[layer] for layer in chosen])
     return {
@@ -190,7 +192,14 @@ class NeuronPath:
 
 
 def neuron_path(
-    model: nn.Module, ids: Tensor, target: int, *, layers: list[int] | None = None, steps: int = 20, candidates: int = 4
+    model: nn.Module,
+    ids: Tensor,
+    target: int,
+    *,
+    layers: list[int] | None = None,
+    steps: int = 20,
+    candidates: int = 4,
+    progress: Callable[[int, int], None] | None = None,
 ) -> NeuronPath:
     """The greedy layer-progressive neuron path of ``p(target)``: one neuron per layer, chosen by joint IG.
 
@@ -205,6 +214,7 @@ def neuron_path(
         candidates: at each layer, how many of the best-ranked neurons (IG with the whole layer
             scaled jointly with the path so far) are scored by their exact joint IG with the path;
             1 keeps the best-ranked one.
+        progress: called as ``progress(done, total)`` after each searched layer.
     """
     from attnlab.models import hf
     from attnlab.models.tiny import TinyTransformer
@@ -214,13 +224,15 @@ def neuron_path(
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise ValueError(f"candidates is how many neurons per layer get an exact joint IG, a positive int, got {candidates=}")
     path: dict[int, int] = {}
-    for layer in layers:
+    for done, layer in enumerate(layers, 1):
         fixed = {lay: torch.tensor([x]) for lay, x in path.items()}
         ranked = _joint_ig(model, ids, target, {**fixed, layer: None}, steps)[layer]  # [I]
         top = ranked.topk(min(candidates, ranked.numel())).indices.tolist()
         if len(top) == 1:
             path[layer] = top[0]
-            continue
-        joint = [float(path_ig(model, ids, target, {**path, layer: c}, steps=steps).sum()) for c in top]
-        path[layer] = top[max(range(len(top)), key=joint.__getitem__)]
+        else:
+            joint = [float(path_ig(model, ids, target, {**path, layer: c}, steps=steps).sum()) for c in top]
+            path[layer] = top[max(range(len(top)), key=joint.__getitem__)]
+        if progress:
+            progress(done, len(layers))
     return NeuronPath(path, path_ig(model, ids, target, path, steps=steps))

@@ -141,7 +141,7 @@ def activation_patching(
     direction: str = "denoise",
     metric: str | M.Metric = "logit_diff",
     batch_size: int = 8,
-    units_per_pass: int = 16,
+    units_per_pass: int = 4,
     progress: Progress | None = None,
 ) -> PatchResult:
     """Patch every unit of ``points`` from one run into the other and score it (module docstring).

@@ -10,14 +10,16 @@ from torch import nn
 from attnlab.circuits import pairs as P
 from attnlab.circuits.attribution import attribution_patching
 from attnlab.circuits.dla import direct_logit_attribution
+from attnlab.circuits.neuron_paths import RANDOM_PATHS, neuron_paths
 from attnlab.circuits.pairs import Pairs
 from attnlab.circuits.patching import PatchResult, activation_patching
 from attnlab.circuits.path import path_patching_sweep
+from attnlab.circuits.saliency import pair_saliency
 from attnlab.results import CircuitResult, make_meta, model_meta
 
 __all__ = ["METHODS", "PER", "TASKS", "pair_records", "run_circuit", "task_pairs"]
 
-METHODS = ("patch", "path", "attrib", "dla")
+METHODS = ("patch", "path", "attrib", "dla", "ig", "saliency")
 PER = {"head": "layers.*.attn.z", "position": "layers.*.resid_pre"}  # what patch and attrib patch, per unit
 TASKS = ("ioi", "induction", "colored_objects", "multiple_choice")
 
@@ -69,6 +71,23 @@ def _by_receiver(model, pairs: Pairs, receivers: list[str], kw: dict):
     return table, grid, ["sender", "receiver"], [f"L{sl}H{sh}" for sl, sh in senders], {"summary": summary}
 
 
+def _ig(model, pairs: Pairs, layers: list[int] | None, steps: int, progress):
+    """Each pair's neuron path: per-layer attributions as a ``[layer, pair]`` grid, the paths and their ablation in ``meta``."""
+    r = neuron_paths(model, pairs, layers=layers, steps=steps, progress=progress)
+    return r.table, r.grid, ["layer", "pair"], [f"layers.{i}" for i in r.layers], {"summary": r.summary(), "paths": r.paths}
+
+
+def _saliency(model, pairs: Pairs, batch_size: int, progress):
+    """NormGrad of each token at each layer's ``resid_pre``: the ``[layer, position]`` grid, the selective variant's in ``meta``."""
+    s = pair_saliency(model, pairs, PER["position"], batch_size=batch_size, progress=progress)
+    table = [
+        {"point": p, "layer": i, "position": t, "normgrad": a, "selective": b}
+        for i, p in enumerate(s.rows)
+        for t, (a, b) in enumerate(zip(s.normgrad[i], s.selective[i], strict=True))
+    ]
+    return table, s.normgrad, ["layer", "position"], s.rows, {"summary": {"logit_diff": s.logit_diff}, "selective_grid": s.selective}
+
+
 def run_circuit(
     model: nn.Module,
     pairs: Pairs,
@@ -78,6 +97,8 @@ def run_circuit(
     receivers: list[str] | str = "logits",
     per: str = "head",
     batch_size: int = 8,
+    layers: list[int] | None = None,
+    steps: int = 20,
     tokenizer=None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CircuitResult:
@@ -86,12 +107,14 @@ def run_circuit(
     Methods: ``patch`` (activation patching of ``attn.z`` per head, or of ``resid_pre`` per
     position: ``per``), ``path`` (each head into ``receivers`` together; several receivers: into
     each alone, a senders × receivers grid), ``attrib`` (attribution patching as ``patch``, with its
-    agreement with it), ``dla``.
+    agreement with it), ``dla``, ``ig`` (paper 69: each clean prompt's neuron path over ``layers``
+    with ``steps`` integration points, ablated against 20 random paths: :mod:`attnlab.circuits.neuron_paths`)
+    and ``saliency`` (paper 10: NormGrad of each token at each layer's ``resid_pre``, both variants).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if per not in PER or (per != "head" and method not in ("patch", "attrib")):
-        raise ValueError(f"per={per!r}: patch and attrib take per='head' or 'position', path and dla per='head' only")
+        raise ValueError(f"per={per!r}: patch and attrib take per='head' or 'position', the other methods take per='head' only")
     start = time.perf_counter()
     kw = {"batch_size": batch_size, "progress": progress}
     if method == "patch":
@@ -106,6 +129,10 @@ def run_circuit(
         estimate = attribution_patching(model, pairs, PER[per], per=per, **kw)
         exact = activation_patching(model, pairs, PER[per], per=per, **kw)
         out = _patch_result(estimate, ["layer", per], {"agreement": agreement(estimate, exact)})
+    elif method == "ig":
+        out = _ig(model, pairs, layers, steps, progress)
+    elif method == "saliency":
+        out = _saliency(model, pairs, batch_size, progress)
     else:
         d = direct_logit_attribution(model, pairs, batch_size=batch_size)
         summary = {"logit_diff": float(d.logit_diff.mean()), "terms_sum": float(d.values.sum(1).mean())}
@@ -119,7 +146,9 @@ def run_circuit(
     table, grid, axes, rows, extra = out
     meta = make_meta(
         "circuit",
-        settings={**settings, "method": method, "per": per, "pairs": len(pairs)} | ({"receivers": receivers} if method == "path" else {}),
+        settings={**settings, "method": method, "per": per, "pairs": len(pairs)}
+        | ({"receivers": receivers} if method == "path" else {})
+        | ({"layers": layers or "all", "steps": steps, "random_paths": RANDOM_PATHS} if method == "ig" else {}),
         model=model_meta(model),
         wall_s=time.perf_counter() - start,
         pairs=pair_records(pairs, tokenizer),

@@ -1,13 +1,16 @@
 """A circuit result's report: the method's grid as a diverging heatmap, the top components in words, the pairs and settings.
 
-Paper: 5 (Circuit component reuse) and 57 (Circuit analysis at scale).
+Paper: 5 (Circuit component reuse), 57 (Circuit analysis at scale), 69 (Influential neuron path) and 10 (NormGrad saliency).
 
 One page per method (:mod:`attnlab.circuits`): activation patching (``patch``) and attribution
 patching (``attrib``) draw the layer × head (or layer × position) grid of normalised scores,
 attribution patching with its agreement with activation patching; path patching (``path``) the
 senders × receivers grid; direct logit attribution (``dla``) each head's term, the terms per
-layer, and their sum against the model's logit difference. Scores and terms are signed, so every
-heatmap is drawn on a blue–orange scale centred at 0.
+layer, and their sum against the model's logit difference; integrated gradients (``ig``, paper 69)
+each pair's neuron path, its per-layer attributions (layer × pair) and the drop of p(answer) when
+it is ablated against random paths of the same size; NormGrad saliency (``saliency``, paper 10)
+each token's score at each layer, both variants. Scores, terms and attributions are signed, so
+those heatmaps are drawn on a blue–orange scale centred at 0; NormGrad is not negative (viridis).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ METHODS = {
     "attrib": ("attribution patching", f"first-order estimate of the {RESTORED} when this unit is taken from the clean run"),
     "path": ("path patching", f"{RESTORED} when only this sender's path into the receiver comes from the clean run"),
     "dla": ("direct logit attribution", "this head's direct share of logit[answer] − logit[wrong] (clean prompts, last position)"),
+    "ig": ("integrated gradients neuron paths", "joint integrated gradients of this layer's path neuron for p(answer) on the clean prompt"),
+    "saliency": ("NormGrad saliency", "‖∂(logit[answer] − logit[wrong])/∂a‖ · ‖a‖ of this token's resid_pre, mean over pairs"),
 }
+SELECTIVE = "‖max(0, a ⊙ ∂(logit[answer] − logit[wrong])/∂a)‖ of this token's resid_pre, mean over pairs"
 
 
 def _finite(v) -> bool:
@@ -65,12 +71,21 @@ def _grid_figure(result, name: str, title: str, meaning: str, unit: str, domain:
     top = max([abs(v) for v in values] + [domain or 1e-12])
     return figures.heatmap(
         name, title, result.grid, meaning=meaning, unit=unit, domain=(-top, top), label=unit, axes=(y, x), caption=caption,
-        rows=rows if y != "layer" else None, columns=columns if x == "receiver" else None, diverging=True,
+        rows=rows if y != "layer" or rows != list(range(len(rows))) else None, columns=columns if x == "receiver" else None, diverging=True,
     )  # fmt: skip
 
 
 def _summary(result, method: str) -> list[str]:
     s = result.meta.get("summary", {})
+    if method == "ig":
+        return [
+            f"p(answer) on the clean prompts, mean over pairs: {_fmt(s.get('p_target'))}",
+            f"its drop when each pair's neuron path is ablated (neurons zeroed at every position): {_fmt(s.get('path_drop'))}; "
+            f"when a random path of the same size is: {_fmt(s.get('random_drop'))}",
+            f"the paths' joint integrated gradients sum to {_fmt(s.get('ig_sum'))} (completeness: ≈ the path's drop)",
+        ]
+    if method == "saliency":
+        return [f"explained: logit[answer] − logit[wrong] on the clean prompts, mean over pairs: {_fmt(s.get('logit_diff'))}"]
     if method == "dla":
         ld, total = s.get("logit_diff"), s.get("terms_sum")
         gap = abs(total - ld) if _finite(ld) and _finite(total) else math.nan
@@ -102,6 +117,43 @@ def _provenance(meta: dict) -> list[str]:
     return [line + (f", transformers {v['transformers']}" if v.get("transformers") else ""), *weights_line(m)]
 
 
+def _ig_sections(r: Report, s, result, meaning: str) -> None:
+    paths = result.meta.get("paths") or []
+    s.add(Text("Each pair's neuron path (one MLP neuron per searched layer):"))
+    s.add(Text(items=[f"pair {p['pair']}: {p['path']}" for p in paths]))
+    sec = r.section("Neuron paths", "grid")
+    sec.add(_grid_figure(result, "ig.attributions", "path neurons' attributions (layer × pair)", meaning, "joint IG of p(answer)", None))
+    bars = [row for p in paths for row in ({"bar": f"P{p['pair']} path", "value": p["drop"]},
+            {"bar": f"P{p['pair']} random", "value": sum(p["random_drops"]) / max(len(p["random_drops"]), 1)})]  # fmt: skip
+    n = len(paths[0]["random_drops"]) if paths else 0
+    sec.add(
+        figures.bars(
+            "ig.ablation", "drop of p(answer) when the path is ablated, against random paths", bars, x="bar", x_title="ablated",
+            y_title="drop of p(answer)", meaning="p(answer) − p(answer | these neurons zeroed at every position)",
+            caption=f"P0, P1, ...: the pairs; random: the mean over {n} random paths of the same size (one random neuron in each searched layer)",
+        )
+    )  # fmt: skip
+    rows = [
+        [p["pair"], p["path"], _fmt(p["p_target"]), _fmt(p["drop"]), _fmt(p["ig_sum"]), _fmt(max(p["random_drops"], default=math.nan)),
+         "yes" if p["beats_random"] else "no"]
+        for p in paths
+    ]  # fmt: skip
+    sec.add(Table(rows, ["pair", "path", "p(answer)", "path drop", "IG sum", "largest random drop", "beats every random path"]))
+
+
+def _saliency_sections(r: Report, s, result, meaning: str) -> None:
+    rows, columns = _labels(result)
+    s.add(Text(f"Top {TOP_K} tokens by NormGrad (layer, position: score):"), Text(items=_top(result, rows, columns)))
+    sec = r.section("NormGrad saliency", "grid")
+    unit = "NormGrad"
+    sec.add(figures.heatmap("saliency.normgrad", "NormGrad (layer × position)", result.grid, meaning=meaning, unit=unit,
+                            label=unit, axes=("layer", "position")))  # fmt: skip
+    selective = result.meta.get("selective_grid")
+    if selective:
+        sec.add(figures.heatmap("saliency.selective", "selective NormGrad (layer × position)", selective, meaning=SELECTIVE,
+                                unit="selective NormGrad", label="selective NormGrad", axes=("layer", "position")))  # fmt: skip
+
+
 def build(result) -> Report:
     """The :class:`~attnlab.report.page.Report` of an :class:`attnlab.results.CircuitResult`."""
     meta, settings = result.meta, result.meta["settings"]
@@ -112,7 +164,11 @@ def build(result) -> Report:
     s = r.section("Summary", "summary").add(Text(items=_summary(result, method)))
     rows, columns = _labels(result)
     y, x = result.grid_axes
-    if method == "dla":
+    if method == "ig":
+        _ig_sections(r, s, result, meaning)
+    elif method == "saliency":
+        _saliency_sections(r, s, result, meaning)
+    elif method == "dla":
         s.add(Text(f"Top {TOP_K} heads by the size of their term (logit difference):"), Text(items=_top(result, rows, columns)))
         sec = r.section("Direct logit attribution", "grid")
         sec.add(_grid_figure(result, "dla.heads", "each head's term (layer × head)", meaning, "logit difference", None))
