@@ -41,7 +41,7 @@ def astar_retention(maps: Tensor, previous: Tensor, threshold: float = 0.5) -> T
     """How much of each concept's previous region its map has lost: ``Σ_i 1 − IoU(A_i, B_i)``.
 
     Paper: 18, A-STAR retention loss: ``B_i`` is the previous step's map binarised at
-    ``threshold × max``, ``IoU(A, B) = Σ min(A, B) / Σ max(A, B)`` on maps scaled to max 1, so a
+    ``threshold × max``, ``IoU(A, B) = Σ min(A, B) / Σ max(A, B)`` on maps scaled to a maximum of one, so a
     concept keeps the pixels it held at earlier denoising steps.
 
     Args:

@@ -13,7 +13,7 @@ def attencraft_masks(cross: Tensor, self_attn: Tensor, margin: float = 0.1, powe
     """Each pixel's concept, from squared cross-attention maps refined by the self-attention affinity.
 
     Paper: 30, AttenCraft: ``R_i = S^power · A_i²`` (``S`` the self-attention matrix, row
-    stochastic, raised to the 4th power by default), each ``R_i`` scaled to max 1; pixel ``p`` goes
+    stochastic, raised to the 4th power by default), each ``R_i`` scaled to a maximum of one; pixel ``p`` goes
     to the concept of largest ``R_i[p]`` if it leads the runner-up by more than ``margin``, else
     to none.
 
