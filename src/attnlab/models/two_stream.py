@@ -15,7 +15,7 @@ bidirectional encoders with learned positions; every attention goes through
 ``layers.{i}.attn`` (instruction self-attention) and ``layers.{i}.cross`` (instruction to grid).
 The stimulus stream never reads the instruction. ``forward`` returns ``[B, T, V]`` logits in the
 input's order (or ``[N, V]`` at ``where``), as :class:`~attnlab.models.tiny.TinyTransformer`
-does, so :func:`attnlab.train.train` trains it on the ``gcog`` task as it is.
+does, so :func:`attnlab.train.train` trains it on the ``gcog_lite`` task as it is.
 """
 
 from __future__ import annotations
