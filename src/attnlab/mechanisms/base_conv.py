@@ -74,8 +74,8 @@ class BaseConv(nn.Module):
         self._check(x)
         state = x.new_zeros(x.shape[0], self.dim, self.kernel)  # [B, C, k] u_t, u_{t−1}, …
         outs = []
-        for t in range(x.shape[1]):
-            state = torch.cat([x[:, t, :, None], state[..., :-1]], dim=-1)
+        for x_t in x.unbind(1):  # unbind, not indexing: its backward is one stack
+            state = torch.cat([x_t[..., None], state[..., :-1]], dim=-1)
             outs.append((state * self.filter).sum(-1))  # [B, C]
         return self._out(x, torch.stack(outs, dim=1))
 

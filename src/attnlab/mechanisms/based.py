@@ -12,7 +12,8 @@ outputs are added and projected. ``1 + s + s²/2 > 0`` for every ``s``, so the n
 ``Σ_{s≤t} φ(q_t)·φ(k_s)`` is positive.
 
 The linear part has DSF's two forms (as :mod:`attnlab.mechanisms.linear`): the parallel causal
-``T×T`` matrix, and the recurrent ``[1 + d + d², D + 1]`` state per head, ``chunk`` tokens a step.
+``T×T`` matrix, and the recurrent ``[1 + d + d², D + 1]`` state per head carried ``chunk`` tokens
+a step, each step mapping only its own chunk to features.
 The window part is :func:`attnlab.core.attend` with ``masks.sliding_window(window)`` (an
 attention site; the blocked backend computes only the band, O(T·window)) in both forms.
 """
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from attnlab.core import Site, attend
 from attnlab.core import masks as M
 from attnlab.mechanisms import register
-from attnlab.mechanisms.linear import causal_linear, check_options
+from attnlab.mechanisms.linear import check_options
 
 __all__ = ["Based", "taylor_features"]
 
@@ -97,18 +98,34 @@ class Based(nn.Module):
         return self._out(torch.matmul(a, v), x)
 
     def recurrent(self, x: Tensor) -> Tensor:
-        """The linear part as the DSF state ``h_t = h_{t−1} + φ(k_t) [v_t, 1]ᵀ``, ``chunk`` tokens a step."""
-        q, k, v = self._features(x)
-        return self._out(causal_linear(q, k, v, self.chunk), x)
+        """The linear part as the DSF state ``h_t = h_{t−1} + φ(k_t) [v_t, 1]ᵀ``, ``chunk`` tokens a step.
+
+        Each step maps only its chunk's ``q, k`` to features, so the ``[T, F]`` features are never
+        held at once (they are 17× wider than ``q`` at ``d = 16``):
+        ``Y_n = φ(Q_n) h_{n−1} + tril(φ(Q_n) φ(K_n)ᵀ) V_n``, ``h_n = h_{n−1} + φ(K_n)ᵀ V_n``.
+        """
+        q, k, v = self._qkv(x)
+        F = 1 + self.feature_dim + self.feature_dim**2
+        h = v.new_zeros(*v.shape[:2], F, v.shape[-1])  # [B, H, F, D + 1]
+        ys = []
+        for qn, kn, vn in zip(q.split(self.chunk, 2), k.split(self.chunk, 2), v.split(self.chunk, 2)):
+            qn, kn = taylor_features(qn), taylor_features(kn)  # [B, H, c, F]
+            ys.append(torch.matmul(qn, h) + torch.matmul(torch.matmul(qn, kn.transpose(-1, -2)).tril(), vn))  # [B, H, c, D + 1]
+            h = h + torch.matmul(kn.transpose(-1, -2), vn)
+        return self._out(torch.cat(ys, dim=2), x)
 
     def _features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``φ(q), φ(k)`` ``[B, H, T, F]`` and ``[v, 1]`` ``[B, H, T, D + 1]`` (the last column builds the normaliser)."""
+        """``φ(q), φ(k)`` ``[B, H, T, F]`` and ``[v, 1]`` ``[B, H, T, D + 1]``."""
+        q, k, v = self._qkv(x)
+        return taylor_features(q), taylor_features(k), v
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``q, k`` ``[B, H, T, d]`` and ``[v, 1]`` ``[B, H, T, D + 1]`` (the last column builds the normaliser)."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be [batch, tokens, {self.dim}], got shape {tuple(x.shape)}")
         q, k = rearrange(self.qk(x), "b t (two h d) -> two b h t d", two=2, h=self.heads)  # [B, H, T, d] each
         v = rearrange(self.v(x), "b t (h d) -> b h t d", h=self.heads)  # [B, H, T, D]
-        v = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # [B, H, T, D + 1]
-        return taylor_features(q), taylor_features(k), v
+        return q, k, torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # [B, H, T, D + 1]
 
     def _out(self, y: Tensor, x: Tensor) -> Tensor:
         y = y[..., :-1] / y[..., -1:]  # [B, H, T, D] the linear part, normalised

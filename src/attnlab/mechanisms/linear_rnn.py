@@ -43,8 +43,8 @@ def diagonal_scan_recurrent(lam: Tensor, b: Tensor) -> Tensor:
     Shapes: ``lam, b [B, T, *S]`` -> ``h [B, T, *S]``.
     """
     h, out = torch.zeros_like(b[:, 0]), []
-    for t in range(b.shape[1]):
-        h = lam[:, t] * h + b[:, t]
+    for lam_t, b_t in zip(lam.unbind(1), b.unbind(1)):  # unbind, not indexing: its backward is one stack, not T full-size zeros
+        h = lam_t * h + b_t
         out.append(h)
     return torch.stack(out, dim=1)
 
@@ -70,15 +70,15 @@ def diagonal_scan(lam: Tensor, b: Tensor, chunk: int = 64) -> Tensor:
     lam, b = lam.view(B, -1, c, *S), b.view(B, -1, c, *S)  # [B, N, c, *S]
     h, p = torch.zeros_like(b[:, :, 0]), torch.ones_like(b[:, :, 0])  # [B, N, *S]
     local, decay = [], []
-    for i in range(c):  # every chunk's local scan from zero, all chunks at once
-        h, p = lam[:, :, i] * h + b[:, :, i], p * lam[:, :, i]
+    for lam_i, b_i in zip(lam.unbind(2), b.unbind(2)):  # every chunk's local scan from zero, all chunks at once
+        h, p = lam_i * h + b_i, p * lam_i
         local.append(h)
         decay.append(p)
     local, decay = torch.stack(local, dim=2), torch.stack(decay, dim=2)  # [B, N, c, *S]
     carry, starts = torch.zeros_like(b[:, 0, 0]), []
-    for n in range(local.shape[1]):  # the state entering each chunk
+    for decay_n, local_n in zip(decay[:, :, -1].unbind(1), local[:, :, -1].unbind(1)):  # the state entering each chunk
         starts.append(carry)
-        carry = decay[:, n, -1] * carry + local[:, n, -1]
+        carry = decay_n * carry + local_n
     h = local + decay * torch.stack(starts, dim=1)[:, :, None]  # [B, N, c, *S]
     return h.reshape(B, -1, *S)[:, :T]
 

@@ -41,10 +41,10 @@ def ssd_recurrent(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Ten
     """
     h = x.new_zeros(x.shape[0], x.shape[2], x.shape[3], B.shape[-1])  # [B, H, P, N]
     ys = []
-    for t in range(x.shape[1]):
-        lam = torch.exp(dt[:, t] * A)[..., None, None]  # [B, H, 1, 1]
-        h = lam * h + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None]  # [B, H, P, N]
-        ys.append(torch.einsum("bhpn,bn->bhp", h, C[:, t]))
+    for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):  # unbind: one stack in backward
+        lam = torch.exp(dt_t * A)[..., None, None]  # [B, H, 1, 1]
+        h = lam * h + (dt_t[..., None] * x_t)[..., None] * B_t[:, None, None]  # [B, H, P, N]
+        ys.append(torch.einsum("bhpn,bn->bhp", h, C_t))
     return torch.stack(ys, dim=1)
 
 
@@ -84,9 +84,9 @@ def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int = 64)
     states = torch.einsum("bhnr,bhnrp,bnrs->bhnps", L[..., -1, :], x, B)  # [B, H, N, P, N_state] each chunk's input, at its end
     cum = torch.cumsum(a, dim=-1)  # [B, H, N, c] log of the decay from the chunk's start through token t
     carry, starts = torch.zeros_like(states[:, :, 0]), []
-    for n in range(states.shape[2]):  # the state entering each chunk
+    for decay_n, states_n in zip(torch.exp(cum[..., -1]).unbind(2), states.unbind(2)):  # the state entering each chunk
         starts.append(carry)
-        carry = torch.exp(cum[:, :, n, -1])[..., None, None] * carry + states[:, :, n]
+        carry = decay_n[..., None, None] * carry + states_n
     h0 = torch.stack(starts, dim=2)  # [B, H, N, P, N_state]
     y = y + torch.einsum("bnts,bhnps->bhntp", C, h0) * torch.exp(cum)[..., None]  # the state from earlier chunks
     return rearrange(y, "b h n c p -> b (n c) h p")[:, :T]
