@@ -309,6 +309,7 @@ def peer_cases() -> list[Case]:
                 paper="peer",
                 build=lambda T: Mamba2Mixer(config, layer_idx=0),
                 inputs=tokens,
+                sizes=MIXER_SIZES,
                 peer_of="selective_ssm",
                 note="torch_forward (no mamba_ssm kernels on CPU): chunked SSD, chunk 64, gated RMSNorm",
             )

@@ -10,7 +10,7 @@ a linear projection multiplying a causal depthwise convolution ``(h ∗ u)_t = �
 multiplicative interaction; the filter here is explicit and short (``kernel`` taps), the
 long implicit filter is :mod:`attnlab.mechanisms.hyena`'s.
 
-The parallel form is one depthwise ``conv1d`` over the left-padded sequence; the recurrent
+The parallel form sums ``k`` shifted copies of the left-padded sequence; the recurrent
 form keeps the last ``k`` inputs as its state and takes one dot product per token, as a
 convolution decodes. Both are O(T·k·C).
 """
@@ -63,10 +63,17 @@ class BaseConv(nn.Module):
         return self.parallel(x) if self.form == "parallel" else self.recurrent(x)
 
     def parallel(self, x: Tensor) -> Tensor:
-        """``h ∗ u`` as one depthwise ``conv1d`` over the sequence padded with ``k − 1`` zeros on the left."""
+        """``h ∗ u = Σ_j h_j ⊙ u_{t−j}``: ``k`` shifted copies of the left-padded sequence, weighted and summed, in ``[B, T, C]``.
+
+        (A depthwise ``conv1d`` computes the same; on CPU it ran slower than the ``k`` fused
+        multiply-adds and needs the ``[B, C, T]`` layout.)
+        """
         self._check(x)
-        u = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # [B, C, T + k − 1]
-        conv = F.conv1d(u, self.filter.flip(-1)[:, None], groups=self.dim).transpose(1, 2)  # [B, T, C] (conv1d correlates: flip)
+        k, T = self.kernel, x.shape[1]
+        u = F.pad(x, (0, 0, k - 1, 0))  # [B, T + k − 1, C]
+        conv = u[:, k - 1 : k - 1 + T] * self.filter[:, 0]  # [B, T, C] h_0 u_t
+        for j in range(1, k):
+            conv = torch.addcmul(conv, u[:, k - 1 - j : k - 1 - j + T], self.filter[:, j])  # + h_j u_{t−j}
         return self._out(x, conv)
 
     def recurrent(self, x: Tensor) -> Tensor:
