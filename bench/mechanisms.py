@@ -11,7 +11,14 @@ the same shape sit under the mechanism they are compared with:
 - local-attention ``LocalMHA`` (causal, exact window of 256, no rotary) vs our ``mha`` with
   ``masks.sliding_window(256)`` (the query and the 256 keys before it);
 - routing-transformer ``SelfAttention`` (4 local and 4 k-means heads, shared QK, no relative
-  positions) vs our ``routing`` with the same window and cluster size.
+  positions) vs our ``routing`` with the same window and cluster size;
+- transformers' ``Mamba2Mixer`` (its pure-PyTorch CPU path: the chunked SSD scan, chunk 64;
+  8 heads of 64, state 16, expand 2) vs our ``selective_ssm`` of the same shape.
+
+The sequence mixers beyond attention (issue 22: ``base_conv``, ``based``, ``hyena``,
+``linear_rnn``, ``selective_ssm``, ``tensor_fast``) run at T = 2048, 8192 and 32768
+(``MIXER_SIZES``); ``--only`` measures a few mechanisms (and their peers) by name, e.g.
+``--only base_conv,based,hyena,linear_rnn,selective_ssm,tensor_fast --out mechanisms-mixers``.
 
 How (``bench/harness.py``, shared with ``bench/vision.py``): the fastest of repeated runs
 after a warm-up, peak memory from the resident set's high-water mark; the two times of every
@@ -39,6 +46,7 @@ Checks (the table's last column, and the notes):
 Usage:
     python bench/mechanisms.py            # T = 512, 2048, 8192: bench/results/mechanisms.{md,json}
     python bench/mechanisms.py --quick    # T = 512, 2048, fewer repeats: mechanisms-quick.{md,json}
+    python bench/mechanisms.py --only hyena,based --out mechanisms-mixers   # some rows: mechanisms-mixers.{md,json}
 
 Timings of the many small ops of recurrent forms suffer badly when the CPU is shared; on a busy
 machine pin one thread (``OMP_NUM_THREADS=1``) and compare only ratios from one run.
@@ -73,6 +81,7 @@ from harness import (
 B, DIM, HEADS = 1, 256, 8
 SIZES = (512, 2048, 8192)
 WINDOW = 256  # the sliding window of the mha / local-attention pair
+MIXER_SIZES = (2048, 8192, 32768)  # issue 22's sizes for the sub-quadratic sequence mixers
 
 
 # --- inputs and options ---------------------------------------------------------------------
@@ -143,6 +152,12 @@ SPECIAL = {
     "routing": Special(
         options=routing_options, note="window and cluster size w = 32, 64, 128 (≥ sqrt T), T/w clusters, as routing-transformer's"
     ),
+    "base_conv": Special(sizes=MIXER_SIZES, note="kernel 3"),
+    "based": Special(sizes=MIXER_SIZES, note="parallel: the T×T linear part; feature_dim 16, window 64"),
+    "hyena": Special(sizes=MIXER_SIZES, note="order 2, FFT over 2T points"),
+    "linear_rnn": Special(sizes=MIXER_SIZES, note="chunked scan, chunk 64"),
+    "selective_ssm": Special(sizes=MIXER_SIZES, note="chunked SSD, chunk 64; 8 heads of 64, state 16, expand 2"),
+    "tensor_fast": Special(sizes=MIXER_SIZES, note="non-causal; feature_dim 8, degree 2 (F = 73)"),
 }
 
 
@@ -162,16 +177,20 @@ VARIANTS = {
     "linear": [Variant("linear form=recurrent", lambda T: {"form": "recurrent"}, form="recurrent", note=RECURRENT)],
     "normalized": [Variant("normalized form=recurrent", lambda T: {"form": "recurrent"}, form="recurrent", note=RECURRENT)],
     "mha": [Variant("mha window 256", lambda T: {}, tokens_and_window, note="mask = masks.sliding_window(256), as LocalMHA below")],
+    "based": [
+        Variant("based form=recurrent", lambda T: {"form": "recurrent"}, form="recurrent", note="claims O(T·c·F + T·F·D + T·w·D) recurrent")
+    ],
+    "linear_rnn": [Variant("linear_rnn form=recurrent", lambda T: {"form": "recurrent"}, note="token by token")],
 }
 
 # --- the rows to measure --------------------------------------------------------------------
 
 
-def our_cases() -> list[Case]:
-    """Every non-vision mechanism of the registry, with its special inputs and variants."""
+def our_cases(only: set[str] | None = None) -> list[Case]:
+    """Every non-vision mechanism of the registry (or those named in ``only``), with its special inputs and variants."""
     cases = []
     for entry in mechanisms.available():
-        if entry.layout.startswith("[B, H, W, C]"):
+        if entry.layout.startswith("[B, H, W, C]") or (only is not None and entry.name not in only):
             continue
         spec = SPECIAL.get(entry.name, Special())
         for v in [Variant(entry.name, spec.options, spec.inputs, note=spec.note), *VARIANTS.get(entry.name, [])]:
@@ -273,14 +292,36 @@ def peer_cases() -> list[Case]:
                 note="balanced top-w clusters (O(T·w)); local heads see 1 block of w on each side",
             )
         )
+    try:
+        from transformers import Mamba2Config
+        from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+    except ImportError:
+        cases.append(
+            Case(label="transformers Mamba2Mixer", paper="peer", peer_of="selective_ssm", skip="not installed: pip install transformers")
+        )
+    else:
+        config = Mamba2Config(
+            hidden_size=DIM, num_heads=HEADS, head_dim=2 * DIM // HEADS, state_size=16, expand=2, n_groups=1, chunk_size=64
+        )
+        cases.append(
+            Case(
+                label="transformers Mamba2Mixer",
+                paper="peer",
+                build=lambda T: Mamba2Mixer(config, layer_idx=0),
+                inputs=tokens,
+                sizes=MIXER_SIZES,
+                peer_of="selective_ssm",
+                note="torch_forward (no mamba_ssm kernels on CPU): chunked SSD, chunk 64, gated RMSNorm",
+            )
+        )
     return cases
 
 
-def all_cases() -> list[Case]:
-    """Our rows, each followed by its peers."""
+def all_cases(only: set[str] | None = None) -> list[Case]:
+    """Our rows (those named in ``only``, if given), each followed by its peers."""
     peers = peer_cases()
     ordered = []
-    for case in our_cases():
+    for case in our_cases(only):
         ordered.append(case)
         ordered += [p for p in peers if p.peer_of == case.label]
     return ordered
@@ -290,11 +331,16 @@ def main(argv=None):
     """Measure every case, check the claims and the peers, print and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the two smaller sizes of every mechanism, 2 repeats (a few minutes)")
+    ap.add_argument("--only", help="comma-separated mechanism names: measure only these (and their peers)")
+    ap.add_argument("--out", help="result file stem in bench/results (default: mechanisms, or mechanisms-quick with --quick)")
     args = ap.parse_args(argv)
+    only = None if args.only is None else set(args.only.split(","))
+    if only is not None and (unknown := only - set(mechanisms.registry.names())):
+        ap.error(f"--only names no mechanism {', '.join(sorted(unknown))}: valid names are {', '.join(mechanisms.registry.names())}")
     console = Console(width=200)
     allocator = steady_allocator()
     reps = 2 if args.quick else 3
-    cases = all_cases()
+    cases = all_cases(only)
     rows = run_cases(cases, TOKENS, SIZES, quick=args.quick, reps=reps, console=console)
     notes = scaling_checks(cases, rows, TOKENS) + peer_checks(cases, rows, TOKENS)
     notes += [
@@ -308,11 +354,12 @@ def main(argv=None):
         "heads": HEADS,
         "dtype": "float32",
         "quick": args.quick,
+        "only": sorted(only) if only else None,
         "window": WINDOW,
     }
     report(
         console,
-        "mechanisms-quick" if args.quick else "mechanisms",
+        args.out or ("mechanisms-quick" if args.quick else "mechanisms"),
         "sequence mechanisms (CPU)",
         rows,
         TOKENS,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnlab.models.tiny import TinyTransformer
-from attnlab.train import build_model, lr_at, train
+from attnlab.train import Step, build_model, lr_at, train
 from tests.train.toy import Lag, Mean, Running
 
 FAST = {"batch_size": 16, "lr": 3e-3, "eval_every": 20, "eval_batches": 2, "progress": False, "threads": 1}
@@ -102,10 +102,49 @@ def test_threads_are_restored_after_training():
     assert torch.get_num_threads() == before
 
 
+def test_lr_scale_gives_matching_parameters_their_multiple_of_the_schedule():
+    """Every step, the q/k groups run at 10 × lr_at(step) and the rest at lr_at(step), read from the optimizer by a callback."""
+    m, seen = model(), []
+
+    def record(s: Step):
+        rates = {}
+        for g in s.optimizer.param_groups:
+            for p in g["params"]:
+                rates[id(p)] = g["lr"]
+        seen.append((s.step, s.lr, rates))
+
+    train(Lag(), m, steps=6, warmup=2, **{**FAST, "lr": 1e-3}, lr_scale={"*.q_proj.*": 10, "*.k_proj.*": 10}, callback=record)
+    names = dict(m.named_parameters())
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4, 5, 6]
+    for step, lr, rates in seen:
+        assert lr == lr_at(step - 1, lr=1e-3, warmup=2, steps=6)
+        assert rates[id(names["layers.0.attn.q_proj.weight"])] == rates[id(names["layers.0.attn.k_proj.weight"])] == 10 * lr
+        assert rates[id(names["layers.0.attn.v_proj.weight"])] == rates[id(names["head.bias"])] == lr
+
+
+def test_callback_sees_every_step_with_its_loss_and_batch():
+    steps = []
+    r = train(Lag(), model(), steps=20, **FAST, callback=lambda s: steps.append((s.step, s.loss, s.batch.inputs.shape, s.model.training)))
+    assert [s[0] for s in steps] == list(range(1, 21))
+    assert all(shape == (16, 16) and training for _, _, shape, training in steps)
+    assert r.train_loss[0] == pytest.approx(sum(loss for _, loss, _, _ in steps) / 20)
+
+
+def test_lr_scale_of_one_is_the_plain_run():
+    a, b = model(), model()
+    ra = train(Lag(), a, steps=20, **FAST)
+    rb = train(Lag(), b, steps=20, **FAST, lr_scale={"layers.*": 1.0})
+    assert ra.train_loss == rb.train_loss and all(torch.equal(x, y) for x, y in zip(params(a), params(b)))
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
         ({"steps": 0}, "steps must be a positive int"),
+        ({"lr_scale": {"*.qproj.*": 2}}, r"lr_scale pattern '\*.qproj.\*' matches no trained parameter: the names look like embed.weight"),
+        ({"lr_scale": {"*": 0}}, r"lr_scale\['\*'\] must be a positive finite multiplier of lr, got"),
+        ({"lr_scale": [("*", 2)]}, r"lr_scale must map parameter-name globs to multipliers"),
+        ({"callback": 3}, r"callback must be a function of one Step, or None, got callback=3"),
         ({"seed": -1}, "seed must be an int >= 0"),
         ({"lr": 0.0}, "lr must be a positive finite learning rate"),
         ({"lr": float("inf")}, r"lr must be a positive finite learning rate \(e.g. lr=1e-3\), got lr=inf"),

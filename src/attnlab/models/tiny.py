@@ -38,7 +38,9 @@ __all__ = ["CAUSAL_BY_CONSTRUCTION", "TinyTransformer", "check_mechanism", "sequ
 
 # mechanisms with no causal option whose docstrings (and tests/models/test_tiny.py) show that
 # they are always causal; every other mechanism without the option is bidirectional-only
-CAUSAL_BY_CONSTRUCTION = frozenset({"linear", "normalized", "rcmha", "modality_mutual"})
+CAUSAL_BY_CONSTRUCTION = frozenset(
+    {"linear", "normalized", "rcmha", "modality_mutual", "linear_rnn", "selective_ssm", "base_conv", "hyena", "based"}
+)
 _CAUSAL_OPTIONS = ("is_causal",)  # the one name attend and every mechanism use
 POSITIONS = ("learned", "none", "rope")
 

@@ -9,8 +9,8 @@
     >>> print(r.table()); r.save("results.json"); r.report("report.html")  # doctest: +SKIP
 """
 
-from attnlab.train.loop import TrainResult, lr_at, train
+from attnlab.train.loop import Step, TrainResult, lr_at, train
 from attnlab.train.result import SweepResult
 from attnlab.train.sweep import build_model, run_one, sweep
 
-__all__ = ["SweepResult", "TrainResult", "build_model", "lr_at", "run_one", "sweep", "train"]
+__all__ = ["Step", "SweepResult", "TrainResult", "build_model", "lr_at", "run_one", "sweep", "train"]

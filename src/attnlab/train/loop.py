@@ -4,13 +4,19 @@ AdamW (weight decay on matrices only) with linear warmup and cosine decay to a t
 peak rate, gradient clipping, cross-entropy (or MSE for float targets) plus any auxiliary loss a
 mechanism leaves in ``module.aux_loss`` (MoH's load balance). The test metric is evaluated every
 ``eval_every`` steps on a fixed test set; training stops early when it reaches ``target``.
+
+Two options change the loop without copying it: ``lr_scale`` gives groups of parameters (by a
+glob over their names) their own multiple of the scheduled rate, and ``callback`` sees every
+optimizer step (a :class:`Step`: the step, loss, rates, model, optimizer and batch).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +28,7 @@ from attnlab.tasks import IGNORE, Task
 from attnlab.train import checkpoint as ckpt
 from attnlab.train.data import generator, loss, predictions, to_device, torch_threads
 
-__all__ = ["TrainResult", "lr_at", "train"]
+__all__ = ["Step", "TrainResult", "lr_at", "train"]
 
 MIN_LR_RATIO = 0.1  # cosine decay ends at a tenth of the peak rate (nanoGPT's choice)
 
@@ -75,6 +81,27 @@ class TrainResult:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class Step:
+    """What ``train(callback=...)`` is given after every optimizer step.
+
+    Attributes:
+        step: optimizer steps done so far (1 after the first).
+        loss: this step's training loss (the task loss, before auxiliary losses).
+        lr: the scheduled rate of this step (a group's rate is ``lr`` times its ``lr_scale``).
+        model: the model, in train mode, just updated.
+        optimizer: the AdamW optimizer (``param_groups[i]["lr_scale"]`` is each group's multiple).
+        batch: this step's training batch.
+    """
+
+    step: int
+    loss: float
+    lr: float
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batch: object
+
+
 def lr_at(step: int, *, lr: float, warmup: int, steps: int) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine decay to ``MIN_LR_RATIO · lr``.
 
@@ -100,12 +127,35 @@ def _diverged(what: str, value, step: int, steps: int, lr_now: float, lr: float)
     )
 
 
-def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings; not biases, norms, gains
-    keep = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+def _check_lr_scale(model: nn.Module, lr_scale) -> dict[str, float]:
+    """``lr_scale`` as a dict of globs to positive multipliers, each glob matching a trained parameter."""
+    if lr_scale is None:
+        return {}
+    if not isinstance(lr_scale, Mapping) or not all(isinstance(k, str) for k in lr_scale):
+        raise ValueError(f"lr_scale must map parameter-name globs to multipliers (e.g. {{'*.q_proj.*': 10}}), got lr_scale={lr_scale!r}")
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    for pattern, scale in lr_scale.items():
+        _check_number(f"lr_scale[{pattern!r}]", scale, "a positive finite multiplier of lr", positive=True)
+        if not fnmatch.filter(names, pattern):
+            raise ValueError(
+                f"lr_scale pattern {pattern!r} matches no trained parameter: the names look like {', '.join(names[:4])}, … "
+                "(fnmatch globs: '*' matches dots too, e.g. '*.q_proj.*')"
+            )
+    return {k: float(v) for k, v in lr_scale.items()}
+
+
+def _optimizer(model: nn.Module, lr: float, weight_decay: float, lr_scale: dict[str, float]) -> torch.optim.AdamW:
+    """AdamW with a group per (lr multiple, decay or not): the first glob of ``lr_scale`` a name matches sets its multiple."""
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = next((v for k, v in lr_scale.items() if fnmatch.fnmatchcase(name, k)), 1.0)
+            groups.setdefault((scale, p.dim() >= 2), []).append(p)  # decay matrices and embeddings; not biases, norms, gains
+    return torch.optim.AdamW(
+        [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale} for (scale, decay), ps in groups.items()],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
 
 
 def _aux_loss(modules: list[nn.Module]) -> Tensor | float:
@@ -167,6 +217,8 @@ def train(
     grad_clip: float | None = 1.0,
     device: str | torch.device | None = None,
     threads: int | None = None,
+    lr_scale: Mapping[str, float] | None = None,
+    callback: Callable[[Step], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` and return its curves.
 
@@ -187,6 +239,11 @@ def train(
         grad_clip: clip the gradient norm to this (None: no clipping).
         device: where to train (default: where the model is).
         threads: torch CPU threads during training (default: every core unless ``OMP_NUM_THREADS`` is set).
+        lr_scale: per-parameter-group rates: ``{glob: multiple}`` over ``model.named_parameters()``
+            names (fnmatch; the first glob a name matches wins, others get 1). Each group follows
+            the schedule at ``multiple · lr``, e.g. ``{"*.q_proj.*": 10, "*.k_proj.*": 10}``.
+        callback: called after every optimizer step with a :class:`Step`; its return value is
+            ignored (to log, measure or edit the model as it trains).
 
     Example:
         >>> result = train(task, model, steps=300, target=0.99)           # doctest: +SKIP
@@ -207,12 +264,16 @@ def train(
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target)):
         raise ValueError(f"target must be a finite metric value or None, got target={target!r}")
     generator(seed, "train", 0)  # validates the seed
+    lr_scale = _check_lr_scale(model, lr_scale)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be a function of one Step, or None, got callback={callback!r}")
     settings = {
         "task": _task_settings(task),
         "model": _model_settings(model),
         **{"steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "weight_decay": weight_decay, "seed": seed},
         **{"eval_every": eval_every, "eval_batches": eval_batches, "target": target, "grad_clip": grad_clip},
         "optimizer": "AdamW(betas=(0.9, 0.95)), linear warmup, cosine decay to 0.1·lr",
+        **({"lr_scale": lr_scale} if lr_scale else {}),  # absent when unused: earlier checkpoints still resume
         "data": "batch of step s drawn with generator(seed, 'train', s); test set generator(seed, 'test', 0..eval_batches-1)",
     }
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -220,7 +281,7 @@ def train(
     t0 = time.perf_counter()
     with torch_threads(threads):
         torch.manual_seed(seed)
-        opt = _optimizer(model, lr, weight_decay)
+        opt = _optimizer(model, lr, weight_decay, lr_scale)
         result = TrainResult(settings=settings)
         start, train_s = 0, 0.0
         if checkpoint is not None and Path(checkpoint).exists():
@@ -240,7 +301,7 @@ def train(
                 b = to_device(task.batch(batch_size, "train", generator(seed, "train", step)), device)
                 lr_now = lr_at(step, lr=lr, warmup=warmup, steps=steps)
                 for group in opt.param_groups:
-                    group["lr"] = lr_now
+                    group["lr"] = lr_now * group["lr_scale"]
                 value = _train_loss(model, b)  # the task loss; aux losses are added for the gradient only
                 if not math.isfinite(loss_now := value.item()):
                     raise ValueError(_diverged("training loss", loss_now, step + 1, steps, lr_now, lr))
@@ -255,6 +316,8 @@ def train(
                         raise
                     raise ValueError(_diverged("update", "too large for float", step + 1, steps, lr_now, lr)) from e
                 step += 1
+                if callback is not None:
+                    callback(Step(step, loss_now, lr_now, model, opt, b))
                 running, count = running + loss_now, count + 1
                 bar.advance(running / count)
                 if step % eval_every == 0 or step == steps:

@@ -1,0 +1,137 @@
+"""Paper 56: Hyena, gated long implicit convolutions computed by FFT (the long-filter mixer Zoology compares).
+
+Poli et al. 2023, "Hyena Hierarchy", replace attention by an order-``N`` recurrence of
+element-wise gates and long causal convolutions whose filters are as long as the input:
+
+    z¹ = v,        z^{n+1}_t = x^n_t ⊙ (h^n ∗ z^n)_t,        y = W_o z^{N+1},
+
+with ``v, x¹ … x^N`` projections of the input, each through a short causal depthwise
+convolution (3 taps). The filters are implicit: ``h^n_t = MLP(pos(t)) ⊙ exp(−α t)``, a small
+FFN with sine activations over a positional encoding of ``t`` (``t/L`` and ``bands`` sines
+and cosines), times a per-channel exponential decay window, plus a skip ``D ⊙ z``. Zoology
+(Arora et al. 2023) uses Hyena as the long-convolution mixer it compares with attention on MQAR.
+
+``form="fft"`` computes each ``h ∗ z`` in O(T log T) by FFT over ``2T`` points (no wrap-around);
+``form="direct"`` sums ``Σ_{s≤t} h_{t−s} z_s`` as a depthwise ``conv1d`` with a ``T``-tap filter,
+O(T²·C): the reference. Hyena has no recurrent form with a fixed state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.mechanisms import register
+
+__all__ = ["Hyena", "causal_conv_direct", "causal_conv_fft"]
+
+FORMS = ("fft", "direct")
+
+
+def causal_conv_fft(z: Tensor, h: Tensor) -> Tensor:
+    """``(h ∗ z)_t = Σ_{s≤t} h_{t−s} z_s`` by FFT over ``2T`` points, O(T log T).
+
+    Shapes: ``z [B, C, T]``, ``h [C, T]`` -> ``[B, C, T]``.
+    """
+    T = z.shape[-1]
+    n = 2 * T
+    return torch.fft.irfft(torch.fft.rfft(z, n=n) * torch.fft.rfft(h, n=n), n=n)[..., :T]
+
+
+def causal_conv_direct(z: Tensor, h: Tensor) -> Tensor:
+    """``(h ∗ z)_t = Σ_{s≤t} h_{t−s} z_s`` as a depthwise ``conv1d``, O(T²) (the reference).
+
+    Shapes: ``z [B, C, T]``, ``h [C, T]`` -> ``[B, C, T]``.
+    """
+    T = z.shape[-1]
+    return F.conv1d(F.pad(z, (T - 1, 0)), h.flip(-1)[:, None], groups=z.shape[1])
+
+
+class ImplicitFilter(nn.Module):
+    """``h_t = MLP(pos(t)) ⊙ exp(−α t / L)``: the ``[C, T]`` filter for any ``T``, from ``2·bands + 1`` position features.
+
+    Args:
+        dim: channels ``C``.
+        width: hidden width of the MLP.
+        bands: sine/cosine frequencies of the positional encoding.
+        max_len: ``L``, the length that scales positions and decay (``t/L`` is 1 at ``t = L``).
+    """
+
+    def __init__(self, dim: int, *, width: int = 32, bands: int = 8, max_len: int = 8192):
+        super().__init__()
+        self.max_len = max_len
+        self.register_buffer("freqs", torch.arange(1, bands + 1, dtype=torch.float32), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * bands + 1, width), _Sin(width), nn.Linear(width, width), _Sin(width), nn.Linear(width, dim))
+        target = math.log(1e-2)  # Hyena's ExponentialModulation: decay to 1e-2 between 30% and 150% of L
+        self.register_buffer("alpha", torch.linspace(-target / 0.3, -target / 1.5, dim), persistent=False)
+
+    def forward(self, T: int, dtype: torch.dtype) -> Tensor:
+        t = torch.arange(T, device=self.alpha.device, dtype=dtype)[:, None] / self.max_len  # [T, 1]
+        angle = 2 * math.pi * t * self.freqs.to(dtype)  # [T, bands]
+        pos = torch.cat([t, angle.sin(), angle.cos()], dim=-1)  # [T, 2·bands + 1]
+        return (self.mlp(pos) * torch.exp(-self.alpha.to(dtype) * t)).T  # [C, T]
+
+
+class _Sin(nn.Module):
+    """Hyena's filter activation ``sin(ω ⊙ x)`` with a learned frequency per unit (ω = 1 at init)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.freq = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.freq * x)
+
+
+@register("hyena", paper="56", time="O(T·log T·C)", memory="O(T·C)")
+class Hyena(nn.Module):
+    """Hyena operator: gates and long implicit causal convolutions ``z^{n+1} = x^n ⊙ (h^n ∗ z^n)``, by FFT.
+
+    Paper: 56 (Zoology, Arora et al. 2023), the long-convolution mixer it compares with attention
+    (Hyena: Poli et al. 2023).
+    Shapes: ``x [B, T, C] -> [B, T, C]``; filters ``h^n [C, T]``.
+
+    Args:
+        dim: model width ``C``.
+        heads: accepted for the registry's ``get(name, dim=, heads=)``; the filters are per
+            channel, so it must only divide ``dim``.
+        form: ``"fft"`` (O(T log T)) or ``"direct"`` (O(T²) convolution, the reference).
+        order: ``N``, the number of gate-and-convolve steps.
+        max_len: the filters' position scale ``L`` (any length runs; decays are set relative to ``L``).
+
+    Example:
+        >>> m = Hyena(dim=16, heads=2)
+        >>> m(torch.randn(2, 5, 16)).shape
+        torch.Size([2, 5, 16])
+    """
+
+    def __init__(self, dim: int, heads: int, *, form: str = "fft", order: int = 2, max_len: int = 8192):
+        super().__init__()
+        for name, n in (("dim", dim), ("heads", heads), ("order", order), ("max_len", max_len)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        if dim % heads:
+            raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
+        self.dim, self.heads, self.form, self.order = dim, heads, form, order
+        self.inp = nn.Linear(dim, (order + 1) * dim)  # v, x¹ … x^N
+        self.short = nn.Conv1d((order + 1) * dim, (order + 1) * dim, 3, groups=(order + 1) * dim)  # causal by left padding
+        self.filters = nn.ModuleList(ImplicitFilter(dim, max_len=max_len) for _ in range(order))
+        self.skip = nn.Parameter(torch.randn(order, dim))  # D ⊙ z, Hyena's filter bias
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be [batch, tokens, {self.dim}], got shape {tuple(x.shape)}")
+        T = x.shape[1]
+        u = self.short(F.pad(self.inp(x).transpose(1, 2), (2, 0)))  # [B, (N + 1)·C, T] causal short conv
+        z, *gates = u.chunk(self.order + 1, dim=1)  # v and x¹ … x^N, [B, C, T] each
+        conv = causal_conv_fft if self.form == "fft" else causal_conv_direct
+        for n, gate in enumerate(gates):
+            h = self.filters[n](T, x.dtype)  # [C, T]
+            z = gate * (conv(z, h) + self.skip[n, :, None] * z)  # [B, C, T]
+        return self.out(z.transpose(1, 2))  # [B, T, C]
