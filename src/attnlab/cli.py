@@ -872,7 +872,7 @@ def represent(
     Writes results.json and report.html. Example: attnlab represent --method cka --out smollm2-cka
     """
     from attnlab.represent import datasets as D
-    from attnlab.represent.run import METHODS, run_represent
+    from attnlab.represent.run import METHODS, check_dataset, run_represent
 
     names = model or ["smollm2-135m"]
     if method not in METHODS:
@@ -886,6 +886,7 @@ def represent(
         data = D.load(name)
     else:
         raise ValueError(f"--dataset {name!r} is neither a built-in set ({', '.join(D.BUILTIN)}) nor a file: give one of them")
+    check_dataset(data, method, folds)
     formats = _figure_formats(figures)
     _check_out(out, force)
     loaded = []

@@ -25,9 +25,9 @@ def check_labels(labels: Sequence, folds: int, what: str = "the dataset") -> Non
     """Refuse labels a cross-validated probe cannot use: one class, or a class with fewer examples than folds."""
     values, counts = np.unique(np.asarray([str(v) for v in labels]), return_counts=True)
     if len(values) < 2:
-        raise ValueError(f"{what} has one class ({values[0] if len(values) else 'none'!r}): a probe needs at least two labels")
+        raise ValueError(f"{what} has one class ({str(values[0]) if len(values) else 'none'!r}): a probe needs at least two labels")
     if counts.min() < folds:
-        rare = values[counts.argmin()]
+        rare = str(values[counts.argmin()])
         raise ValueError(f"{what}: label {rare!r} has {counts.min()} examples, fewer than the {folds} folds: add examples or lower folds")
 
 

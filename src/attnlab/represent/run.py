@@ -22,7 +22,7 @@ from attnlab.represent.similarity import CrossStats
 from attnlab.represent.stream import layer_points, pool, states
 from attnlab.results import RepresentResult, make_meta, model_meta
 
-__all__ = ["METHODS", "run_represent", "stream_names"]
+__all__ = ["METHODS", "check_dataset", "run_represent", "stream_names"]
 
 METHODS = ("probe", "cka", "match", "align")
 PER_TOKEN = ("cka", "match")
@@ -54,12 +54,23 @@ def _same_tokens(a: list[list[int]], b: list[list[int]]) -> None:
             )
 
 
+def check_dataset(dataset: Dataset, method: str, folds: int = 5) -> None:
+    """Refuse a dataset ``method`` cannot use (before any model runs): the wrong format, a concept without labels or with one class."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if method == "align" and dataset.format != "paired":
+        raise ValueError(f'align needs a paired dataset ({{"a", "b"}} records, e.g. --dataset paired), got a {dataset.format} one')
+    if method != "align" and dataset.format != "labelled":
+        raise ValueError(f'{method} needs a labelled dataset ({{"text", "label"}} records, e.g. --dataset concepts), got a paired one')
+    if method == "probe":
+        for concept, records in dataset.concepts().items():
+            if any("label" not in r for r in records):
+                raise ValueError(f"concept {concept!r} has records without a label: probe needs {{'text', 'label'}} records")
+            check_labels([r["label"] for r in records], folds, f"concept {concept!r}")
+
+
 def _probe(model, seqs, dataset: Dataset, folds: int, batch_size: int, progress: Progress) -> tuple[list[dict], dict]:
     how = _pooling(model)
-    for concept, records in dataset.concepts().items():
-        if any("label" not in r for r in records):
-            raise ValueError(f"concept {concept!r} has records without a label: probe needs {{'text', 'label'}} records")
-        check_labels([r["label"] for r in records], folds, f"concept {concept!r}")
     rows: list[list[torch.Tensor]] = []
     for streams, mask, examples in states(model, seqs, batch_size=batch_size):
         rows.append([pool(x, mask, how) for x in streams])
@@ -67,14 +78,12 @@ def _probe(model, seqs, dataset: Dataset, folds: int, batch_size: int, progress:
             progress("forward", examples.stop, len(seqs))
     layers = [torch.cat(col) for col in zip(*rows, strict=True)]  # per stream: (N, C)
     table, best = [], {}
-    start = 0
     for concept, records in dataset.concepts().items():
         idx = [i for i, r in enumerate(dataset.records) if str(r.get("concept", "label")) == concept]
         found = probe_layers([x[idx] for x in layers], [r["label"] for r in records], folds=folds)
         table += [{"concept": concept, **r} for r in found]
         top = max(found, key=lambda r: r["accuracy"])
         best[concept] = {"layer": top["layer"], "accuracy": top["accuracy"], "selectivity": top["selectivity"]}
-        start += len(records)
         if progress:
             progress("probes", len(best), len(dataset.concepts()))
     return table, {"pooling": how, "best": best}
@@ -146,10 +155,7 @@ def run_represent(
         raise ValueError(f"give one or two models, each with its tokenizer: got {len(models)} models and {len(tokenizers)} tokenizers")
     if len(models) == 2 and method in ("probe", "align"):
         raise ValueError(f"{method} reads one model: give --model once (cka and match compare two)")
-    if method == "align" and dataset.format != "paired":
-        raise ValueError(f'align needs a paired dataset ({{"a", "b"}} records, e.g. --dataset paired), got a {dataset.format} one')
-    if method != "align" and dataset.format != "labelled":
-        raise ValueError(f'{method} needs a labelled dataset ({{"text", "label"}} records, e.g. --dataset concepts), got a paired one')
+    check_dataset(dataset, method, folds)
     start = time.perf_counter()
     extra: dict = {}
     grid: list[list[float]] = []

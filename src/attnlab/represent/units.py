@@ -11,6 +11,7 @@ Paper: 66 (Convergent learning). Shapes: ``Cx``, ``Cy`` the widths of the two la
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +118,9 @@ def spectral_groups(corr_xx: Tensor, corr_xy: Tensor, corr_yy: Tensor, groups: i
     if not 2 <= groups <= cx + cy:
         raise ValueError(f"groups must be between 2 and the {cx + cy} units, got {groups=}")
     aff = torch.cat([torch.cat([corr_xx, corr_xy], 1), torch.cat([corr_xy.T, corr_yy], 1)]).abs().double().cpu().numpy()
-    labels = SpectralClustering(groups, affinity="precomputed", random_state=seed).fit_predict(aff)
+    with warnings.catch_warnings():  # units with no correlation across groups (an exact copy) leave the graph in pieces: expected
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        labels = SpectralClustering(groups, affinity="precomputed", random_state=seed).fit_predict(aff)
     lx, ly = labels[:cx], labels[cx:]
     shared = len(set(lx.tolist()) & set(ly.tolist())) / len(set(labels.tolist()))
     return {"labels_x": lx.tolist(), "labels_y": ly.tolist(), "shared": float(shared)}
