@@ -57,6 +57,8 @@ def probe_layers(
     shuffled = np.random.default_rng(seed).permutation(y)
     chance = float(np.unique(y, return_counts=True)[1].max() / len(y))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    # two classes: liblinear (the same L2 objective, ~15x faster than lbfgs on a few hundred examples of width 576)
+    solver = {"solver": "liblinear"} if len(np.unique(y)) == 2 else {"max_iter": 2000}
     out = []
     for i, x in enumerate(layers):
         if x.shape[0] != len(y):
