@@ -842,7 +842,8 @@ def represent(
     model: Annotated[
         list[str] | None,
         typer.Option(
-            help="The model (as --model elsewhere); give it twice to compare two models (cka across models, match).", show_default=False
+            help="The model (as --model elsewhere; default smollm2-135m); two (--model a,b or --model a --model b) to compare models: cka, match.",
+            show_default=False,
         ),
     ] = None,
     dataset: Annotated[
@@ -874,7 +875,7 @@ def represent(
     from attnlab.represent import datasets as D
     from attnlab.represent.run import METHODS, check_dataset, run_represent
 
-    names = model or ["smollm2-135m"]
+    names = _listed(model) or ["smollm2-135m"]
     if method not in METHODS:
         raise ValueError(f"unknown --method {method!r}: choose one of {', '.join(METHODS)}")
     if len(names) > 2:
