@@ -14,7 +14,7 @@ the next.
 Cost: one toy training (``--steps`` steps of 128 sequences) and 4 × 200 forward passes; the
 run's wall time is recorded in its settings.
 
-Usage: python bench/repro/alignment_training.py [--steps 800]
+Usage: python bench/repro/alignment_training.py [--steps 800] [--quick]
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def pairs(n: int, g: torch.Generator) -> torch.Tensor:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--quick", action="store_true", help="a smoke run: a few training steps (the verdict means nothing)")
     a = p.parse_args(argv)
+    if a.quick:
+        a.steps = 310
     torch.set_num_threads(1)
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -65,7 +68,7 @@ def main(argv=None) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses[step] = float(loss)
+        losses[step] = loss.item()
     layer_mean = {s: sum(c[1:]) / len(c[1:]) for s, c in curves.items()}
     seq = [layer_mean[s] for s in checkpoints]
     supported = seq[-1] > seq[0] and all(x < y for x, y in itertools.pairwise(seq))

@@ -18,7 +18,7 @@ Cost: training the toy (800 steps of 128 inputs) takes about a minute on an idle
 run 6 toy and 3 SmolLM2 concepts × every stream × 10 fits. On the shared 2-core machine (load
 about 14 from other jobs) the whole run took the minutes recorded in its settings.
 
-Usage: python bench/repro/concept_depth.py [--steps 800] [--examples 96]
+Usage: python bench/repro/concept_depth.py [--steps 800] [--quick] [--examples 96]
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--examples", type=int, default=96, help="examples per concept")
+    p.add_argument("--quick", action="store_true", help="a smoke run: a few training steps (the verdict means nothing)")
     a = p.parse_args(argv)
+    if a.quick:
+        a.steps, a.examples = 60, 24
     torch.set_num_threads(1)
     start = time.perf_counter()
     model, acc = train_toy(0, steps=a.steps)

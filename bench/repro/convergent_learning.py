@@ -15,7 +15,7 @@ matched correlation is 1.0 (within 1e-6) at every stream with the permutation re
 Cost: two toy trainings (about a minute each on an idle core) and 5 streams × 21 matchings of
 64 × 64; the run's wall time is recorded in its settings.
 
-Usage: python bench/repro/convergent_learning.py [--steps 800]
+Usage: python bench/repro/convergent_learning.py [--steps 800] [--quick]
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ def matched(x: torch.Tensor, y: torch.Tensor):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--quick", action="store_true", help="a smoke run: a few training steps (the verdict means nothing)")
     a = p.parse_args(argv)
+    if a.quick:
+        a.steps = 60
     torch.set_num_threads(1)
     start = time.perf_counter()
     (m0, acc0), (m1, acc1) = train_toy(0, steps=a.steps), train_toy(1, steps=a.steps)
