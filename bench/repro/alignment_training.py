@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run: a few training steps (the verdict means nothing)")
     a = p.parse_args(argv)
     if a.quick:
-        a.steps = 310
+        a.steps = 110
     torch.set_num_threads(1)
     start = time.perf_counter()
     torch.manual_seed(0)

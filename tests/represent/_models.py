@@ -8,10 +8,12 @@ from tests.conftest import tiny_causal_lm
 
 
 class CharTokenizer:
-    """One token per character (ids 1..100): the same ids for every model of vocabulary 101."""
+    """One token per character (ids 1..100): the same ids for every model of vocabulary 101; character offsets as a fast tokenizer's."""
+
+    is_fast = True
 
     def __call__(self, text: str, **kw) -> dict:
-        return {"input_ids": [1 + ord(c) % 100 for c in text]}
+        return {"input_ids": [1 + ord(c) % 100 for c in text], "offset_mapping": [(i, i + 1) for i in range(len(text))]}
 
 
 def residual_permuted(model, perm: torch.Tensor):

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from attnlab import results
 from attnlab.cli import app
-from attnlab.represent import builtin, load, run_represent, tokenize_pairs
+from attnlab.represent import builtin, load_dataset, run_represent, tokenize_pairs
 from tests.represent._models import CharTokenizer, llama
 
 
@@ -64,7 +64,7 @@ def test_malformed_and_paired_files_are_refused_plainly(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "label": 1}\n{"a": "x", "b": "y"}\n')
     with pytest.raises(ValueError, match="is a paired record in a labelled file"):
-        load(bad)
+        load_dataset(bad)
     paired = tmp_path / "paired.jsonl"
     paired.write_text('{"a": "1 2", "b": "one two"}\n')
     out = tmp_path / "out"
@@ -81,3 +81,16 @@ def test_paired_records_split_into_their_two_groups():
     assert tok.decode(ids[spans_a[0][0] : spans_a[0][1]]) == "3 1 4"
     assert tok.decode(ids[spans_b[0][0] : spans_b[0][1]]).strip() == "three one four"
     assert spans_a[0][1] == spans_b[0][0] and spans_a[0][0] == 1  # after <s>, groups back to back
+
+
+@pytest.mark.slow
+def test_align_and_match_results_report():
+    model = llama()
+    align = run_represent([model], [CharTokenizer()], builtin("paired", 10), "align", settings={"dataset": "paired"})
+    assert [r["layer"] for r in align.table] == [0, 1, 2] and align.table[-1]["consecutive"] is None
+    assert "represent.align" in align.html()
+    match = run_represent(
+        [model, llama(1)], [CharTokenizer()] * 2, builtin("lexical", 10), "match", settings={"dataset": "lexical"}, groups=4
+    )
+    assert all(-1 <= r["matched"] <= r["best"] <= 1 for r in match.table)
+    assert "represent.match" in match.html()

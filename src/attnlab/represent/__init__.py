@@ -11,7 +11,8 @@ Shapes: ``B`` examples in a batch, ``T`` tokens, ``C`` width, ``N`` rows (tokens
 """
 
 from attnlab.represent.align import align_layers, check_spans, cosine
-from attnlab.represent.datasets import BUILTIN, Dataset, builtin, load, tokenize_pairs
+from attnlab.represent.datasets import BUILTIN, Dataset, builtin, tokenize_pairs
+from attnlab.represent.datasets import load as load_dataset
 from attnlab.represent.probe import probe_layers
 from attnlab.represent.run import METHODS, run_represent
 from attnlab.represent.similarity import CrossStats, linear_cka
@@ -30,7 +31,7 @@ __all__ = [
     "cosine",
     "layer_points",
     "linear_cka",
-    "load",
+    "load_dataset",
     "match_units",
     "permutation_null",
     "pool",

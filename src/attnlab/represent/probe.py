@@ -64,13 +64,10 @@ def probe_layers(
         if x.shape[0] != len(y):
             raise ValueError(f"stream {i} has {x.shape[0]} rows, the labels {len(y)}: give one row per example")
         xs = x.detach().double().cpu().numpy()
-
-        acc = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)), xs, y, cv=cv)
+        acc = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=c, **solver)), xs, y, cv=cv)
         ctrl = float("nan")
         if control:
-            ctrl = float(
-                cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)), xs, shuffled, cv=cv).mean()
-            )
+            ctrl = float(cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=c, **solver)), xs, shuffled, cv=cv).mean())
         out.append(
             {
                 "layer": i,

@@ -22,16 +22,10 @@ from attnlab.represent.similarity import CrossStats
 from attnlab.represent.stream import layer_points, pool, states
 from attnlab.results import RepresentResult, make_meta, model_meta
 
-__all__ = ["METHODS", "check_dataset", "run_represent", "stream_names"]
+__all__ = ["METHODS", "check_dataset", "run_represent"]
 
 METHODS = ("probe", "cka", "match", "align")
-PER_TOKEN = ("cka", "match")
 Progress = Callable[[str, int, int], None] | None
-
-
-def stream_names(model: nn.Module) -> list[str]:
-    """The streams' names: ``embed``, ``layers.0.resid_post``, ..."""
-    return layer_points(model)
 
 
 def _pooling(model: nn.Module) -> str:
@@ -185,7 +179,7 @@ def run_represent(
         model=model_meta(models[0]),
         wall_s=time.perf_counter() - start,
         models=[model_meta(m) for m in models],
-        streams=[stream_names(m) for m in models],
+        streams=[layer_points(m) for m in models],
         **extra,
     )
     return RepresentResult(meta, table, grid)
