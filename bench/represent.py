@@ -6,8 +6,9 @@ fresh subprocess:
 
   (a) streamed: :class:`attnlab.represent.CrossStats` fed one batch at a time through
       ``attnlab.capture``: 496 running ``576 × 576`` cross-products (float64), no state kept;
-  (b) naive: what users write today: every batch's ``output_hidden_states`` kept in a dict of
-      lists, concatenated to ``[N, 576]`` per layer, centred in float64, then the batch CKA formula
+  (b) naive: what users write today: every batch's states (the same hook points, captured with
+      ``attnlab.capture``; ``output_hidden_states`` would give the final norm's output as its last
+      entry) kept in a dict of lists, concatenated to ``[N, 576]`` per layer, centred in float64, then the batch CKA formula
       ``‖XᵀY‖² / (‖XᵀX‖ ‖YᵀY‖)`` on every pair (each layer's ``‖XᵀX‖`` once).
 
 Each row records the peak RSS (VmHWM) and the wall time of the whole run (model loaded first,
@@ -67,12 +68,17 @@ def _child(method: str, n: int, length: int, batch: int) -> dict:
             stats.update([x[mask] for x in streams])
         grid = [[stats.cka(i, j) for j in range(STREAMS)] for i in range(STREAMS)]
     else:
+        import attnlab
+        from attnlab.represent import layer_points
+
+        points = layer_points(model)
         kept: dict[int, list] = {i: [] for i in range(STREAMS)}
         with torch.inference_mode():
             for k in range(0, n, batch):
-                out = model(input_ids=torch.stack(seqs[k : k + batch]), output_hidden_states=True)
-                for i, h in enumerate(out.hidden_states):
-                    kept[i].append(h.reshape(-1, h.shape[-1]))
+                with attnlab.capture(model, points) as cache:
+                    model(input_ids=torch.stack(seqs[k : k + batch]))
+                for i, p in enumerate(points):
+                    kept[i].append(cache[p].reshape(-1, WIDTH))
         acts = {i: torch.cat(v).double() for i, v in kept.items()}  # [N, C] per layer
         acts = {i: x - x.mean(0) for i, x in acts.items()}
         norms = [torch.linalg.matrix_norm(x.T @ x) for x in acts.values()]

@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     g = torch.Generator().manual_seed(1)
     probe = pairs(200, torch.Generator().manual_seed(2)).tolist()
     spans_a, spans_b = [(0, LENGTH)] * 200, [(LENGTH, 2 * LENGTH)] * 200
-    checkpoints = sorted({0, 100, 300, a.steps})
+    checkpoints = sorted({s for s in (0, 100, 300) if s < a.steps} | {a.steps})
     curves, losses = {}, {}
     for step in range(a.steps + 1):
         if step in checkpoints:

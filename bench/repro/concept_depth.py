@@ -33,6 +33,11 @@ from represent_toys import KS, batch, train_toy
 
 from attnlab.represent import builtin, probe_layers, run_represent, states
 
+NOTES = (
+    "The first run's lexical sentences ended in the concept's own word ('Here are the dogs', 'I saw a dog', '3 + 4 = 7'): every concept "
+    "was readable from the last token's embedding (depths 0, 0, 0). The built-in set now ends every sentence in the same word "
+    "('... there'), so a concept reaches the last token only through the layers; the criterion is unchanged."
+)
 CLAIM = "Harder concepts reach their best linear-probe accuracy in deeper layers (toy parity-of-k; SmolLM2 lexical concepts)."
 
 
@@ -94,6 +99,7 @@ def main(argv=None) -> None:
         verdict=verdict,
         supported=supported,
         figure=line_chart("probe accuracy per stream (0: embeddings)", series, "stream", "cross-validated accuracy"),
+        notes=NOTES,
         settings={"steps": a.steps, "examples": a.examples, "toy_accuracy": acc, "wall_s": round(time.perf_counter() - start, 1)},
     )
 

@@ -13,7 +13,8 @@ Built-in sets (generated, seeded; ``n`` examples per concept):
 - ``concepts``: parity of the first k of 8 bits written as text (``"1 0 1 1 0 0 1 0"``) for k = 1,
   2, 3 (harder as k grows: k = 1 is one token's identity, k > 1 an XOR), and three lexical
   concepts: ``plural`` (morphology), ``animal`` (word category), ``sum`` (whether ``a + b = c``
-  is true).
+  is true), each sentence ending in the same word (``there``), so that the last token's state
+  holds the concept only if a layer has moved it there.
 - ``parity``, ``lexical``: those parts alone.
 - ``paired``: numbers as digits (``a``) and as words (``b``): ``"3 1 4"`` / ``"three one four"``.
 """
@@ -108,15 +109,15 @@ def _lexical(n: int, rng: random.Random) -> list[dict]:
     for i in range(n):
         noun = rng.choice(ANIMALS + OBJECTS)
         plural = i % 2
-        out.append({"text": f"Here are the {noun}{'s' if plural else ''}", "label": plural, "concept": "plural"})
+        out.append({"text": f"I saw the {noun}{'s' if plural else ''} there", "label": plural, "concept": "plural"})
     for i in range(n):
         noun = rng.choice(ANIMALS if i % 2 else OBJECTS)
-        out.append({"text": f"I saw a {noun}", "label": i % 2, "concept": "animal"})
+        out.append({"text": f"I saw the {noun} there", "label": i % 2, "concept": "animal"})
     for i in range(n):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         true = i % 2
         c = a + b if true else a + b + rng.choice([-2, -1, 1, 2])
-        out.append({"text": f"{a} + {b} = {c}", "label": true, "concept": "sum"})
+        out.append({"text": f"I read {a} + {b} = {c} there", "label": true, "concept": "sum"})
     return out
 
 
