@@ -35,6 +35,7 @@ MODEL_COMMANDS = {  # command -> the arguments a case needs besides --model and 
     "scan": [],
     "edit": ["--edit", "head_mask:heads=L0H0"],
     "circuit": ["--task", "induction", "--pairs", "2", "--method", "dla"],
+    "represent": ["--method", "cka", "--dataset", "lexical", "--examples", "10"],
 }
 REFUSED = {("circuit", "bert"), ("circuit", "minilm-l6")}  # circuits score next-token answers: decoders only, said plainly
 OTHER_COMMANDS = ("list", "check", "report", "train", "bench tasks")  # run once each (list: once per category)

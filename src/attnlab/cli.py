@@ -2,6 +2,7 @@
 
 - ``attnlab scan``: probe a pretrained model's attention; writes results.json and report.html.
 - ``attnlab edit``: apply training-free edits to a model and measure them before/after.
+- ``attnlab represent``: per-layer probes, CKA, unit matching or token-group alignment of one or two models.
 - ``attnlab report results.json``: re-render a report from saved results.
 - ``attnlab list backends|masks|mechanisms|probes``: what the installed attnlab offers.
 - ``attnlab check``: every backend against the reference on this machine.
@@ -642,11 +643,13 @@ def _fed_probes(probes: list[str], explicit: bool, *, has_text: bool, kinds: set
 
 @app.command()
 def report(
-    results: Annotated[Path, typer.Argument(help="A results.json written by attnlab scan, edit, circuit, train or bench tasks.")],
+    results: Annotated[
+        Path, typer.Argument(help="A results.json written by attnlab scan, edit, circuit, represent, train or bench tasks.")
+    ],
     out: Annotated[Path | None, typer.Option(help="Where to write the HTML (default: report.html beside the results).")] = None,
     figures: _Figures = None,
 ):
-    """Re-render the HTML report of a saved result of any kind (scan, edit, sweep or circuit)."""
+    """Re-render the HTML report of a saved result of any kind (scan, edit, sweep, circuit or represent)."""
     from attnlab.results import load, write_atomic, write_together
 
     formats = _figure_formats(figures)
@@ -859,6 +862,76 @@ def _layer_list(text: str) -> list[int] | None:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError as e:
         raise ValueError(f"--layers takes 'all', a range like 26-29 or a list like 3,7, got {text!r}") from e
+
+
+@app.command()
+def represent(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The model (as --model elsewhere; default smollm2-135m); two (--model a,b or --model a --model b) to compare models: cka, match.",
+            show_default=False,
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="A built-in set (concepts, parity, lexical, paired) or a JSONL file: {text, label[, concept]} a line, or {a, b} for align "
+            "(docs: Representations). Default: concepts, or paired for --method align.",
+            show_default=False,
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="probe (per-layer linear probes), cka (layer × layer CKA), match (unit matching of two models), align.")
+    ] = "probe",
+    examples: Annotated[int, typer.Option(help="Examples per concept of a built-in set.")] = 64,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds of the probes.")] = 5,
+    groups: Annotated[int, typer.Option(help="Spectral groups of units (match).")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 8,
+    figures: _Figures = None,
+    out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-represent"),
+    force: _Force = False,
+    device: _Device = None,
+    dtype: _Dtype = "float32",
+    device_map: _DeviceMap = None,
+):
+    """What each layer represents: linear probes, CKA between layers or models, unit matching, token-group alignment.
+
+    Writes results.json and report.html. Example: attnlab represent --method cka --out smollm2-cka
+    """
+    from attnlab.represent import datasets as D
+    from attnlab.represent.run import METHODS, check_dataset, run_represent
+
+    names = _listed(model) or ["smollm2-135m"]
+    if method not in METHODS:
+        raise ValueError(f"unknown --method {method!r}: choose one of {', '.join(METHODS)}")
+    if len(names) > 2:
+        raise ValueError(f"--model given {len(names)} times: give one model, or two to compare")
+    name = dataset or ("paired" if method == "align" else "concepts")
+    if name in D.BUILTIN:
+        data = D.builtin(name, examples)
+    elif Path(name).is_file():
+        data = D.load(name)
+    else:
+        raise ValueError(f"--dataset {name!r} is neither a built-in set ({', '.join(D.BUILTIN)}) nor a file: give one of them")
+    check_dataset(data, method, folds)
+    formats = _figure_formats(figures)
+    _check_out(out, force)
+    loaded = []
+    for n in names:
+        with console.status(f"loading {escape(n)}"):
+            loaded.append(_load(n, device, dtype, device_map))
+        _header(*loaded[-1])
+    settings = {"models": names, "dataset": name}
+    with console.status("running") as status:
+        result = run_represent(
+            [m for m, _ in loaded], [t for _, t in loaded], data, method, settings=settings, folds=folds, groups=groups,
+            batch_size=batch_size, progress=lambda what, done, total: status.update(escape(f"{what} ({done}/{total})")),
+        )  # fmt: skip
+    for concept, b in result.meta.get("best", {}).items():
+        _say(f"{concept}: best probe accuracy {b['accuracy']:.3f} at stream {b['layer']}")
+    written = _write_outputs(out, result, formats)
+    _say(f"wrote {written[0]} and {written[1]} ({result.meta['wall_s']} s)")
 
 
 def _header(model, tokenizer) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "KINDS",
     "SCHEMA",
     "EditResult",
+    "RepresentResult",
     "Result",
     "ScanResult",
     "atomic_path",
@@ -58,7 +59,7 @@ __all__ = [
 
 FORMAT = "attnlab.result"
 SCHEMA = 2
-KINDS = ("scan", "edit", "sweep", "circuit")
+KINDS = ("scan", "edit", "sweep", "circuit", "represent")
 _OLD = {1: "schema 1", "attnlab.sweep/1": "attnlab.sweep/1"}  # formats before this module, refused with a hint
 
 
@@ -499,13 +500,48 @@ class CircuitResult(Result):
         return build(self)
 
 
+@dataclass
+class RepresentResult(Result):
+    """What a representation method found (:mod:`attnlab.represent`).
+
+    Attributes:
+        meta: the meta block; ``settings`` holds the method, dataset, models and options;
+            ``models`` and ``streams`` each model's identity and stream names (``embed``,
+            ``layers.{i}.resid_post``); ``probe`` adds ``pooling`` and ``best`` (per concept: the
+            layer of the best accuracy), ``cka`` and ``match`` the ``tokens`` compared.
+        table: one row per layer (and concept): ``concept, layer, accuracy, std, control,
+            selectivity, chance`` (probe), ``layer_a, layer_b, cka`` (cka), ``layer, matched, best,
+            shared_groups, units`` (match), ``layer, group_cosine, consecutive`` (align).
+        grid: the layer × layer CKA (``cka``; empty for the other methods).
+    """
+
+    KIND: ClassVar[str] = "represent"
+
+    meta: dict
+    table: list[dict]
+    grid: list[list[float]] = field(default_factory=list)
+
+    def to_pandas(self):
+        """The table as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.table)
+
+    def page(self):
+        """The report: per-layer curves and the layer × layer heatmap (:mod:`attnlab.report.represent`)."""
+        from attnlab.report.represent import build
+
+        return build(self)
+
+
 def _classes() -> dict[str, type[Result]]:
     from attnlab.train.result import SweepResult  # imports this module: import it late
 
-    return {"scan": ScanResult, "edit": EditResult, "sweep": SweepResult, "circuit": CircuitResult}
+    return {"scan": ScanResult, "edit": EditResult, "sweep": SweepResult, "circuit": CircuitResult, "represent": RepresentResult}
 
 
 def load(path: str | os.PathLike) -> Result:
-    """Read any result: a :class:`ScanResult`, :class:`EditResult`, :class:`CircuitResult` or :class:`~attnlab.train.SweepResult` by its kind."""
+    """Read any result: a :class:`ScanResult`, :class:`EditResult`, :class:`CircuitResult`, :class:`RepresentResult` or
+    :class:`~attnlab.train.SweepResult` by its kind."""
     data = read(path)
     return _classes()[data["meta"]["kind"]]._from_dict(data, path)

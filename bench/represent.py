@@ -1,0 +1,159 @@
+"""Peak memory and wall time of CKA between every pair of SmolLM2's layers: streamed against capture-everything.
+
+SmolLM2-135M's 31 streams (the embeddings and 30 layer outputs) over ``--sequences`` windows of
+``--length`` tokens of the shipped texts, CKA of all 31 × 31 pairs (per token), two ways, each in a
+fresh subprocess:
+
+  (a) streamed: :class:`attnlab.represent.CrossStats` fed one batch at a time through
+      ``attnlab.capture``: 496 running ``576 × 576`` cross-products (float64), no state kept;
+  (b) naive: what users write today: every batch's states (the same hook points, captured with
+      ``attnlab.capture``; ``output_hidden_states`` would give the final norm's output as its last
+      entry) kept in a dict of lists, concatenated to ``[N, 576]`` per layer, centred in float64, then the batch CKA formula
+      ``‖XᵀY‖² / (‖XᵀX‖ ‖YᵀY‖)`` on every pair (each layer's ``‖XᵀX‖`` once).
+
+Each row records the peak RSS (VmHWM) and the wall time of the whole run (model loaded first,
+outside the timing), and the largest difference between the two CKA grids. The streamed run's
+memory is ``O(pairs × C²)`` whatever ``N``; the naive one's ``O(L × N × C)``; the md notes give
+both at the issue's 256 × 512 tokens from those formulas (bytes of the tensors alone).
+
+Usage:
+    python bench/represent.py                                 # 8 × 512 tokens: bench/results/represent.{md,json}
+    python bench/represent.py --sequences 256 --length 512    # the issue's size (hours on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from harness import fmt_bytes, fmt_seconds, write
+
+METHODS = ("streamed", "naive")
+STREAMS, WIDTH = 31, 576
+
+
+def _windows(tok, n: int, length: int):
+    import torch
+
+    from attnlab.data import text
+
+    corpus = "\n\n".join(text(t) for t in ("tempest", "sonnets", "lucrece"))
+    ids = tok(corpus, return_tensors="pt")["input_ids"][0]
+    if ids.numel() < n * length:
+        raise ValueError(f"the shipped texts hold {ids.numel()} tokens, fewer than {n} × {length}: give fewer --sequences")
+    return [ids[i * length : (i + 1) * length] for i in range(n)], torch
+
+
+def _child(method: str, n: int, length: int, batch: int) -> dict:
+    import re
+
+    from attnlab.models.hf import load
+    from attnlab.represent import CrossStats, states
+
+    def status(field):
+        with open("/proc/self/status") as f:
+            return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) * 1024
+
+    model, tok = load("smollm2-135m")
+    seqs, torch = _windows(tok, n, length)
+    torch.set_num_threads(1)
+    before = status("VmRSS")
+    start = time.perf_counter()
+    if method == "streamed":
+        stats = CrossStats([(i, j) for i in range(STREAMS) for j in range(i, STREAMS)])
+        for streams, mask, _ in states(model, [s.tolist() for s in seqs], batch_size=batch):
+            stats.update([x[mask] for x in streams])
+        grid = [[stats.cka(i, j) for j in range(STREAMS)] for i in range(STREAMS)]
+    else:
+        import attnlab
+        from attnlab.represent import layer_points
+
+        points = layer_points(model)
+        kept: dict[int, list] = {i: [] for i in range(STREAMS)}
+        with torch.inference_mode():
+            for k in range(0, n, batch):
+                with attnlab.capture(model, points) as cache:
+                    model(input_ids=torch.stack(seqs[k : k + batch]))
+                for i, p in enumerate(points):
+                    kept[i].append(cache[p].reshape(-1, WIDTH))
+        acts = {i: torch.cat(v).double() for i, v in kept.items()}  # [N, C] per layer
+        acts = {i: x - x.mean(0) for i, x in acts.items()}
+        norms = [torch.linalg.matrix_norm(x.T @ x) for x in acts.values()]
+        half = {
+            (i, j): float(torch.linalg.matrix_norm(acts[i].T @ acts[j]) ** 2 / (norms[i] * norms[j]))
+            for i in range(STREAMS)
+            for j in range(i, STREAMS)
+        }
+        grid = [[half[min(i, j), max(i, j)] for j in range(STREAMS)] for i in range(STREAMS)]
+    wall = time.perf_counter() - start
+    return {"wall_s": round(wall, 2), "peak_rss": status("VmHWM"), "rss_before": before, "grid": grid}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sequences", type=int, default=8)
+    p.add_argument("--length", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--child", choices=METHODS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(_child(a.child, a.sequences, a.length, a.batch)))
+        return
+    rows = {}
+    for method in METHODS:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            method,
+            "--sequences",
+            str(a.sequences),
+            "--length",
+            str(a.length),
+            "--batch",
+            str(a.batch),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{method} failed:\n{done.stderr[-2000:]}")
+        rows[method] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(method, fmt_seconds(rows[method]["wall_s"]), fmt_bytes(rows[method]["peak_rss"]), flush=True)
+    gs, gn = rows["streamed"].pop("grid"), rows["naive"].pop("grid")
+    diff = max(abs(x - y) for rs, rn in zip(gs, gn, strict=True) for x, y in zip(rs, rn, strict=True))
+    tokens = a.sequences * a.length
+    out = [{"method": m, "tokens": tokens, **r, "added_rss": r["peak_rss"] - r["rss_before"]} for m, r in rows.items()]
+    ratio = out[0]["added_rss"] / out[1]["added_rss"]
+    pairs = STREAMS * (STREAMS + 1) // 2
+    streamed_bytes, naive_bytes = pairs * WIDTH * WIDTH * 8, STREAMS * 256 * 512 * WIDTH * 4
+    notes = [
+        f"{a.sequences} sequences × {a.length} tokens = {tokens} tokens, batch {a.batch}, one torch thread, CPU; "
+        f"largest |CKA streamed − CKA naive| over the 31 × 31 grid: {diff:.2e}",
+        f"memory added over the loaded model, streamed ÷ naive: {ratio:.3f} (target ≤ 0.1 at the issue's 256 × 512 tokens)",
+        f"the tensors alone at 256 × 512 tokens (arithmetic, not measured): streamed {fmt_bytes(streamed_bytes)} of running sums "
+        f"({pairs} pairs × {WIDTH}² float64, the same at any N), naive {fmt_bytes(naive_bytes)} of kept states "
+        f"(31 × 131072 × {WIDTH} float32): {streamed_bytes / naive_bytes:.2f}",
+    ]
+    table = [
+        {"method": r["method"], "tokens": r["tokens"], "wall": fmt_seconds(r["wall_s"]), "peak": fmt_bytes(r["peak_rss"]),
+         "added": fmt_bytes(r["added_rss"])}
+        for r in out
+    ]  # fmt: skip
+    columns = [
+        ("method", "method"),
+        ("tokens", "tokens"),
+        ("wall", "wall time"),
+        ("peak", "peak RSS"),
+        ("added", "RSS added over the model"),
+    ]
+    settings = {"sequences": a.sequences, "length": a.length, "batch": a.batch, "max_abs_diff": diff, "ratio": ratio}
+    for path in write("represent", out, table, columns, settings=settings, notes=notes):
+        print("wrote", path)
+    for n in notes:
+        print("-", n)
+
+
+if __name__ == "__main__":
+    main()
