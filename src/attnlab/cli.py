@@ -270,7 +270,11 @@ def rows(category: Category) -> list[tuple[str, ...]]:
 
 
 @app.command("list")
-def list_(category: Annotated[Category, typer.Argument(help="What to list.")]):
+def list_(
+    category: Annotated[
+        Category, typer.Argument(help="What to list: one of " + ", ".join(c.value for c in Category) + ".", metavar="CATEGORY", show_choices=False)
+    ],
+):
     """List the backends, edits, masks, mechanisms, operators, probes or tasks this attnlab has, with the paper each comes from.
 
     Papers are given by their number in docs/papers.md and their short name.
