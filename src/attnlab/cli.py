@@ -272,7 +272,8 @@ def rows(category: Category) -> list[tuple[str, ...]]:
 @app.command("list")
 def list_(
     category: Annotated[
-        Category, typer.Argument(help="What to list: one of " + ", ".join(c.value for c in Category) + ".", metavar="CATEGORY", show_choices=False)
+        Category,
+        typer.Argument(help="What to list: one of " + ", ".join(c.value for c in Category) + ".", metavar="CATEGORY", show_choices=False),
     ],
 ):
     """List the backends, edits, masks, mechanisms, operators, probes or tasks this attnlab has, with the paper each comes from.
