@@ -75,6 +75,15 @@ def test_distill_aux_loss_equals_the_loss_on_separately_captured_maps():
     assert all(p.grad is None for p in teacher.parameters())
 
 
+@pytest.mark.parametrize("kind", ["echoatt", "nmi_had"])
+def test_the_map_term_alone_sends_gradient_to_the_student_queries(kind):
+    student, teacher = tiny(0), tiny(1)
+    d = Distill(student, teacher, kind=kind, logit_weight=0.0, layer=1).train()  # layer: a random teacher need not be hybrid
+    d(torch.randint(0, 8, (3, 16)))
+    d.aux_loss.backward()
+    assert float(student.layers[-1].attn.q_proj.weight.grad.abs().sum()) > 0
+
+
 def test_distill_through_train_pulls_the_student_maps_to_the_teacher():
     teacher = tiny(1)
     train(Lag(seq_len=16), teacher, steps=150, batch_size=32, lr=3e-3, eval_every=150, eval_batches=1, progress=False, threads=1)

@@ -173,12 +173,25 @@ class Distill(nn.Module):
         kind: ``"echoatt"`` or ``"nmi_had"``.
         weight: multiple of the distillation loss.
         temperature: ``echoatt``'s logit temperature.
+        logit_weight, map_weight: ``echoatt``'s weights of the logit and the attention-map terms.
+        layer: ``nmi_had``'s teacher layer (default: chosen by NMI on each batch, :func:`hybrid_layer`).
 
     Shapes:
         ``inputs [B, T]`` → ``[B, T, V]`` (``[N, V]`` with ``where``).
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, *, kind: str = "echoatt", weight: float = 1.0, temperature: float = 1.0):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        kind: str = "echoatt",
+        weight: float = 1.0,
+        temperature: float = 1.0,
+        logit_weight: float = 1.0,
+        map_weight: float = 1.0,
+        layer: int | None = None,
+    ):
         super().__init__()
         if kind not in ("echoatt", "nmi_had"):
             raise ValueError(f"kind must be 'echoatt' (paper 14) or 'nmi_had' (paper 37), got kind={kind!r}")
@@ -189,6 +202,7 @@ class Distill(nn.Module):
             )
         self.student, self.teacher = student, teacher.requires_grad_(False).eval()
         self.kind, self.weight, self.temperature = kind, weight, temperature
+        self.logit_weight, self.map_weight, self.layer = logit_weight, map_weight, layer
         self.sites = (s_sites, t_sites)
         self.aux_loss: Tensor | None = None
 
@@ -209,8 +223,10 @@ class Distill(nn.Module):
             z_s = self.student(inputs) if where is None else self.student(inputs, where=where)
         s_maps, t_maps = [c.probs(T) for c in s_caps], [c.probs(T) for c in t_caps]
         if self.kind == "echoatt":
-            loss = echoatt_kd_loss(z_s, z_t, s_maps, t_maps, temperature=self.temperature)
+            loss = echoatt_kd_loss(
+                z_s, z_t, s_maps, t_maps, temperature=self.temperature, logit_weight=self.logit_weight, map_weight=self.map_weight
+            )
         else:
-            loss = nmi_had_loss(s_maps[-1], t_maps)
+            loss = nmi_had_loss(s_maps[-1], t_maps, layer=self.layer)
         self.aux_loss = self.weight * loss
         return z_s
