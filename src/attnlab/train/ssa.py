@@ -107,8 +107,8 @@ class SubsampledAttention(nn.Module):
 
     Paper: 53, The information pathways hypothesis (SSA).
 
-    In training mode (or with ``sampling = True``) each forward draws a new subset per layer
-    (:func:`local_key_subset`, torch's global RNG) and attends through it; otherwise it is the
+    In training mode (or with ``sampling = True``) each forward draws a new subset per layer,
+    shared by the sequences of the batch (:func:`local_key_subset`, torch's global RNG), and attends through it; otherwise it is the
     wrapped layer, full attention. The wrapped layer's parameters are the only parameters.
 
     Args:
