@@ -1,4 +1,4 @@
-"""Attention-map distillation: EchoAtt's knowledge distillation (paper 14) and UNIP's NMI-HAD (paper 37).
+"""Papers 14 and 37: attention-map distillation, EchoAtt's knowledge distillation and UNIP's NMI-HAD.
 
 Losses on attention probabilities ``A [B, H, Tq, Tk]`` (rows sum to one) and logits, and
 :class:`Distill`, which trains a student through :func:`attnlab.train.train` unchanged: it wraps
