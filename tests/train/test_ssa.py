@@ -11,9 +11,9 @@ from attnlab.train.ssa import ensemble_predict, local_key_subset, subsampled_att
 from tests.train.toy import Lag
 
 
-def tiny(seed=0):
+def tiny(seed=0, **kw):
     torch.manual_seed(seed)
-    return TinyTransformer(8, dim=16, heads=2, layers=2, max_len=32)
+    return TinyTransformer(8, **{"dim": 16, "heads": 2, "layers": 2, "max_len": 32, **kw})
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -52,11 +52,16 @@ def test_subsampled_attention_with_every_key_equals_full_attention():
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
 
 
-def test_training_pass_with_ratio_one_and_ensemble_equal_the_full_model():
-    full = tiny()
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"heads": 4, "mechanism_options": {"kv_heads": 1}, "positions": "rope"}, {"causal": False}],
+    ids=["mha", "mqa-rope", "encoder"],
+)
+def test_training_pass_with_ratio_one_and_ensemble_equal_the_full_model(kw):
+    full = tiny(**kw)
     x = torch.randint(0, 8, (3, 32))
     want = full.eval()(x)
-    model = use_ssa(tiny(), ratio=1, block=8)
+    model = use_ssa(tiny(**kw), ratio=1, block=8)
     torch.testing.assert_close(model.train()(x), want, atol=1e-5, rtol=0)
     torch.testing.assert_close(model.eval()(x), want)
     torch.testing.assert_close(ensemble_predict(model, x, samples=3), want.softmax(-1), atol=1e-5, rtol=0)

@@ -42,12 +42,13 @@ def _check(model: nn.Module, *, width: bool, depth: bool, shrink: bool) -> None:
         raise ValueError(f"V-cycle operators need a TinyTransformer with mechanism='mha', got {type(model).__name__}")
     attn = model.layers[0].attn
     if not isinstance(attn, MultiHeadAttention) or any(isinstance(m, nn.Linear) and type(m) is not nn.Linear for m in attn.modules()):
-        raise ValueError("V-cycle operators need plain linear projections: build the model without sigma_reparam")
+        raise ValueError("V-cycle operators need plain mha layers: build the model without sigma_reparam, and coalesce before use_ssa")
     if not (width or depth):
         raise ValueError("nothing to do: pass width=True, depth=True or both")
     if shrink and width and (model.dim % 2 or model.heads % 2 or attn.kv_heads % 2):
         raise ValueError(
-            f"width coalescing pairs features and heads: dim, heads and kv_heads must be even, got {model.dim}, {model.heads}, {attn.kv_heads}"
+            "width coalescing pairs features and heads: dim, heads and kv_heads must be even, "
+            f"got dim={model.dim}, heads={model.heads}, kv_heads={attn.kv_heads}"
         )
     if shrink and depth and len(model.layers) % 2:
         raise ValueError(f"depth coalescing pairs layers: the model needs an even number of layers, got {len(model.layers)}")
