@@ -1,8 +1,8 @@
 """Regenerate the *today* column of docs/papers.md from the code itself.
 
 Every mechanism, probe, edit, task, mask and operator declares its paper where it registers (``paper=``), and
-every reproduction script in bench/repro/ cites its paper in its docstring's first line; this
-script collects them per paper number and rewrites the table. ``tests/test_docs.py`` fails when
+every reproduction script in bench/repro/ and training recipe in src/attnlab/train/ cites its paper in its
+docstring's first line; this script collects them per paper number and rewrites the table. ``tests/test_docs.py`` fails when
 the page is out of date.
 
 Usage: python docs/papers.py
@@ -39,6 +39,11 @@ def entries() -> dict[str, list[str]]:
         m = re.match(r"Papers? (\d{1,2}(?:(?:, | and )\d{1,2})*)", doc)
         for n in _numbers(m.group(1)) if m else []:
             out.setdefault(n, []).append(f"repro `{script.stem}`")
+    for module in sorted((ROOT / "src" / "attnlab" / "train").glob("*.py")):  # training recipes cite theirs the same way
+        doc = ast.get_docstring(ast.parse(module.read_text())) or ""
+        m = re.match(r"Papers? (\d{1,2}(?:(?:, | and )\d{1,2})*)", doc)
+        for n in _numbers(m.group(1)) if m else []:
+            out.setdefault(n, []).append(f"recipe `attnlab.train.{module.stem}`")
     return out
 
 
