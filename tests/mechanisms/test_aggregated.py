@@ -155,7 +155,7 @@ def test_aggregated_shape_and_dtype(dtype):
             dict(dim=8, heads=2, pool_size=(2, 0)),
             r"pool_size must be a positive integer or a pair of them \(ph, pw\), got pool_size=\(2, 0\)",
         ),
-        (dict(dim=8, heads=2, block=0), "block must be a positive integer, got block=0"),
+        (dict(dim=8, heads=2, block=0), "block must be a positive int, got block=0"),
     ],
 )
 def test_aggregated_bad_options_raise(kwargs, match):

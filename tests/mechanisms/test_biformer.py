@@ -146,7 +146,7 @@ def test_biformer_shape_and_dtype(dtype):
         (dict(dim=10, heads=4), "dim must be divisible by heads"),
         (dict(dim=8, heads=2, n_win=2, topk=5), r"topk must be None \(all regions\) or an integer in \[1, n_win\*\*2 = 4\]"),
         (dict(dim=8, heads=2, lce_kernel=4), "lce_kernel must be 0"),
-        (dict(dim=8, heads=2, n_win=0), "n_win must be a positive integer"),
+        (dict(dim=8, heads=2, n_win=0), "n_win must be a positive int"),
         (dict(dim=8, heads=2, scale=-1.0), "scale must be a positive float"),
     ],
 )

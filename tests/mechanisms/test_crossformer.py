@@ -148,7 +148,7 @@ def test_crossformer_bad_options_raise():
         CrossFormerAttention(10, 3)
     with pytest.raises(ValueError, match="kind must be one of"):
         CrossFormerAttention(8, 2, kind="global")
-    with pytest.raises(ValueError, match="group must be a positive integer"):
+    with pytest.raises(ValueError, match="group must be a positive int"):
         CrossFormerAttention(8, 2, group=0)
     with pytest.raises(ValueError, match="interval must not exceed the grid"):
         CrossFormerAttention(8, 2, kind="lda", interval=8)(torch.randn(1, 6, 6, 8))

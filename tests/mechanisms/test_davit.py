@@ -166,8 +166,8 @@ def test_davit_shape_and_dtype(name, dtype):
     "cls, kwargs, match",
     [
         (ChannelGroupAttention, dict(dim=10, heads=4), "dim must be divisible by heads, got dim=10, heads=4"),
-        (WindowAttention, dict(dim=8, heads=2, window=0), "window must be a positive integer, got window=0"),
-        (DualAttention, dict(dim=8, heads=0), "heads must be a positive integer"),
+        (WindowAttention, dict(dim=8, heads=2, window=0), "window must be a positive int, got window=0"),
+        (DualAttention, dict(dim=8, heads=0), "heads must be a positive int"),
     ],
 )
 def test_davit_bad_options_raise(cls, kwargs, match):

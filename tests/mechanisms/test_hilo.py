@@ -96,7 +96,7 @@ def test_hilo_bad_options_raise():
         HiLo(10, 3)
     with pytest.raises(ValueError, match="alpha must be a fraction of heads in \\[0, 1\\]"):
         HiLo(8, 2, alpha=1.5)
-    with pytest.raises(ValueError, match="window must be a positive integer"):
+    with pytest.raises(ValueError, match="window must be a positive int"):
         HiLo(8, 2, window=0)
     with pytest.raises(ValueError, match="multiples of window=2"):
         HiLo(8, 2, alpha=0.5)(torch.randn(1, 5, 4, 8))

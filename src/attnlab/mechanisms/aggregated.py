@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from attnlab.core import Site, attend
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["AggregatedAttention"]
 
@@ -160,9 +161,7 @@ class AggregatedAttention(nn.Module):
     ):
         super().__init__()
         pool = (pool_size, pool_size) if isinstance(pool_size, int) else tuple(pool_size)
-        for name, val in (("dim", dim), ("heads", heads), ("block", block), ("kernel_size", kernel_size)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive integer, got {name}={val!r}")
+        positive_ints(dim=dim, heads=heads, block=block, kernel_size=kernel_size)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if kernel_size % 2 == 0:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from attnlab.core import Site, attend
 from attnlab.core import masks as M
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 from attnlab.mechanisms.linear import check_options
 
 __all__ = ["Based", "taylor_features"]
@@ -77,9 +78,7 @@ class Based(nn.Module):
     def __init__(self, dim: int, heads: int, *, form: str = "parallel", feature_dim: int = 16, window: int = 64, chunk: int = 64):
         super().__init__()
         check_options(dim, heads, form, chunk)
-        for name, n in (("feature_dim", feature_dim), ("window", window)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        positive_ints(feature_dim=feature_dim, window=window)
         self.dim, self.heads, self.form, self.feature_dim, self.window, self.chunk = dim, heads, form, feature_dim, window, chunk
         self.mask = M.sliding_window(window)
         self.qk = nn.Linear(dim, 2 * heads * feature_dim)  # the linear part's q, k

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from attnlab.core import Site, attached, attend
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 SLAB_KEYS = 2**14  # gathered keys per slab of regions (with values: 16 MiB at 128 channels, less per head)
 
@@ -74,9 +75,7 @@ class BiLevelRoutingAttention(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        for name, val in (("dim", dim), ("heads", heads), ("n_win", n_win)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive integer, got {name}={val!r}")
+        positive_ints(dim=dim, heads=heads, n_win=n_win)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= n_win**2):

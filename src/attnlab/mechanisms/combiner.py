@@ -32,6 +32,7 @@ from attnlab.core import Site, attend
 from attnlab.core.backends import reference_probs
 from attnlab.core.backends.base import Inputs
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["Combiner"]
 
@@ -58,9 +59,7 @@ class Combiner(nn.Module):
 
     def __init__(self, dim: int, heads: int, *, segment: int | None = None, is_causal: bool = True, backend: str = "auto"):
         super().__init__()
-        for name, n in (("dim", dim), ("heads", heads)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        positive_ints(dim=dim, heads=heads)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if segment is not None and (isinstance(segment, bool) or not isinstance(segment, int) or segment < 1):

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from attnlab.core import Site, attached, attend
 from attnlab.core import masks as M
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 from attnlab.mechanisms.neighborhood import fold_bias
 
 __all__ = ["CrossFormerAttention", "CrossScaleEmbedding", "DynamicPosBias"]
@@ -120,9 +121,7 @@ class CrossFormerAttention(nn.Module):
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got kind={kind!r}")
-        for name, val in (("group", group), ("interval", interval), ("pos_dim", 4 if pos_dim is None else pos_dim)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive integer, got {name}={val!r}")
+        positive_ints(group=group, interval=interval, pos_dim=4 if pos_dim is None else pos_dim)
         self.dim, self.heads, self.kind, self.group, self.interval, self.backend = dim, heads, kind, group, interval, backend
         self.head_dim = dim // heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)

@@ -29,14 +29,13 @@ from torch import Tensor, nn
 from attnlab.core import Site, attached, attend
 from attnlab.core.backends.base import compute_dtype
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["ChannelGroupAttention", "DualAttention", "WindowAttention"]
 
 
 def _check(dim: int, heads: int, **more: int) -> None:
-    for name, val in {"dim": dim, "heads": heads, **more}.items():
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name} must be a positive integer, got {name}={val!r}")
+    positive_ints(dim=dim, heads=heads, **more)
     if dim % heads:
         raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from attnlab.core import Site, attend
 from attnlab.core import masks as M
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["HiLo"]
 
@@ -77,9 +78,7 @@ class HiLo(nn.Module):
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be a fraction of heads in [0, 1], got alpha={alpha!r}")
         pool = window if pool is None else pool
-        for name, val in (("window", window), ("pool", pool)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive integer, got {name}={val!r}")
+        positive_ints(window=window, pool=pool)
         self.dim, self.heads, self.window, self.pool, self.backend = dim, heads, window, pool, backend
         self.head_dim = dim // heads
         self.lo_heads = int(heads * alpha)

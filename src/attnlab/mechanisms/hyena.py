@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["Hyena", "causal_conv_direct", "causal_conv_fft"]
 
@@ -110,9 +111,7 @@ class Hyena(nn.Module):
 
     def __init__(self, dim: int, heads: int, *, form: str = "fft", order: int = 2, max_len: int = 8192):
         super().__init__()
-        for name, n in (("dim", dim), ("heads", heads), ("order", order), ("max_len", max_len)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        positive_ints(dim=dim, heads=heads, order=order, max_len=max_len)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if form not in FORMS:

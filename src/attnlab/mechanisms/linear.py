@@ -36,6 +36,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["LinearAttention", "causal_linear"]
 
@@ -44,9 +45,7 @@ FORMS = ("parallel", "recurrent")
 
 def check_options(dim: int, heads: int, form: str, chunk: int) -> None:
     """The options the DSF mechanisms share (linear here, and normalized)."""
-    for name, n in (("dim", dim), ("heads", heads)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+    positive_ints(dim=dim, heads=heads)
     if dim % heads:
         raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
     if form not in FORMS:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from attnlab.core import Site, attend, backends
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["MultiHeadAttention", "SigmaReparamLinear", "make_linear", "relu_attention", "rotary"]
 
@@ -161,9 +162,7 @@ class MultiHeadAttention(nn.Module):
     ):
         super().__init__()
         kv_heads = heads if kv_heads is None else kv_heads
-        for name, n in (("dim", dim), ("heads", heads), ("kv_heads", kv_heads)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        positive_ints(dim=dim, heads=heads, kv_heads=kv_heads)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if heads % kv_heads:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from attnlab.core import Site, attached, attend
 from attnlab.core import masks as M
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["LAYOUTS", "OnlineKMeans", "RoutingAttention"]
 
@@ -168,9 +169,7 @@ class RoutingAttention(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        for name, n in (("dim", dim), ("heads", heads), ("seq_len", seq_len), ("window", window)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        positive_ints(dim=dim, heads=heads, seq_len=seq_len, window=window)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         clusters = max(1, round(math.sqrt(seq_len))) if clusters is None else clusters

@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 from attnlab.mechanisms.linear import _check_chunk, check_options
 
 __all__ = ["SelectiveSSM", "ssd", "ssd_recurrent"]
@@ -124,9 +125,7 @@ class SelectiveSSM(nn.Module):
     def __init__(self, dim: int, heads: int, *, form: str = "parallel", chunk: int = 64, state: int = 16, expand: int = 2, kernel: int = 4):
         super().__init__()
         check_options(dim, heads, form, chunk)
-        for name, n in (("state", state), ("expand", expand), ("kernel", kernel)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        positive_ints(state=state, expand=expand, kernel=kernel)
         self.dim, self.heads, self.form, self.chunk, self.state, self.kernel = dim, heads, form, chunk, state, kernel
         self.inner = E = expand * dim
         self.inp = nn.Linear(dim, 2 * E + 2 * state + heads)  # z, x, B, C, Δ

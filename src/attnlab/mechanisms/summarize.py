@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from attnlab.core import Site, attend
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["TokenSummarizer"]
 
@@ -54,9 +55,7 @@ class TokenSummarizer(nn.Module):
 
     def __init__(self, dim: int, heads: int, *, selectors: int = 10, temperature: float = 1.0, backend: str = "auto"):
         super().__init__()
-        for name, n in (("dim", dim), ("heads", heads), ("selectors", selectors)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        positive_ints(dim=dim, heads=heads, selectors=selectors)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from attnlab.core import Site, attend
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["TensorAttention", "tensor_attention"]
 
@@ -99,9 +100,7 @@ class TensorAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, *, scale: float | None = None, is_causal: bool = False, backend: str = "auto"):
         super().__init__()
-        for name, n in (("dim", dim), ("heads", heads)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        positive_ints(dim=dim, heads=heads)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or scale <= 0):

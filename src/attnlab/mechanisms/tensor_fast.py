@@ -32,6 +32,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from attnlab.mechanisms import register
+from attnlab.mechanisms._options import positive_ints
 
 __all__ = ["TensorFast", "tensor_fast", "tensor_pairs_poly"]
 
@@ -109,9 +110,7 @@ class TensorFast(nn.Module):
 
     def __init__(self, dim: int, heads: int, *, form: str = "fast", feature_dim: int = 8, degree: int = 2, scale: float | None = None):
         super().__init__()
-        for name, n in (("dim", dim), ("heads", heads), ("feature_dim", feature_dim)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        positive_ints(dim=dim, heads=heads, feature_dim=feature_dim)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if form not in FORMS:
