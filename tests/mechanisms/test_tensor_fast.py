@@ -88,8 +88,19 @@ def test_tensor_fast_registered():
         ({"dim": 8, "heads": 2, "form": "recurrent"}, r"form must be one of \('fast', 'pairs'\), got form='recurrent'"),
         ({"dim": 8, "heads": 2, "degree": 3}, r"degree must be an even int ≥ 2 .*got degree=3"),
         ({"dim": 8, "heads": 2, "scale": 0}, r"scale must be a positive float or None"),
+        (
+            {"dim": 8, "heads": 2, "degree": 8},
+            r"degree=8 with feature dimension 8 needs 19,173,961 features .*: lower degree or feature_dim",
+        ),
     ],
 )
 def test_tensor_fast_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TensorFast(**kwargs)
+
+
+def test_the_pairs_form_takes_any_degree_and_the_function_checks_its_feature_map():
+    TensorFast(dim=8, heads=2, form="pairs", degree=8)  # no feature map: T² pairs instead
+    q = torch.randn(1, 1, 3, 8)
+    with pytest.raises(ValueError, match="needs 19,173,961 features"):
+        tensor_fast(q, q, q, q, q, scale=0.1, degree=8)

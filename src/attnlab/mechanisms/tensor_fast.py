@@ -39,9 +39,19 @@ __all__ = ["TensorFast", "tensor_fast", "tensor_pairs_poly"]
 FORMS = ("fast", "pairs")
 
 
-def _check_degree(degree) -> None:
+MAX_FEATURES = 1 << 20  # Σ_p d^p features per head and position: 8^8 would need 16.8M (gigabytes at any length)
+
+
+def _check_degree(degree, d: int | None = None) -> None:
+    """An even degree ≥ 2; with ``d``, one whose feature map (Σ_{p ≤ degree} d^p features) fits :data:`MAX_FEATURES`."""
     if isinstance(degree, bool) or not isinstance(degree, int) or degree < 2 or degree % 2:
         raise ValueError(f"degree must be an even int ≥ 2 (an odd Taylor polynomial of exp goes negative), got degree={degree!r}")
+    features = 0 if d is None else sum(d**p for p in range(degree + 1))
+    if features > MAX_FEATURES:
+        raise ValueError(
+            f"degree={degree} with feature dimension {d} needs {features:,} features per head and position "
+            f"(more than {MAX_FEATURES:,}): lower degree or feature_dim"
+        )
 
 
 def _powers(x: Tensor, degree: int) -> list[Tensor]:
@@ -64,7 +74,7 @@ def tensor_fast(q: Tensor, k1: Tensor, k2: Tensor, v1: Tensor, v2: Tensor, *, sc
         >>> tensor_fast(q, k1, k2, v1, v2, scale=0.5).shape
         torch.Size([1, 2, 4, 8])
     """
-    _check_degree(degree)
+    _check_degree(degree, q.shape[-1])
     phi = torch.cat([scale**p / math.factorial(p) * t for p, t in enumerate(_powers(q, degree))], dim=-1)  # [B, H, Tq, F]
     psi1, psi2 = torch.cat(_powers(k1, degree), dim=-1), torch.cat(_powers(k2, degree), dim=-1)  # [B, H, Tk, F]
     ones = v1.new_ones(*v1.shape[:-1], 1)
@@ -115,7 +125,7 @@ class TensorFast(nn.Module):
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
-        _check_degree(degree)
+        _check_degree(degree, feature_dim if form == "fast" else None)
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0):
             raise ValueError(f"scale must be a positive float or None (1/feature_dim), got scale={scale!r}")
         self.dim, self.heads, self.form, self.feature_dim, self.degree = dim, heads, form, feature_dim, degree
