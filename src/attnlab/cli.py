@@ -56,6 +56,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from attnlab.data import read_utf8
 from attnlab.presets import DEFAULTS
 from attnlab.presets import describe as describe_presets
 from attnlab.runs.defaults import DEFAULT_PROBES
@@ -966,11 +967,11 @@ def _read_inputs(text: Path | None, prompts: Path | None) -> list[str]:
     """Texts from --text and --prompts, with errors that say what is wrong with the file."""
     out = []
     if text is not None:
-        out.append(_read_utf8(text))
+        out.append(read_utf8(text))
         if not out[-1].strip():
             raise ValueError(f"{text} is empty: give a file with some text")
     if prompts is not None:
-        for n, line in enumerate(_read_utf8(prompts).splitlines(), 1):
+        for n, line in enumerate(read_utf8(prompts).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -983,18 +984,6 @@ def _read_inputs(text: Path | None, prompts: Path | None) -> list[str]:
         if len(out) == (1 if text is not None else 0):
             raise ValueError(f"{prompts} has no inputs: give one JSON object per line")
     return out
-
-
-def _read_utf8(path: Path) -> str:
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist or is not a file")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): convert it, e.g. iconv -t UTF-8"
-        ) from e
 
 
 # ---- train and bench (issue 6) ------------------------------------------------------------------

@@ -70,6 +70,10 @@ def test_malformed_and_paired_files_are_refused_plainly(tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["represent", "--dataset", str(paired), "--method", "cka", "--out", str(out)])
     _refused(r, out, "cka needs a labelled dataset")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"text": "café", "label": 1}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.jsonl is not UTF-8 text \(byte 0xe9 at offset 13\): convert it"):
+        load_dataset(latin1)
 
 
 def test_paired_records_split_into_their_two_groups():

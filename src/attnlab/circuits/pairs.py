@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from attnlab.data import read_utf8
 from attnlab.data import tokens as T
 
 __all__ = [
@@ -144,7 +145,7 @@ def load_pairs(path: str | Path, tokenizer) -> Pairs:
             f"no prompt-pairs file at {str(path)!r}: give a JSONL file with one {{'clean', 'corrupted', 'answer', 'wrong'}} object a line"
         )
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

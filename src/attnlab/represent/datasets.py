@@ -26,6 +26,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnlab.data import read_utf8
+
 __all__ = ["BUILTIN", "Dataset", "builtin", "load", "tokenize_pairs"]
 
 BUILTIN = ("concepts", "parity", "lexical", "paired")
@@ -147,7 +149,7 @@ def load(path: str | Path) -> Dataset:
     """Read a JSONL dataset (labelled or paired, told by its first line's keys); a malformed line is a ValueError naming it."""
     path = Path(path)
     records, fmt = [], None
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for k, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
