@@ -526,9 +526,9 @@ def scan(
     lengths = None if needle_lengths is None else _ints(",".join(needle_lengths), "--needle-lengths")
     formats = _figure_formats(figures)
     map_text = ",".join(_listed(maps))
-    from attnlab.runs.scan import parse_map_heads
+    from attnlab.heads import parse_heads
 
-    map_heads = parse_map_heads(map_text) if map_text else []  # malformed fails here, before loading; the scan checks the model has them
+    map_heads = parse_heads(map_text) if map_text else []  # malformed fails here, before loading; the scan checks the model has them
     texts = _read_inputs(text, prompts)
     default_sample = not texts and not kinds
     skipped_here: list[dict] = []
@@ -894,6 +894,9 @@ def represent(
     folds: Annotated[int, typer.Option(help="Cross-validation folds of the probes.")] = 5,
     groups: Annotated[int, typer.Option(help="Spectral groups of units (match).")] = 8,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 8,
+    memory: Annotated[
+        int, typer.Option(help="MiB the running sums of cka may take; pairs beyond it run in further passes over the dataset.")
+    ] = 2048,
     figures: _Figures = None,
     out: Annotated[Path, typer.Option(help="Output directory for results.json and report.html.")] = Path("attnlab-represent"),
     force: _Force = False,
@@ -913,6 +916,8 @@ def represent(
         raise ValueError(f"unknown --method {method!r}: choose one of {', '.join(METHODS)}")
     if len(names) > 2:
         raise ValueError(f"--model given {len(names)} times: give one model, or two to compare")
+    if memory < 1:
+        raise ValueError(f"--memory takes MiB, at least 1, got {memory}")
     name = dataset or ("paired" if method == "align" else "concepts")
     if name in D.BUILTIN:
         data = D.builtin(name, examples)
@@ -932,7 +937,7 @@ def represent(
     with console.status("running") as status:
         result = run_represent(
             [m for m, _ in loaded], [t for _, t in loaded], data, method, settings=settings, folds=folds, groups=groups,
-            batch_size=batch_size, progress=lambda what, done, total: status.update(escape(f"{what} ({done}/{total})")),
+            batch_size=batch_size, memory_mib=memory, progress=lambda what, done, total: status.update(escape(f"{what} ({done}/{total})")),
         )  # fmt: skip
     for concept, b in result.meta.get("best", {}).items():
         _say(f"{concept}: best probe accuracy {b['accuracy']:.3f} at stream {b['layer']}")

@@ -68,13 +68,13 @@ def test_no_senders_leave_the_corrupted_run_and_a_sweep_covers_the_layers_below(
 
 def test_bad_heads_and_inputs_name_the_fix():
     model, p = make_model("tiny"), make_pairs(2)
-    with pytest.raises(ValueError, match=r"head 'L5H0' does not exist: the model has layers 0..1 and heads 0..3"):
+    with pytest.raises(ValueError, match=r"the head L5H0 does not exist: the model has layers 0..1 and heads 0..3 per layer"):
         path_patching(model, p, ["L5H0"], ["L1H0"])
-    with pytest.raises(ValueError, match=r"head 'L1H9' does not exist"):
+    with pytest.raises(ValueError, match=r"the head L1H9 does not exist"):
         path_patching(model, p, ["L0H0"], ["L1H9"])
     with pytest.raises(ValueError, match=r"senders \['L1H1'\] are not below every receiver"):
         path_patching(model, p, ["L1H1"], ["L1H0"])
     with pytest.raises(ValueError, match="inputs is any of 'q', 'k', 'v'"):
         path_patching(model, p, ["L0H1"], ["L1H0"], inputs="x")
-    with pytest.raises(ValueError, match=r"a head is 'L\{layer\}H\{head\}'"):
+    with pytest.raises(ValueError, match=r"cannot read the head 'head 3': write a head as L<layer>H<head>"):
         path_patching(model, p, ["head 3"], ["L1H0"])

@@ -13,7 +13,7 @@ def test_values_are_typed():
 
 def test_heads_are_written_layer_and_head():
     assert parse_heads(["L18H6", "L17H10", (3, 2)]) == [(18, 6), (17, 10), (3, 2)]
-    with pytest.raises(ValueError, match=r"a head is written L\{layer\}H\{head\}"):
+    with pytest.raises(ValueError, match=r"cannot read the head '18.6'"):
         parse_heads("18.6")
 
 

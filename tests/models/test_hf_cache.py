@@ -138,6 +138,26 @@ def test_a_gguf_converts_once_and_records_every_file_it_wrote(tiny_gguf, cache, 
     assert "converting" not in capsys.readouterr().out and _temps(cache) == []
 
 
+def test_a_reinstalled_gguf_finds_its_conversion_and_a_changed_one_does_not(tiny_gguf, cache, tmp_path, capsys):
+    """The conversion is keyed by content: a copy with a new path and mtime (a fresh pip install) reuses it."""
+    import os
+    import shutil
+
+    load(str(tiny_gguf), progress=False)
+    again = tmp_path / "reinstalled" / tiny_gguf.name
+    again.parent.mkdir()
+    shutil.copyfile(tiny_gguf, again)
+    os.utime(again, (1e9, 1e9))
+    assert converted_dir(again) == converted_dir(tiny_gguf)
+    capsys.readouterr()
+    load(str(again))
+    assert "converting" not in capsys.readouterr().out
+    changed = tmp_path / "changed" / tiny_gguf.name
+    changed.parent.mkdir()
+    write_tiny_gguf(changed, tied=True)
+    assert converted_dir(changed) != converted_dir(tiny_gguf)
+
+
 def test_a_tied_gguf_is_stored_under_both_names_and_loads_tied_without_a_warning(tmp_path, caplog):
     """SmolLM2's GGUF has no output.weight: the embedding is stored as model.embed_tokens.weight and lm_head.weight, equal."""
     from safetensors import safe_open

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -98,3 +99,28 @@ def test_align_and_match_results_report():
     )
     assert all(-1 <= r["matched"] <= r["best"] <= 1 for r in match.table)
     assert "represent.match" in match.html()
+
+
+def test_cka_in_several_passes_equals_one_pass():
+    from attnlab.represent.run import cka_grid
+    from attnlab.represent.stream import layer_points
+
+    model = llama()
+    seqs = [CharTokenizer()(t)["input_ids"] for t in builtin("lexical", 10).texts()[:12]]
+    one, meta_one = cka_grid([model], seqs, batch_size=4)
+    width = model.config.hidden_size
+    streams = len(layer_points(model))
+    budget = 3 * width * width * 8  # one off-diagonal pair and its two diagonals a pass
+    split, meta_split = cka_grid([model], seqs, batch_size=4, max_bytes=budget)
+    assert meta_one["passes"] == 1 and meta_split["passes"] == 3  # [(0,0),(0,1)], [(0,2)], [(1,1),(1,2),(2,2)]
+    assert meta_split["tokens"] == meta_one["tokens"] == sum(len(s) for s in seqs)
+    np.testing.assert_allclose(split, one, atol=1e-12)
+    two, meta_two = cka_grid([model, model], seqs, batch_size=4, max_bytes=budget)
+    assert meta_two["passes"] == streams * streams  # across models every pair is off the diagonal
+    np.testing.assert_allclose(two, one, atol=1e-9)
+
+
+def test_a_memory_below_one_mib_is_refused(tmp_path):
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["represent", "--method", "cka", "--memory", "0", "--out", str(out)])
+    _refused(r, out, "--memory takes MiB")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from attnlab.represent import CrossStats, linear_cka
+from attnlab.represent.similarity import pair_groups
 
 
 def _reference_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -83,3 +84,31 @@ def test_streams_that_change_shape_or_pairs_not_kept_are_refused():
         s.update([x, y[:3]])
     with pytest.raises(ValueError, match="was not kept"):
         s.cka(0, 2)
+
+
+def test_float32_sums_agree_with_float64_sums():
+    x, y = _data(seed=4, n=512)
+    wide, narrow = CrossStats([(0, 1)]), CrossStats([(0, 1)], dtype=torch.float32)
+    for lo in range(0, 512, 32):
+        wide.update([x[lo : lo + 32], y[lo : lo + 32]])
+        narrow.update([x[lo : lo + 32].float(), y[lo : lo + 32].float()])
+    assert narrow.cross[(0, 1)].dtype == torch.float32
+    assert narrow.cka(0, 1) == pytest.approx(wide.cka(0, 1), abs=1e-5)
+    assert narrow.cka(0, 1) != wide.cka(0, 1)  # the sums really ran in float32
+    with pytest.raises(ValueError, match="float32 or float64"):
+        CrossStats([(0, 1)], dtype=torch.float16)
+
+
+def test_pair_groups_fit_the_budget_and_cover_every_pair_once():
+    widths = [3, 5, 4, 6]
+    pairs = [(i, j) for i in range(4) for j in range(i, 4)]
+    budget = 100 * 8  # every pair fits alone; all 10 take 205 * 8 bytes
+    groups = pair_groups(pairs, widths, budget)
+    assert [p for g in groups for p in g] == pairs
+    assert len(groups) > 1
+    for g in groups:
+        closed = {(min(a, b), max(a, b)) for a, b in g} | {(a, a) for p in g for a in p}
+        assert sum(widths[a] * widths[b] for a, b in closed) * 8 <= budget
+    assert pair_groups(pairs, widths, 10**9) == [pairs]
+    with pytest.raises(ValueError, match="more than the"):
+        pair_groups([(3, 3)], widths, 35 * 8)

@@ -20,15 +20,6 @@ def tiny(tok):
     return tiny_causal_lm("llama", vocab_size=len(tok), max_position_embeddings=128)
 
 
-def test_map_heads_are_read_as_layer_head_pairs():
-    assert S.parse_map_heads("L18H6,L17H3") == [(18, 6), (17, 3)]
-    assert S.parse_map_heads(" l1h2 , L1H2 ") == [(1, 2)]  # once each
-    with pytest.raises(ValueError, match=r"cannot read the head '18:6': write heads as L<layer>H<head>"):
-        S.parse_map_heads("18:6")
-    with pytest.raises(ValueError, match=r"the head L30H0 is in layer 30, and the model has layers 0..29"):
-        S.parse_map_heads("L30H0", layers=30, heads=9)
-
-
 def test_chosen_maps_equal_the_eager_attention_and_hide_masked_keys(tiny, tok):
     text = "Full fathom five thy father lies; of his bones are coral made."
     ids, _ = S._map_prompt(tok, [text])

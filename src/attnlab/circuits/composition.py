@@ -39,8 +39,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from attnlab.circuits.weights import head_weights
-from attnlab.edits._base import parse_heads
 from attnlab.edits.ov_component import RemoveOVComponent
+from attnlab.heads import parse_heads
 
 __all__ = ["KINDS", "FoldedWeights", "component_scores", "composition_scores", "folded_weights", "ov_component_edit", "ov_svd"]
 

@@ -245,7 +245,8 @@ def patch_heads(
     ``heads`` as in :func:`attnlab.circuits.path_patching` (``["L1H3", (0, 2)]``); the other
     arguments as :func:`activation_patching`. One head alone scores as its ``per="head"`` row.
     """
-    from attnlab.circuits.path import _shape, parse_heads
+    from attnlab.circuits.path import _shape
+    from attnlab.heads import parse_heads
 
     fn = M.resolve(metric)
     chosen = parse_heads(heads, *_shape(model))

@@ -26,7 +26,6 @@ receiver's ``k`` or ``v`` patches the group's. The score is ``(patched − corru
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import pandas as pd
@@ -36,25 +35,12 @@ from torch import Tensor, nn
 from attnlab.circuits import metrics as M
 from attnlab.circuits.pairs import Pairs
 from attnlab.circuits.patching import DIRECTIONS, PatchResult, Progress, _grid
+from attnlab.heads import parse_heads
 from attnlab.models.graph import capture, hook_points, intervene
 
-__all__ = ["parse_heads", "path_patching", "path_patching_sweep"]
+__all__ = ["path_patching", "path_patching_sweep"]
 
 Head = tuple[int, int]
-
-
-def parse_heads(heads: Sequence[str | Head], layers: int, n_heads: int) -> list[Head]:
-    """``["L16H0", (11, 1)]`` as ``[(16, 0), (11, 1)]``; an unknown head raises, naming the valid range."""
-    out = []
-    for h in heads:
-        m = re.fullmatch(r"L(\d+)H(\d+)", h) if isinstance(h, str) else None
-        lh = (int(m.group(1)), int(m.group(2))) if m else h if isinstance(h, tuple) and len(h) == 2 else None
-        if lh is None:
-            raise ValueError(f"a head is 'L{{layer}}H{{head}}' (e.g. 'L3H1') or (layer, head), got {h!r}")
-        if not (0 <= lh[0] < layers and 0 <= lh[1] < n_heads):
-            raise ValueError(f"head {h!r} does not exist: the model has layers 0..{layers - 1} and heads 0..{n_heads - 1}")
-        out.append(lh)
-    return out
 
 
 def _shape(model: nn.Module) -> tuple[int, int]:

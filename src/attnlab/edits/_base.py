@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-import re
 from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
 from attnlab.core.site import Edit, Site, site_matcher
+from attnlab.heads import parse_heads  # noqa: F401  (edits take heads= as attnlab.edits.parse_heads reads them)
 from attnlab.registry import Registry
 from attnlab.spec import parse_spec, parse_value
 
@@ -182,20 +182,6 @@ def as_list(x) -> list | None:
     if x is None:
         return None
     return list(x) if isinstance(x, (list, tuple, range)) else [x]
-
-
-def parse_heads(x) -> list[tuple[int, int]]:
-    """``(layer, head)`` pairs from ``"L18H6"``, ``["L18H6", "L17H3"]`` or ``[(18, 6)]``."""
-    out = []
-    for item in as_list(x) or []:
-        if isinstance(item, tuple) and len(item) == 2:
-            out.append((int(item[0]), int(item[1])))
-            continue
-        m = re.fullmatch(r"L(\d+)H(\d+)", str(item))
-        if not m:
-            raise ValueError(f"a head is written L{{layer}}H{{head}} (e.g. L18H6) or given as a (layer, head) pair, got {item!r}")
-        out.append((int(m[1]), int(m[2])))
-    return out
 
 
 def text_windows(tokenizer, text: str, windows: int, window: int, *, extra: int = 0, what: str = "the calibration text") -> list[Tensor]:

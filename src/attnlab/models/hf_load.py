@@ -536,13 +536,16 @@ def _gguf_record(gguf: Path) -> dict:
     return record
 
 
-LAYOUT = 3  # of a conversion folder; 3: a tied weight stored under both its names
+LAYOUT = 4  # of a conversion folder; 3: a tied weight stored under both its names; 4: keyed by content
 
 
 def converted_dir(gguf: Path) -> Path:
-    """Where the float32 conversion of a GGUF file is cached (keyed by its name, size, mtime and :data:`LAYOUT`)."""
-    stat = gguf.stat()
-    key = f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}-v{LAYOUT}".replace(" ", "_")
+    """Where the float32 conversion of a GGUF file is cached: keyed by its name, its content's sha256 and :data:`LAYOUT`.
+
+    The same file installed again (a new path or mtime) finds its conversion; the sha256 is taken
+    once per path, size and mtime (:func:`_sha256`).
+    """
+    key = f"{gguf.stem}-{_sha256(gguf, progress=True)[:16]}-v{LAYOUT}".replace(" ", "_")
     return cache_root() / "models" / key
 
 

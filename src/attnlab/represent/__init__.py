@@ -14,8 +14,8 @@ from attnlab.represent.align import align_layers, check_spans, cosine
 from attnlab.represent.datasets import BUILTIN, Dataset, builtin, tokenize_pairs
 from attnlab.represent.datasets import load as load_dataset
 from attnlab.represent.probe import probe_layers
-from attnlab.represent.run import METHODS, run_represent
-from attnlab.represent.similarity import CrossStats, linear_cka
+from attnlab.represent.run import METHODS, cka_grid, run_represent
+from attnlab.represent.similarity import CrossStats, linear_cka, pair_groups
 from attnlab.represent.stream import layer_points, pool, states
 from attnlab.represent.units import Match, match_units, permutation_null, sparse_prediction, spectral_groups
 
@@ -28,11 +28,13 @@ __all__ = [
     "align_layers",
     "builtin",
     "check_spans",
+    "cka_grid",
     "cosine",
     "layer_points",
     "linear_cka",
     "load_dataset",
     "match_units",
+    "pair_groups",
     "permutation_null",
     "pool",
     "probe_layers",

@@ -18,11 +18,11 @@ from attnlab.represent import units
 from attnlab.represent.align import align_layers
 from attnlab.represent.datasets import Dataset, tokenize_pairs
 from attnlab.represent.probe import check_labels, probe_layers
-from attnlab.represent.similarity import CrossStats
+from attnlab.represent.similarity import CrossStats, pair_groups
 from attnlab.represent.stream import layer_points, pool, states
 from attnlab.results import RepresentResult, make_meta, model_meta
 
-__all__ = ["METHODS", "check_dataset", "run_represent"]
+__all__ = ["METHODS", "check_dataset", "cka_grid", "run_represent"]
 
 METHODS = ("probe", "cka", "match", "align")
 Progress = Callable[[str, int, int], None] | None
@@ -83,21 +83,52 @@ def _probe(model, seqs, dataset: Dataset, folds: int, batch_size: int, progress:
     return table, {"pooling": how, "best": best}
 
 
-def _cka(models, seqs, batch_size: int, progress: Progress) -> tuple[list[dict], list[list[float]], dict]:
+def cka_grid(
+    models: list[nn.Module],
+    seqs: list[list[int]],
+    *,
+    batch_size: int = 8,
+    max_bytes: int = 2**31,
+    dtype: torch.dtype = torch.float64,
+    progress: Progress = None,
+) -> tuple[list[list[float]], dict]:
+    """Linear CKA of every layer pair (of one model, or model A's layers × model B's), per token.
+
+    The pairs' running sums (:class:`CrossStats`) are split so that each group fits in ``max_bytes``
+    (:func:`~attnlab.represent.similarity.pair_groups`); each group is one pass over ``seqs``.
+    Returns the ``[La][Lb]`` grid and ``{"tokens", "passes"}``.
+    """
     one = len(models) == 1
     la = len(layer_points(models[0]))
     lb = la if one else len(layer_points(models[1]))
     pairs = [(i, j) for i in range(la) for j in range(i, la)] if one else [(i, la + j) for i in range(la) for j in range(lb)]
-    stats = CrossStats(pairs)
-    runs = [states(m, seqs, batch_size=batch_size) for m in models]
-    for batches in zip(*runs, strict=True):
-        mask = batches[0][1]
-        stats.update([x[mask] for streams, _, _ in batches for x in streams])  # (tokens, C) per stream
-        if progress:
-            progress("forward", batches[0][2].stop, len(seqs))
-    grid = [[stats.cka(i, j if one else la + j) for j in range(lb)] for i in range(la)]
-    table = [{"layer_a": i, "layer_b": j, "cka": grid[i][j]} for i in range(la) for j in range(lb)]
-    return table, grid, {"tokens": stats.n}
+    width = _widths(models, seqs[:1])
+    groups = pair_groups(pairs, width, max_bytes, torch.finfo(dtype).bits // 8)
+    cka: dict[tuple[int, int], float] = {}
+    tokens = 0
+    for g, group in enumerate(groups):
+        stats = CrossStats(group, dtype=dtype)
+        for batches in zip(*(states(m, seqs, batch_size=batch_size) for m in models), strict=True):
+            mask = batches[0][1]
+            stats.update([x[mask] for streams, _, _ in batches for x in streams])  # (tokens, C) per stream
+            if progress:
+                progress(f"pass {g + 1}/{len(groups)}", batches[0][2].stop, len(seqs))
+        cka.update({(a, b): stats.cka(a, b) for a, b in group})
+        tokens = stats.n
+    key = (lambda i, j: (min(i, j), max(i, j))) if one else (lambda i, j: (i, la + j))
+    grid = [[cka[key(i, j)] for j in range(lb)] for i in range(la)]
+    return grid, {"tokens": tokens, "passes": len(groups)}
+
+
+def _widths(models: list[nn.Module], seqs: list[list[int]]) -> list[int]:
+    """Every stream's width, read from one forward pass of one example per model."""
+    return [x.shape[-1] for m in models for x in next(states(m, seqs, batch_size=1))[0]]
+
+
+def _cka(models, seqs, batch_size: int, max_bytes: int, progress: Progress) -> tuple[list[dict], list[list[float]], dict]:
+    grid, extra = cka_grid(models, seqs, batch_size=batch_size, max_bytes=max_bytes, progress=progress)
+    table = [{"layer_a": i, "layer_b": j, "cka": v} for i, row in enumerate(grid) for j, v in enumerate(row)]
+    return table, grid, extra
 
 
 def _match(models, seqs, batch_size: int, groups: int, progress: Progress) -> tuple[list[dict], dict]:
@@ -140,9 +171,15 @@ def run_represent(
     folds: int = 5,
     groups: int = 8,
     batch_size: int = 8,
+    memory_mib: int = 2048,
     progress: Progress = None,
 ) -> RepresentResult:
-    """Run ``method`` (one of :data:`METHODS`) on ``models`` (one, or two for ``cka`` across models and ``match``)."""
+    """Run ``method`` (one of :data:`METHODS`) on ``models`` (one, or two for ``cka`` across models and ``match``).
+
+    ``memory_mib`` bounds cka's running sums: pairs beyond it run in further passes over the data.
+    """
+    if memory_mib < 1:
+        raise ValueError(f"memory_mib must be at least 1 MiB, got {memory_mib}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if not 1 <= len(models) <= 2 or len(tokenizers) != len(models):
@@ -163,7 +200,7 @@ def run_represent(
         if method == "probe":
             table, extra = _probe(models[0], seqs, dataset, folds, batch_size, progress)
         elif method == "cka":
-            table, grid, extra = _cka(models, seqs, batch_size, progress)
+            table, grid, extra = _cka(models, seqs, batch_size, memory_mib * 2**20, progress)
         else:
             table, extra = _match(models, seqs, batch_size, groups, progress)
     meta = make_meta(
@@ -175,6 +212,7 @@ def run_represent(
             "folds": folds,
             "groups": groups,
             "batch_size": batch_size,
+            "memory_mib": memory_mib,
         },
         model=model_meta(models[0]),
         wall_s=time.perf_counter() - start,

@@ -22,10 +22,10 @@ from torch import Tensor
 
 from attnlab.core import attach
 from attnlab.core.site import Edit
-from attnlab.edits import parse_heads
 from attnlab.edits.head_mask import HeadOutputs
 from attnlab.edits.head_scale import HeadScale, vhr_rule
 from attnlab.edits.sink_redistribute import SinkRedistribute
+from attnlab.heads import parse_heads
 from attnlab.models import hf
 from attnlab.models.conventions import model_kind
 from attnlab.models.hf_load import input_device

@@ -21,7 +21,6 @@ refused.
 
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -49,7 +48,6 @@ __all__ = [
     "ScanResult",
     "ShortInputWarning",
     "capped_length",
-    "parse_map_heads",
     "plan_scan",
     "repeated_tokens",
     "scan",
@@ -234,7 +232,7 @@ def scan(
             (records as :class:`ScanPlan` keeps them: the CLI's); kept in ``meta["skipped"]`` and
             ``meta["capped"]`` before the scan's own.
         maps: ``(layer, head)`` pairs whose whole attention maps on a short prompt the report shows
-            (:func:`parse_map_heads` reads ``"L18H6,L17H3"``), besides the heads the findings point at.
+            (:func:`attnlab.heads.parse_heads` reads ``"L18H6,L17H3"``), besides the heads the findings point at.
     """
     from attnlab.models import hf
 
@@ -478,29 +476,6 @@ class _Maps(Probe):
                 p = chunk.probs[0, h]  # [Tc, Ts]
                 m = self.maps.setdefault((layer, h), torch.zeros(chunk.lk, chunk.lk))
                 m[chunk.q_idx, chunk.kv_start : chunk.kv_start + p.shape[-1]] = p.float()
-
-
-def parse_map_heads(text: str, layers: int | None = None, heads: int | None = None) -> list[tuple[int, int]]:
-    """``"L18H6,L17H3"`` as ``[(18, 6), (17, 3)]``; ``layers`` and ``heads`` (when given) bound them.
-
-    Example:
-        >>> parse_map_heads("L18H6, l17h3")
-        [(18, 6), (17, 3)]
-    """
-    out = []
-    for part in (p.strip() for p in text.split(",")):
-        m = re.fullmatch(r"[Ll](\d+)[Hh](\d+)", part)
-        if not m:
-            raise ValueError(f"cannot read the head {part!r}: write heads as L<layer>H<head>, comma-separated (e.g. --maps L18H6,L17H3)")
-        layer, h = int(m[1]), int(m[2])
-        if layers is not None and layer >= layers:
-            raise ValueError(
-                f"the head {part} is in layer {layer}, and the model has layers 0..{layers - 1}: choose a layer below {layers}"
-            )
-        if heads is not None and h >= heads:
-            raise ValueError(f"the head {part} is head {h}, and the model has heads 0..{heads - 1} per layer: choose a head below {heads}")
-        out.append((layer, h))
-    return list(dict.fromkeys(out))
 
 
 def _found_heads(findings: dict) -> list[tuple[int, int, str]]:
