@@ -36,9 +36,10 @@ MECHANISMS = ("mha", "normalized", "linear")
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="100 steps, 1 seed (a smoke run)")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps per run (default 1,000)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    seeds, steps = (1, 100) if args.quick else (2, 1000)
+    seeds, steps = (1, 100) if args.quick else (2, args.steps)
     train_options = {"steps": steps, "batch_size": 64, "lr": 3e-3, "eval_every": 100, "eval_batches": 2}
     t0 = time.perf_counter()
     r = sweep("mqar", TASK, list(MECHANISMS), seeds, MODEL, train_options, workers=2, threads=1)
