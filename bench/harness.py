@@ -233,7 +233,7 @@ MEMORY_NOTE = (
 
 SKIP_NOTE = (
     "A size is skipped when its call (forward+backward, or forward where there is no backward) is predicted"
-    f" (from the size before, as T^max(2, p)) to take more than {MAX_SECONDS:.0f} s or {fmt_bytes(MAX_BYTES)}."
+    f" (from the size before: time as T^max(2, p), memory as T^max(1, p) × {SLACK}) to take more than {MAX_SECONDS:.0f} s or {fmt_bytes(MAX_BYTES)}."
 )
 
 MECHANISM_COLUMNS = [
@@ -373,18 +373,22 @@ def measure(case: Case, axis: Axis, size: int, reps: int, probe: bool = False) -
 
 
 def too_big(case: Case, axis: Axis, size: int, prev: dict) -> str | None:
-    """Why ``size`` would break the limits, predicted from the row ``prev`` with ``T^max(2, p)``; None if it fits."""
+    """Why ``size`` would break the limits, predicted from the row ``prev``; None if it fits.
+
+    Time grows as ``T^max(2, p)``; memory as ``T^max(1, p)`` with the claim's slack: a sub-quadratic
+    mechanism's claim bounds its memory too, and a broken claim shows in the measured row.
+    """
     p = max(2.0, case.exponent)
-    factor = (axis.tokens(size) / axis.tokens(prev[axis.field])) ** p
+    grow = axis.tokens(size) / axis.tokens(prev[axis.field])
     call = "fwd+bwd" if "fwd_bwd_s" in prev else "forward"
-    seconds = prev.get("fwd_bwd_s", prev["fwd_s"]) * factor
+    seconds = prev.get("fwd_bwd_s", prev["fwd_s"]) * grow**p
     peak = max(prev.get("fwd_bwd_bytes") or 0, prev.get("fwd_bytes") or 0)
-    predicted = (peak + prev["input_bytes"]) * factor
-    base = f"from {axis.text(prev[axis.field])} as T^{p:g}"
+    pm = max(1.0, case.exponent)
+    predicted = (peak + prev["input_bytes"]) * grow**pm * (SLACK if pm < 2 else 1.0)
     if seconds > MAX_SECONDS:
-        return f"predicted {fmt_seconds(seconds)} per {call} call (> {MAX_SECONDS:.0f} s), {base}"
+        return f"predicted {fmt_seconds(seconds)} per {call} call (> {MAX_SECONDS:.0f} s), from {axis.text(prev[axis.field])} as T^{p:g}"
     if predicted > MAX_BYTES:
-        return f"predicted {fmt_bytes(predicted)} (> {fmt_bytes(MAX_BYTES)}), {base}"
+        return f"predicted {fmt_bytes(predicted)} (> {fmt_bytes(MAX_BYTES)}), from {axis.text(prev[axis.field])} as T^{pm:g}"
     return None
 
 

@@ -25,7 +25,8 @@ after a warm-up, peak memory from the resident set's high-water mark; the two ti
 ratio a check reads (ours and a peer's, a claim's two largest sizes) are taken again in turn,
 in alternating rounds, so that both see the same load; glibc malloc's thresholds are fixed. Each size's cost is predicted
 before it runs, from the size before it (the first from a probe at a quarter of it), scaled as
-``T^p`` with ``p`` = max(2, the power of ``T`` in the registry's time string); a size predicted
+``T^p`` with ``p`` = max(2, the power of ``T`` in the registry's time string) for time and
+max(1, that power) × 1.15 for memory (peers: 2); a size predicted
 to take more than 60 s per forward+backward call or more than 6 GiB is skipped, with the
 reason in the table. A backward that raises is recorded as "no backward" with the error.
 Mechanisms that need other inputs than ``x [B, T, C]`` get the inputs listed in ``SPECIAL``
@@ -310,6 +311,7 @@ def peer_cases() -> list[Case]:
                 build=lambda T: Mamba2Mixer(config, layer_idx=0),
                 inputs=tokens,
                 sizes=MIXER_SIZES,
+                exponent=1.0,  # chunked SSD: linear in T, like ours
                 peer_of="selective_ssm",
                 note="torch_forward (no mamba_ssm kernels on CPU): chunked SSD, chunk 64, gated RMSNorm",
             )
