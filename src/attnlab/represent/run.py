@@ -107,17 +107,22 @@ def cka_grid(
     cka: dict[tuple[int, int], float] = {}
     tokens = 0
     for g, group in enumerate(groups):
-        stats = CrossStats(group, dtype=dtype)
-        for batches in zip(*(states(m, seqs, batch_size=batch_size) for m in models), strict=True):
-            mask = batches[0][1]
-            stats.update([x[mask] for streams, _, _ in batches for x in streams])  # (tokens, C) per stream
-            if progress:
-                progress(f"pass {g + 1}/{len(groups)}", batches[0][2].stop, len(seqs))
+        stats = _fill(CrossStats(group, dtype=dtype), models, seqs, batch_size, progress, f"pass {g + 1}/{len(groups)}")
         cka.update({(a, b): stats.cka(a, b) for a, b in group})
         tokens = stats.n
     key = (lambda i, j: (min(i, j), max(i, j))) if one else (lambda i, j: (i, la + j))
     grid = [[cka[key(i, j)] for j in range(lb)] for i in range(la)]
     return grid, {"tokens": tokens, "passes": len(groups)}
+
+
+def _fill(stats: CrossStats, models: list[nn.Module], seqs: list[list[int]], batch_size: int, progress: Progress, what: str) -> CrossStats:
+    """``stats`` fed every batch of ``seqs``: each model's streams at the real tokens, models' streams in order."""
+    for batches in zip(*(states(m, seqs, batch_size=batch_size) for m in models), strict=True):
+        mask = batches[0][1]
+        stats.update([x[mask] for streams, _, _ in batches for x in streams])  # (tokens, C) per stream
+        if progress:
+            progress(what, batches[0][2].stop, len(seqs))
+    return stats
 
 
 def _widths(models: list[nn.Module], seqs: list[list[int]]) -> list[int]:
@@ -137,12 +142,7 @@ def _match(models, seqs, batch_size: int, groups: int, progress: Progress) -> tu
     la, lb = (len(layer_points(m)) for m in models)
     if la != lb:
         raise ValueError(f"match pairs layers by depth: the models have {la - 1} and {lb - 1} layers; give two models of one depth")
-    stats = CrossStats([(i, la + i) for i in range(la)])
-    for batches in zip(*(states(m, seqs, batch_size=batch_size) for m in models), strict=True):
-        mask = batches[0][1]
-        stats.update([x[mask] for streams, _, _ in batches for x in streams])
-        if progress:
-            progress("forward", batches[0][2].stop, len(seqs))
+    stats = _fill(CrossStats([(i, la + i) for i in range(la)]), models, seqs, batch_size, progress, "forward")
     table = []
     for i in range(la):
         corr = stats.correlation(i, la + i)  # (Ca, Cb)
