@@ -34,6 +34,20 @@ def test_hyena_fft_equals_direct_float64():
     torch.testing.assert_close(y, m(x), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("block_elements", [1, 2 * 33 * 3, 1 << 19])
+def test_hyena_channel_blocks_equal_the_whole_formula(block_elements):
+    """Blocks of 1, 3 (uneven: 8 = 3 + 3 + 2) and all 8 channels give z^{n+1} = x^n ⊙ (h^n ∗ z^n + D z^n) on the whole width."""
+    torch.manual_seed(5)
+    m = Hyena(dim=8, heads=2, order=2).double()
+    m.block_elements = block_elements
+    x = torch.randn(2, 33, 8, dtype=torch.float64)
+    u = m.short(torch.nn.functional.pad(m.inp(x).transpose(1, 2), (2, 0)))  # [B, 3C, T]
+    z, *gates = u.chunk(3, dim=1)
+    for n, gate in enumerate(gates):
+        z = gate * (_toeplitz(z, m.filters[n](33, torch.float64)) + m.skip[n, :, None] * z)
+    torch.testing.assert_close(m(x), m.out(z.transpose(1, 2)), atol=1e-10, rtol=1e-10)
+
+
 def test_hyena_filter_decays_and_extends_to_any_length():
     """The implicit filter at T is the prefix of the filter at 2T, and its envelope decays."""
     torch.manual_seed(2)
