@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import math
 import platform
 import re
 import statistics
@@ -282,6 +283,7 @@ class Case:
     inputs: Callable[[int, torch.Generator], tuple] | None = None  # size -> the module's arguments; None as ``build``
     sizes: tuple[int, ...] = ()  # its own sizes; empty: the benchmark's
     exponent: float = 2.0  # power of T in the registry's time string (peers: 2)
+    log: bool = False  # the time string has a log T factor ("O(T·log T·C)")
     grad_inputs: int = 1  # the leading inputs that get a gradient
     peer_of: str | None = None  # a public implementation: the label of our row it is compared with
     sync: Callable[[nn.Module, nn.Module], None] | None = None  # copy our weights into the peer (ours, peer)
@@ -307,9 +309,16 @@ def claimed_exponent(time: str, form: str | None = None) -> float:
     return 1.0 if re.search(r"\bT\b", time) else 0.0
 
 
-def target_ratio(exponent: float) -> float | None:
-    """Largest allowed t(4T)/t(T) for a sub-quadratic claim (4.6 for linear or better), None otherwise."""
-    return SLACK * 4 ** max(exponent, 1.0) if exponent < 2 else None
+def claims_log(time: str, form: str | None = None) -> bool:
+    """Whether the clause :func:`claimed_exponent` reads has a ``log T`` factor ("O(T·log T·C)")."""
+    clauses = time.split(",")
+    return "log T" in (clauses[0] if form is None else next(c for c in clauses if form in c))
+
+
+def target_ratio(exponent: float, log_growth: float = 1.0) -> float | None:
+    """Largest allowed t(4T)/t(T) for a sub-quadratic claim (4.6 for linear or better; times
+    ``log_growth`` = log 4T / log T for a T·log T claim), None otherwise."""
+    return SLACK * 4 ** max(exponent, 1.0) * log_growth if exponent < 2 else None
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -631,6 +640,8 @@ def scaling_checks(cases: list[Case], rows: list[dict], axis: Axis) -> list[str]
             notes.append(f"Scaling of {case.label}: not checked (fewer than two measured sizes 4× apart).")
             continue
         small, big = pair
+        if case.log:
+            target = target_ratio(case.exponent, math.log(axis.tokens(big[axis.field])) / math.log(axis.tokens(small[axis.field])))
         fwd, both = _checked_ratios(big, small, big)
         verdict = "met" if max(fwd, both or 0) <= target else "NOT met"
         if (memory := memory_bound(big)) is not None:
@@ -646,7 +657,8 @@ def scaling_checks(cases: list[Case], rows: list[dict], axis: Axis) -> list[str]
             None if both is None else round(both, 3),
             round(target, 2),
         )
-        notes.append(f"Scaling of {case.label} (claims time exponent {case.exponent:g}): {text}.")
+        claim = f"time exponent {case.exponent:g}" + (", times log T" if case.log else "")
+        notes.append(f"Scaling of {case.label} (claims {claim}): {text}.")
     return notes
 
 

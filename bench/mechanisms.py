@@ -70,6 +70,7 @@ from harness import (
     TOKENS,
     Case,
     claimed_exponent,
+    claims_log,
     peer_checks,
     report,
     run_cases,
@@ -207,6 +208,7 @@ def our_cases(only: set[str] | None = None) -> list[Case]:
                     inputs=v.inputs,
                     sizes=spec.sizes,
                     exponent=claimed_exponent(entry.time, v.form),
+                    log=claims_log(entry.time, v.form),
                     note=v.note,
                 )
             )

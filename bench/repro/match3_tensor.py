@@ -77,9 +77,10 @@ def forward_times(lengths=(64, 128, 256), d: int = 8, repeat: int = 3) -> list[d
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="200 steps, 1 seed (a smoke run)")
+    ap.add_argument("--steps", type=int, default=2000, help="training steps per run (default 2,000)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    seeds, steps = (1, 200) if args.quick else (2, 2000)
+    seeds, steps = (1, 200) if args.quick else (2, args.steps)
     train_options = {"steps": steps, "batch_size": 64, "lr": 3e-3, "eval_every": 250, "eval_batches": 4}
     errors = {s: approximation_error(s) for s in (1.0, 2.0)}
     times = forward_times()

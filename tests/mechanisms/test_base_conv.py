@@ -24,6 +24,15 @@ def test_base_conv_matches_tap_sums(form, kernel):
     torch.testing.assert_close(m(x), _reference(m, x), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("block_elements", [1, 2 * 6 * 4, 1 << 18])  # blocks of 1, 4 (9 = 4 + 4 + 1) and all tokens
+def test_base_conv_token_blocks_match_tap_sums(block_elements):
+    torch.manual_seed(5)
+    m = BaseConv(dim=6, heads=2, kernel=3).double()
+    m.block_elements = block_elements
+    x = torch.randn(2, 9, 6, dtype=torch.float64)
+    torch.testing.assert_close(m(x), _reference(m, x), atol=1e-10, rtol=1e-10)
+
+
 def test_base_conv_recurrent_equals_parallel_float64():
     torch.manual_seed(1)
     m = BaseConv(dim=8, heads=2, kernel=4).double()

@@ -1,10 +1,12 @@
 """Papers 38, 56: the selective SSM (Mamba-2 form), chunked (SSD) vs token-by-token scan."""
 
+import itertools
+
 import pytest
 import torch
 
 from attnlab import mechanisms
-from attnlab.mechanisms.selective_ssm import SelectiveSSM, ssd, ssd_recurrent
+from attnlab.mechanisms.selective_ssm import SelectiveSSM, ssd, ssd_recurrent, ssd_state
 
 
 def _explicit(x, dt, A, B, C):
@@ -35,6 +37,25 @@ def test_ssd_chunks_and_recurrence_equal_explicit_sums(chunk):
     torch.testing.assert_close(ssd_recurrent(*args), want, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("cuts", [(5,), (4, 8), (1, 2, 3, 11)])
+def test_ssd_in_pieces_with_state_equals_one_scan(cuts):
+    """Pieces entered with the state the one before left equal one scan, and the last state is h_T."""
+    args = _inputs()
+    bounds = [0, *cuts, args[0].shape[1]]
+    state, ys = None, []
+    for lo, hi in itertools.pairwise(bounds):
+        x, dt, B, C = (args[i][:, lo:hi] for i in (0, 1, 3, 4))
+        y, state = ssd_state(x, dt, args[2], B, C, chunk=3, state=state)
+        ys.append(y)
+    torch.testing.assert_close(torch.cat(ys, dim=1), _explicit(*args), atol=1e-10, rtol=1e-10)
+    x, dt, A, B, C = args
+    lam = torch.exp(dt * A)  # [B, T, H] decays
+    h = torch.zeros(x.shape[0], x.shape[2], x.shape[3], B.shape[-1], dtype=x.dtype)
+    for t in range(x.shape[1]):
+        h = lam[:, t, :, None, None] * h + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None]
+    torch.testing.assert_close(state, h, atol=1e-10, rtol=1e-10)
+
+
 def test_ssd_with_unit_decay_and_no_gating_is_a_cumulative_sum():
     """Λ = exp(Δ A) = 1 (A = 0), Δ = 1, B = C = 1: h_t = h_{t−1} + x_t."""
     x = torch.randn(2, 10, 3, 2, dtype=torch.float64)
@@ -49,6 +70,17 @@ def test_ssd_stable_under_strong_decay():
     y = ssd(x, dt * 100, A - 2, B, C, chunk=9)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, ssd_recurrent(x, dt * 100, A - 2, B, C), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("block_elements", [1, 2 * 42 * 8, 1 << 20])  # blocks of one chunk, 2 chunks (11 = 8 + 3), all
+def test_selective_ssm_token_blocks_equal_the_recurrence(block_elements):
+    torch.manual_seed(2)
+    m = SelectiveSSM(dim=8, heads=2, chunk=4, state=4).double()  # 2E + 2N + H = 42 values per token
+    m.block_elements = block_elements
+    with torch.no_grad():
+        m.dt_bias.fill_(0.5)
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    torch.testing.assert_close(m.parallel(x), m.recurrent(x), atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 64])

@@ -18,7 +18,6 @@ convolution decodes. Both are O(T·k·C).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.mechanisms import register
@@ -58,6 +57,7 @@ class BaseConv(nn.Module):
         self.filter = nn.Parameter(torch.randn(dim, kernel) / kernel**0.5)  # h: taps h_0 (current token) … h_{k−1}
         self.bias = nn.Parameter(torch.zeros(dim))  # b₂
         self.out = nn.Linear(dim, dim)
+        self.block_elements = 1 << 18  # the parallel form runs tokens in blocks of about this many B·t·C values
 
     def forward(self, x: Tensor) -> Tensor:
         return self.parallel(x) if self.form == "parallel" else self.recurrent(x)
@@ -66,15 +66,26 @@ class BaseConv(nn.Module):
         """``h ∗ u = Σ_j h_j ⊙ u_{t−j}``: ``k`` shifted copies of the left-padded sequence, weighted and summed, in ``[B, T, C]``.
 
         (A depthwise ``conv1d`` computes the same; on CPU it ran slower than the ``k`` fused
-        multiply-adds and needs the ``[B, C, T]`` layout.)
+        multiply-adds and needs the ``[B, C, T]`` layout.) Every step is local in time, so the
+        tokens run in blocks of about ``block_elements`` values (``B·t·C``): a block's projection,
+        convolution and gate stay in cache. Unblocked, the time from 8,192 to 32,768 tokens
+        (width 256) grew 6.9× (forward) and 7.5× (forward and backward) on this machine, where a
+        ``[T, C]`` tensor outgrows the 32 MiB L3.
         """
         self._check(x)
-        k, T = self.kernel, x.shape[1]
-        u = F.pad(x, (0, 0, k - 1, 0))  # [B, T + k − 1, C]
-        conv = u[:, k - 1 : k - 1 + T] * self.filter[:, 0]  # [B, T, C] h_0 u_t
-        for j in range(1, k):
-            conv = torch.addcmul(conv, u[:, k - 1 - j : k - 1 - j + T], self.filter[:, j])  # + h_j u_{t−j}
-        return self._out(x, conv)
+        k, (B, _, C) = self.kernel, x.shape
+        step = max(1, self.block_elements // (B * C))  # tokens per block
+        before = x.new_zeros(B, k - 1, C)  # the k − 1 inputs before the block (zeros before the first)
+        outs = []
+        for xb in x.split(step, dim=1):  # split, not slicing: its backward is one cat, not a full-size zeros per block
+            t = xb.shape[1]
+            u = torch.cat([before, xb], dim=1)  # [B, k − 1 + t, C]
+            conv = xb * self.filter[:, 0]  # [B, t, C] h_0 u_t
+            for j in range(1, k):
+                conv = torch.addcmul(conv, u[:, k - 1 - j : k - 1 - j + t], self.filter[:, j])  # + h_j u_{t−j}
+            outs.append(self._out(xb, conv))
+            before = u[:, t:]
+        return torch.cat(outs, dim=1)  # [B, T, C]
 
     def recurrent(self, x: Tensor) -> Tensor:
         """``h ∗ u`` one token a step, the state the last ``k`` inputs (newest first)."""
