@@ -22,7 +22,7 @@ accuracy >= 0.9, otherwise the comparison says little), (2) the two-stream model
 1 to 14 distractors is smaller than the single-stream model's (seed means), and (3) both models' mean
 accuracy on ``productive`` is at most 0.65 (near chance). ``systematic`` is reported, not judged.
 
-Usage: python bench/repro/gcog_streams.py [--quick]
+Usage: python bench/repro/gcog_streams.py [--steps 800] [--quick]
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def run(name: str, seed: int, train_options: dict) -> dict:
         "final_test": r.final_metric,
         "steps": r.steps_done,
         "wall_s": r.wall_s,
+        "test_curve": [[step, round(m, 4)] for step, m in zip(r.steps, r.test_metric)],
     }
 
 
@@ -97,10 +98,11 @@ def seed_runs(seed: int, train_options: dict) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="100 steps (a smoke run)")
+    ap.add_argument("--steps", type=int, default=800, help="training steps per run at most (default 800)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    seeds, steps = 2, (100 if args.quick else 800)
-    train_options = {"steps": steps, "batch_size": 64, "lr": 3e-3, "target": 0.99, "eval_every": 100, "eval_batches": 2}
+    seeds, steps = 2, (100 if args.quick else args.steps)
+    train_options = {"steps": steps, "batch_size": 64, "lr": 3e-3, "target": 0.99, "eval_every": 250, "eval_batches": 2}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(seeds) as pool:
         runs = [r for rs in pool.map(seed_runs, range(seeds), [train_options] * seeds) for r in rs]
