@@ -298,8 +298,7 @@ def claimed_exponent(time: str, form: str | None = None) -> float:
     A string naming several cases ("O(T·sqrt(T)) balanced clusters, O(T²) worst") claims its
     first; ``form`` picks the clause that names it instead ("parallel", "recurrent").
     """
-    clauses = time.split(",")
-    time = clauses[0] if form is None else next(c for c in clauses if form in c)
+    time = _claimed_clause(time, form)
     if "T³" in time:
         return 3.0
     if "T²" in time or "T·T" in time:
@@ -311,8 +310,13 @@ def claimed_exponent(time: str, form: str | None = None) -> float:
 
 def claims_log(time: str, form: str | None = None) -> bool:
     """Whether the clause :func:`claimed_exponent` reads has a ``log T`` factor ("O(T·log T·C)")."""
+    return "log T" in _claimed_clause(time, form)
+
+
+def _claimed_clause(time: str, form: str | None) -> str:
+    """The clause of a registry time string a claim reads: the first, or the one naming ``form``."""
     clauses = time.split(",")
-    return "log T" in (clauses[0] if form is None else next(c for c in clauses if form in c))
+    return clauses[0] if form is None else next(c for c in clauses if form in c)
 
 
 def target_ratio(exponent: float, log_growth: float = 1.0) -> float | None:
@@ -632,16 +636,15 @@ def scaling_checks(cases: list[Case], rows: list[dict], axis: Axis) -> list[str]
     """t(4T)/t(T) between the two largest measured sizes of every sub-quadratic claim; sets each row's ``check``."""
     notes = []
     for case in cases:
-        target = target_ratio(case.exponent)
-        if target is None or case.peer_of:
+        if target_ratio(case.exponent) is None or case.peer_of:
             continue
         pair = scaling_pair(case, [r for r in rows if r["mechanism"] == case.label and "fwd_s" in r], axis)
         if pair is None:
             notes.append(f"Scaling of {case.label}: not checked (fewer than two measured sizes 4× apart).")
             continue
         small, big = pair
-        if case.log:
-            target = target_ratio(case.exponent, math.log(axis.tokens(big[axis.field])) / math.log(axis.tokens(small[axis.field])))
+        t_small, t_big = axis.tokens(small[axis.field]), axis.tokens(big[axis.field])
+        target = target_ratio(case.exponent, math.log(t_big) / math.log(t_small) if case.log else 1.0)
         fwd, both = _checked_ratios(big, small, big)
         worst = max(fwd, both or 0)
         verdict = "met" if worst <= target else f"tie, within {TIE - 1:.0%}" if worst <= TIE * target else "NOT met"
