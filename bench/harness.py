@@ -23,6 +23,7 @@ import json
 import math
 import platform
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -175,6 +176,7 @@ def write(
     meta = {
         "schema": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]),  # as typed, from the directory it ran in
         "versions": versions(),
         "machine": machine(),
         "settings": settings,
@@ -183,6 +185,7 @@ def write(
     jpath = RESULTS / f"{name}.json"
     jpath.write_text(json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
     lines = [f"# {name}", "", f"{meta['created']} · " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
+    lines += [f"Made by `{meta['command']}`.", ""]
     lines += ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for r in table:
         lines.append("| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |")

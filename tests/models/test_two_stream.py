@@ -82,3 +82,19 @@ def test_inputs_shorter_than_the_stimulus_raise():
         ValueError, match=r"inputs must be \[batch, tokens\] token ids with split=32 < tokens <= max_len=65, got shape \(2, 10\)"
     ):
         TwoStream(21, split=32, max_len=65)(torch.zeros(2, 10, dtype=torch.long))
+
+
+def test_objects_encoding_reads_feature_rows_and_keeps_the_streams_apart():
+    task = GCOGLite(encoding="objects")
+    m = model(task, input_dim=task.input_dim).eval()
+    b, c = (task.batch(2, generator=torch.Generator().manual_seed(s)) for s in (5, 6))
+    assert m(b.inputs).shape == (2, task.seq_len, task.vocab_size)
+    other = b.inputs.clone()
+    other[:, task.grid_len :] = c.inputs[:, task.grid_len :]
+    torch.testing.assert_close(m(other)[:, : task.grid_len], m(b.inputs)[:, : task.grid_len], atol=0, rtol=0)
+    r = train(task, m, steps=40, batch_size=16, lr=3e-3, eval_every=20, eval_batches=1, progress=False, threads=1)
+    assert r.train_loss[-1] < r.train_loss[0]
+    with pytest.raises(ValueError, match=r"inputs must be \[batch, tokens, 20\] floats .* got shape \(2, 33\)"):
+        m(torch.zeros(2, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"input_dim must be a positive int or None, got input_dim=0"):
+        model(task, input_dim=0)

@@ -135,3 +135,48 @@ def test_gcog_is_registered():
 def test_gcog_bad_options_name_the_valid_range(options, match):
     with pytest.raises(ValueError, match=match):
         GCOGLite(**options)
+
+
+KINDS = ["<pad>", "<sep>", "<query>", "empty", "object", "and", "or", "exist"]  # the row kinds, in their order
+
+
+def _read_rows(task, row):
+    """Feature rows of one ``encoding="objects"`` sequence → (objects, instruction words), read back row by row."""
+    words = []
+    for features in row:
+        assert set(features.tolist()) <= {0.0, 1.0}
+        on = features.nonzero().flatten().tolist()
+        kind = KINDS[on[0]]
+        if kind in ("object", "exist"):
+            assert len(on) == 3  # a kind, a colour, a letter
+            colour, letter = on[1] - len(KINDS), on[2] - len(KINDS) - task.colours
+            assert 0 <= colour < task.colours and 0 <= letter < task.letters
+            words.append([kind, f"colour{colour}", f"letter{chr(65 + letter)}"])
+        else:
+            assert len(on) == 1
+            words.append([kind])
+    cells, rest = words[: task.grid_len], words[task.grid_len :]
+    assert all(w[0] in ("object", "empty") for w in cells) and rest[0] == ["<sep>"] and rest[-1] == ["<query>"]
+    objects = {(w[1], w[2]) for w in cells if w[0] == "object"}
+    instruction = [x for w in rest[1:-1] if w != ["<pad>"] for x in w]
+    return objects, instruction
+
+
+@pytest.mark.parametrize("split", GCOGLite().splits())
+def test_gcog_objects_encoding_gives_the_same_examples_one_row_per_cell_and_node(split):
+    tokens, rows = GCOGLite(), GCOGLite(encoding="objects")
+    assert (rows.grid_len, rows.seq_len, rows.input_dim) == (16, 16 + 1 + 15 + 1, 8 + 4 + 8) and tokens.input_dim is None
+    a, b = tokens.batch(64, split, _g(0)), rows.batch(64, split, _g(0))
+    assert b.inputs.shape == (64, rows.seq_len, rows.input_dim) and b.inputs.dtype == torch.float32
+    torch.testing.assert_close(a.targets[:, -1], b.targets[:, -1])
+    for r in range(64):
+        objects, instruction, _ = _read(tokens, a.inputs[r])
+        assert _read_rows(rows, b.inputs[r]) == (objects, instruction)
+        marked = b.extra["instruction"][r].nonzero().flatten().tolist()
+        assert marked == list(range(rows.grid_len + 1, rows.grid_len + 1 + len(instruction) - 2 * instruction.count("exist")))
+    assert b.extra["grid"][:, : rows.grid_len].all() and b.extra["grid"].sum() == 64 * rows.grid_len
+
+
+def test_gcog_unknown_encoding_names_the_choices():
+    with pytest.raises(ValueError, match=r"encoding must be one of \('tokens', 'objects'\), got encoding='pixels'"):
+        GCOGLite(encoding="pixels")

@@ -90,7 +90,7 @@ class TwoStream(nn.Module):
     """Cross-attention model for gCOG: a stimulus encoder, and an instruction stream that cross-attends to it at every layer.
 
     Paper: 6 (gCOG, Ito et al. 2024), the cross-attention model it compares with single-stream transformers.
-    Shapes: ``inputs [B, T]`` token ids -> logits ``[B, T, V]`` (``[N, V]`` with ``where``);
+    Shapes: ``inputs [B, T]`` token ids (or ``[B, T, input_dim]`` floats) -> logits ``[B, T, V]`` (``[N, V]`` with ``where``);
     stimulus ``inputs[:, :split]``, instruction ``inputs[:, split:]``.
 
     Args:
@@ -100,6 +100,8 @@ class TwoStream(nn.Module):
         dim: model width ``C``.
         heads: attention heads.
         layers: blocks of each stream.
+        input_dim: read float inputs ``[B, T, input_dim]`` through a linear layer instead of token
+            ids (gCOG-lite's ``encoding="objects"``: one feature row per grid cell and instruction node).
 
     Example:
         >>> from attnlab.tasks.gcog_lite import GCOGLite
@@ -109,7 +111,17 @@ class TwoStream(nn.Module):
         torch.Size([2, 65, 21])
     """
 
-    def __init__(self, vocab_size: int, *, split: int, max_len: int, dim: int = 64, heads: int = 4, layers: int = 2):
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        split: int,
+        max_len: int,
+        dim: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+        input_dim: int | None = None,
+    ):
         super().__init__()
         for name, n in (
             ("vocab_size", vocab_size),
@@ -121,12 +133,14 @@ class TwoStream(nn.Module):
         ):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"{name} must be a positive int, got {name}={n!r}")
+        if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, int) or input_dim < 1):
+            raise ValueError(f"input_dim must be a positive int or None, got input_dim={input_dim!r}")
         if split >= max_len:
             raise ValueError(f"split must leave instruction tokens before max_len, got split={split}, max_len={max_len}")
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
-        self.split, self.max_len, self.dim, self.heads = split, max_len, dim, heads
-        self.embed = nn.Embedding(vocab_size, dim)
+        self.split, self.max_len, self.dim, self.heads, self.input_dim = split, max_len, dim, heads, input_dim
+        self.embed = nn.Embedding(vocab_size, dim) if input_dim is None else nn.Linear(input_dim, dim)
         self.pos = nn.Embedding(max_len, dim)
         self.stimulus = nn.ModuleList(StimulusBlock(dim, heads, i) for i in range(layers))
         self.layers = nn.ModuleList(InstructionBlock(dim, heads, i) for i in range(layers))
@@ -135,10 +149,13 @@ class TwoStream(nn.Module):
 
     def hidden(self, inputs: Tensor) -> Tensor:
         """Final states ``[B, T, C]``: the stimulus stream's, then the instruction stream's."""
-        if inputs.dim() != 2 or not self.split < inputs.shape[1] <= self.max_len:
+        shape = "[batch, tokens] token ids" if self.input_dim is None else f"[batch, tokens, {self.input_dim}] floats"
+        ids = self.input_dim is None and inputs.dim() == 2 and not inputs.dtype.is_floating_point
+        rows = self.input_dim is not None and inputs.dim() == 3 and inputs.shape[-1] == self.input_dim and inputs.dtype.is_floating_point
+        if not (ids or rows) or not self.split < inputs.shape[1] <= self.max_len:
             raise ValueError(
-                f"inputs must be [batch, tokens] token ids with split={self.split} < tokens <= max_len={self.max_len}, "
-                f"got shape {tuple(inputs.shape)}"
+                f"inputs must be {shape} with split={self.split} < tokens <= max_len={self.max_len}, "
+                f"got shape {tuple(inputs.shape)} ({inputs.dtype})"
             )
         x = self.embed(inputs) + self.pos.weight[: inputs.shape[1]]  # [B, T, C]
         s, x = x[:, : self.split], x[:, self.split :]  # [B, Ts, C], [B, Ti, C]

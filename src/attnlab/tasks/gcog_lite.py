@@ -22,6 +22,16 @@ Splits, as in gCOG:
   with ``(colour + letter) mod 4 = 0``: every colour and letter is seen, the pairings are new);
 - ``productive``: deeper trees, depth ``train_depth+1 … productive_depth``.
 
+Encodings. ``encoding="tokens"`` (the default) spells every object as two tokens, as above, so a
+model must first bind each colour to the letter beside it. gCOG itself gives the model one input
+vector per grid cell (its colour and its shape) and one per operator node (the operator and the
+object it selects): ``encoding="objects"`` does the same. Its ``inputs`` are float
+``[B, seq_len, input_dim]``: one row per grid cell (kind ``object`` with a one-hot colour and a
+one-hot letter, or kind ``empty``), then ``SEP``, one row per instruction node (``and``, ``or``,
+or ``exist`` with the colour and letter it asks about), ``PAD`` rows and ``QUERY``; a model reads
+them through a linear layer (:class:`~attnlab.models.tiny.TinyTransformer`'s ``input_dim``). The
+examples, answers and splits are the same in both encodings for the same generator.
+
 gCOG's other operators (get colour / shape / location, if-then-else) are left out.
 """
 
@@ -37,6 +47,8 @@ __all__ = ["GCOGLite"]
 
 _SPLITS = ("train", "test", "distractor", "systematic", "productive")
 SPECIALS = ("<pad>", "<sep>", "<query>", "false", "true", "empty", "and", "or", "exist")
+KINDS = ("<pad>", "<sep>", "<query>", "empty", "object", "and", "or", "exist")  # of a row in the objects encoding
+ENCODINGS = ("tokens", "objects")
 
 
 @register("gcog_lite", paper="6")
@@ -44,7 +56,8 @@ class GCOGLite(Task):
     """Answer a boolean ``exist``/``and``/``or`` instruction about a grid of coloured letters.
 
     Paper: 6 (On the generalization capacity of neural networks during generic multimodal reasoning).
-    Shapes: ``inputs, targets, mask [B, seq_len]`` (one target, at the last position);
+    Shapes: ``inputs [B, seq_len]`` token ids (``[B, seq_len, input_dim]`` float with
+    ``encoding="objects"``), ``targets, mask [B, seq_len]`` (one target, at the last position);
     ``extra["grid"], extra["instruction"] [B, seq_len]`` bool (where each input stream is, for
     cross-attention models), ``extra["depth"], extra["objects"] [B]``, ``extra["answer"] [B]`` bool.
 
@@ -56,9 +69,13 @@ class GCOGLite(Task):
         productive_depth: deepest tree in ``productive`` (default 3).
         train_distractors: distractor objects outside ``distractor`` (default 1).
         test_distractors: distractor objects in ``distractor`` (default 6).
+        encoding: ``"tokens"`` (two tokens per object) or ``"objects"`` (one feature row per grid
+            cell and per instruction node, as gCOG; see the module docstring).
 
-    Attributes: ``itos``/``stoi`` (the vocabulary), ``held_out`` (the held-out (colour, letter)
-    index pairs).
+    Attributes: ``itos``/``stoi`` (the vocabulary; ``vocab_size`` is also the width of the
+    answer logits in both encodings), ``held_out`` (the held-out (colour, letter) index pairs),
+    ``grid_len`` (stimulus positions at the start of ``inputs``: 2 per cell, or 1 with
+    ``objects``), ``input_dim`` (the feature width with ``objects``, else None).
 
     Example:
         >>> task = GCOGLite()
@@ -77,7 +94,11 @@ class GCOGLite(Task):
         productive_depth: int = 3,
         train_distractors: int = 1,
         test_distractors: int = 6,
+        encoding: str = "tokens",
     ):
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got encoding={encoding!r}")
+        self.encoding = encoding
         self.grid, self.colours, self.letters = (
             check_int("grid", grid, 2),
             check_int("colours", colours, 2),
@@ -103,8 +124,11 @@ class GCOGLite(Task):
         self.itos = [*SPECIALS, *(f"colour{c}" for c in range(colours)), *(f"letter{chr(65 + l)}" for l in range(letters))]
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         self.vocab_size = len(self.itos)
-        self.grid_len = 2 * cells
-        self.seq_len = self.grid_len + 1 + (4 * 2**productive_depth - 1) + 1
+        objects = encoding == "objects"
+        self.grid_len = cells if objects else 2 * cells
+        nodes = 2 ** (productive_depth + 1) - 1  # a full tree's operators and leaves
+        self.seq_len = self.grid_len + 1 + (nodes if objects else 4 * 2**productive_depth - 1) + 1
+        self.input_dim = len(KINDS) + colours + letters if objects else None
 
     def splits(self) -> tuple[str, ...]:
         return _SPLITS
@@ -142,8 +166,9 @@ class GCOGLite(Task):
             near = [o for o in near if o in allowed and o not in banned]  # one attribute flipped
             objects.append(rng.choice(near) if near else rng.choice(pool))
         objects += [rng.choice(pool) for _ in range(distractors)]
-        grid = [self.stoi["empty"]] * self.grid_len
-        for cell, (c, l) in zip(rng.sample(range(self.grid_len // 2), len(objects)), objects):
+        cells = self.grid * self.grid
+        grid = [self.stoi["empty"]] * (2 * cells)  # two tokens per cell
+        for cell, (c, l) in zip(rng.sample(range(cells), len(objects)), objects):
             grid[2 * cell : 2 * cell + 2] = self._tokens(c, l)
         instruction, leaf = [], iter(combos)
         for op in ops:
@@ -164,20 +189,47 @@ class GCOGLite(Task):
 
         return node()
 
+    def _rows(self, grid: list[int], instruction: list[int]) -> list[list[int]]:
+        """The objects encoding of one example: the active features of each of its ``seq_len`` rows."""
+        base, kind = len(SPECIALS), {k: i for i, k in enumerate(KINDS)}
+
+        def row(op: str, colour: int | None = None, letter: int | None = None) -> list[int]:
+            if colour is None:
+                return [kind[op]]
+            return [kind[op], len(KINDS) + colour - base, len(KINDS) + letter - base]  # letter ids follow colour ids
+
+        rows = [row("empty") if c == self.stoi["empty"] else row("object", c, l) for c, l in zip(grid[::2], grid[1::2])]
+        rows.append(row("<sep>"))
+        it = iter(instruction)
+        for t in it:
+            op = self.itos[t]
+            rows.append(row(op, next(it), next(it)) if op == "exist" else row(op))
+        return rows + [row("<pad>")] * (self.seq_len - len(rows) - 1) + [row("<query>")]
+
     def batch(self, n: int, split: str = "train", generator: torch.Generator | None = None) -> Batch:
         """``n`` (grid, instruction, answer) examples of ``split`` (see :meth:`splits`)."""
         B, T = check_int("n", n, 1), self.seq_len
         rng = random.Random(int(torch.randint(2**62, (), generator=split_generator(generator, split, self.splits()))))
-        inputs = torch.full((B, T), self.stoi["<pad>"], dtype=torch.long)
-        inputs[:, self.grid_len], inputs[:, -1] = self.stoi["<sep>"], self.stoi["<query>"]
+        objects_encoding = self.encoding == "objects"
+        if objects_encoding:
+            inputs = torch.zeros(B, T, self.input_dim)
+        else:
+            inputs = torch.full((B, T), self.stoi["<pad>"], dtype=torch.long)
+            inputs[:, self.grid_len], inputs[:, -1] = self.stoi["<sep>"], self.stoi["<query>"]
         instruction_mask = torch.zeros(B, T, dtype=torch.bool)
         answer, depth, objects = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)
+        start = self.grid_len + 1
         for b in range(B):
             grid, instruction, answer[b], depth[b], objects[b] = self._example(rng, split)
-            start = self.grid_len + 1
-            inputs[b, : self.grid_len] = torch.tensor(grid)
-            inputs[b, start : start + len(instruction)] = torch.tensor(instruction)
-            instruction_mask[b, start : start + len(instruction)] = True
+            if objects_encoding:
+                for t, active in enumerate(self._rows(grid, instruction)):
+                    inputs[b, t, active] = 1.0
+                used = len(instruction) - 2 * instruction.count(self.stoi["exist"])  # one row per node
+            else:
+                inputs[b, : self.grid_len] = torch.tensor(grid)
+                inputs[b, start : start + len(instruction)] = torch.tensor(instruction)
+                used = len(instruction)
+            instruction_mask[b, start : start + used] = True
         targets = torch.full((B, T), IGNORE, dtype=torch.long)
         targets[:, -1] = torch.where(answer, self.stoi["true"], self.stoi["false"])
         grid_mask = torch.zeros(B, T, dtype=torch.bool)
