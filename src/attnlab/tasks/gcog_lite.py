@@ -48,6 +48,7 @@ __all__ = ["GCOGLite"]
 _SPLITS = ("train", "test", "distractor", "systematic", "productive")
 SPECIALS = ("<pad>", "<sep>", "<query>", "false", "true", "empty", "and", "or", "exist")
 KINDS = ("<pad>", "<sep>", "<query>", "empty", "object", "and", "or", "exist")  # of a row in the objects encoding
+_KIND = {k: i for i, k in enumerate(KINDS)}
 ENCODINGS = ("tokens", "objects")
 
 
@@ -191,12 +192,12 @@ class GCOGLite(Task):
 
     def _rows(self, grid: list[int], instruction: list[int]) -> list[list[int]]:
         """The objects encoding of one example: the active features of each of its ``seq_len`` rows."""
-        base, kind = len(SPECIALS), {k: i for i, k in enumerate(KINDS)}
+        base = len(SPECIALS)
 
         def row(op: str, colour: int | None = None, letter: int | None = None) -> list[int]:
             if colour is None:
-                return [kind[op]]
-            return [kind[op], len(KINDS) + colour - base, len(KINDS) + letter - base]  # letter ids follow colour ids
+                return [_KIND[op]]
+            return [_KIND[op], len(KINDS) + colour - base, len(KINDS) + letter - base]  # letter ids follow colour ids
 
         rows = [row("empty") if c == self.stoi["empty"] else row("object", c, l) for c, l in zip(grid[::2], grid[1::2])]
         rows.append(row("<sep>"))
@@ -212,7 +213,7 @@ class GCOGLite(Task):
         rng = random.Random(int(torch.randint(2**62, (), generator=split_generator(generator, split, self.splits()))))
         objects_encoding = self.encoding == "objects"
         if objects_encoding:
-            inputs = torch.zeros(B, T, self.input_dim)
+            inputs, hot = torch.zeros(B, T, self.input_dim), []  # hot: (example, row, feature) of every 1
         else:
             inputs = torch.full((B, T), self.stoi["<pad>"], dtype=torch.long)
             inputs[:, self.grid_len], inputs[:, -1] = self.stoi["<sep>"], self.stoi["<query>"]
@@ -222,14 +223,15 @@ class GCOGLite(Task):
         for b in range(B):
             grid, instruction, answer[b], depth[b], objects[b] = self._example(rng, split)
             if objects_encoding:
-                for t, active in enumerate(self._rows(grid, instruction)):
-                    inputs[b, t, active] = 1.0
+                hot += [(b, t, f) for t, active in enumerate(self._rows(grid, instruction)) for f in active]
                 used = len(instruction) - 2 * instruction.count(self.stoi["exist"])  # one row per node
             else:
                 inputs[b, : self.grid_len] = torch.tensor(grid)
                 inputs[b, start : start + len(instruction)] = torch.tensor(instruction)
                 used = len(instruction)
             instruction_mask[b, start : start + used] = True
+        if objects_encoding:
+            inputs[tuple(torch.tensor(hot).T)] = 1.0  # one scatter, not a write per row
         targets = torch.full((B, T), IGNORE, dtype=torch.long)
         targets[:, -1] = torch.where(answer, self.stoi["true"], self.stoi["false"])
         grid_mask = torch.zeros(B, T, dtype=torch.bool)
